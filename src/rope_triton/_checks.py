@@ -1,0 +1,186 @@
+"""Argument checks for :func:`rope_triton.apply_rotary`, done on the host before any kernel runs.
+
+Every error names the argument, what was expected and what was given. Nothing here reads device memory
+(no sync): positions held in device tensors are bounded inside the kernel instead.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+LAYOUTS = ("bshd", "bhsd", "sbhd", "thd")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+# Position modes understood by the kernel and the launcher.
+POS_DEFAULT, POS_OFFSETS, POS_EXPLICIT = 0, 1, 2
+
+
+class Problem(NamedTuple):
+    """What the launcher needs besides the tensors, derived once from the arguments."""
+
+    layout: str
+    batch: int  # thd: 1
+    seqlen: int  # thd: total tokens
+    heads_q: int
+    heads_k: int
+    head_dim: int
+    rotary_dim: int
+    n_seqs: int  # thd: packed sequences, else batch
+    pos_mode: int
+    offset: int  # scalar offset (POS_DEFAULT)
+    table_rows: int
+
+
+def _shape(t: torch.Tensor) -> str:
+    return f"shape {tuple(t.shape)}"
+
+
+def _bshd_sizes(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
+    if layout == "bshd":
+        return x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    if layout == "bhsd":
+        return x.shape[0], x.shape[2], x.shape[1], x.shape[3]
+    if layout == "sbhd":
+        return x.shape[1], x.shape[0], x.shape[2], x.shape[3]
+    return 1, x.shape[0], x.shape[1], x.shape[2]
+
+
+def _check_qk(name: str, x: object, layout: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected dtype float32, float16, bfloat16 or float64, got {x.dtype}")
+    rank = 3 if layout == "thd" else 4
+    if x.dim() != rank:
+        dims = "(total_tokens, heads, head_dim)" if layout == "thd" else f"4 dims in {layout!r} order"
+        raise ValueError(f"{name}: layout {layout!r} expects a {rank}-D tensor {dims}, got {_shape(x)}")
+
+
+def _check_index(name: str, t: object) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected an int32 or int64 tensor, got {type(t).__name__}")
+    if t.dtype not in INDEX_DTYPES:
+        raise TypeError(f"{name}: expected dtype int32 or int64, got {t.dtype}")
+    return t
+
+
+def check(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    positions: torch.Tensor | None,
+    offsets: int | torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    max_seqlen: int | None,
+    layout: str,
+    rotary_dim: int | None,
+    inplace: bool,
+) -> Problem:
+    """Validate the arguments of ``apply_rotary`` and derive the :class:`Problem`."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
+    _check_qk("q", q, layout)
+    batch, seqlen, heads_q, head_dim = _bshd_sizes(q, layout)
+    heads_k = 0
+    if k is not None:
+        _check_qk("k", k, layout)
+        if k.dtype != q.dtype:
+            raise TypeError(f"k: expected the dtype of q ({q.dtype}), got {k.dtype}")
+        kb, ks, heads_k, kd = _bshd_sizes(k, layout)
+        for what, a, b in (("batch", batch, kb), ("sequence length", seqlen, ks), ("head_dim", head_dim, kd)):
+            if a != b:
+                raise ValueError(f"k: expected the {what} of q ({a}) in layout {layout!r}, got {b} ({_shape(k)})")
+
+    for name, t in (("cos", cos), ("sin", sin)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point table, got dtype {t.dtype}")
+        if t.dim() != 2:
+            raise ValueError(f"{name}: expected a 2-D table (num_positions, rotary_dim // 2), got {_shape(t)}")
+    if cos.shape != sin.shape:
+        raise ValueError(f"sin: expected the shape of cos {tuple(cos.shape)}, got {tuple(sin.shape)}")
+
+    if rotary_dim is None:
+        rotary_dim = 2 * cos.shape[1]
+    elif isinstance(rotary_dim, bool) or not isinstance(rotary_dim, int):
+        raise TypeError(f"rotary_dim: expected an int or None, got {type(rotary_dim).__name__}")
+    if rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
+        raise ValueError(f"rotary_dim: expected an even int in (0, head_dim={head_dim}], got {rotary_dim}")
+    if cos.shape[1] < rotary_dim // 2:
+        raise ValueError(
+            f"cos: expected at least rotary_dim // 2 = {rotary_dim // 2} columns, got {_shape(cos)}"
+        )
+
+    # Devices: everything on q's device (a table on another GPU would be an illegal address).
+    named = [("k", k), ("cos", cos), ("sin", sin), ("positions", positions), ("cu_seqlens", cu_seqlens)]
+    if isinstance(offsets, torch.Tensor):
+        named.append(("offsets", offsets))
+    for name, t in named:
+        if isinstance(t, torch.Tensor) and t.device != q.device:
+            raise ValueError(f"{name}: expected a tensor on q's device {q.device}, got {t.device}")
+
+    n_seqs = batch
+    if layout == "thd":
+        if cu_seqlens is None:
+            raise ValueError("cu_seqlens: layout 'thd' needs cu_seqlens of shape (num_seqs + 1,), got None")
+        _check_index("cu_seqlens", cu_seqlens)
+        if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
+            raise ValueError(f"cu_seqlens: expected shape (num_seqs + 1,) with num_seqs >= 1, got {_shape(cu_seqlens)}")
+        n_seqs = cu_seqlens.shape[0] - 1
+    elif cu_seqlens is not None:
+        raise ValueError(f"cu_seqlens: only used with layout 'thd', got a tensor with layout {layout!r}")
+    if max_seqlen is not None and (isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0):
+        raise ValueError(f"max_seqlen: expected a non-negative int or None, got {max_seqlen!r}")
+
+    table_rows = cos.shape[0]
+    offset = 0
+    if positions is not None:
+        if offsets is not None:
+            raise ValueError("offsets: positions and offsets are mutually exclusive, got both")
+        _check_index("positions", positions)
+        if layout == "thd":
+            if tuple(positions.shape) != (seqlen,):
+                raise ValueError(f"positions: layout 'thd' expects shape (total_tokens,) = ({seqlen},), got {_shape(positions)}")
+        elif positions.dim() not in (1, 2) or not _broadcasts(tuple(positions.shape), (batch, seqlen)):
+            raise ValueError(
+                f"positions: expected shape (batch, seq) = ({batch}, {seqlen}) (or (1, seq), (seq,)), "
+                f"got {_shape(positions)}"
+            )
+        pos_mode = POS_EXPLICIT
+    elif isinstance(offsets, torch.Tensor):
+        _check_index("offsets", offsets)
+        if tuple(offsets.shape) != (n_seqs,):
+            what = "(num_seqs,)" if layout == "thd" else "(batch,)"
+            raise ValueError(f"offsets: expected shape {what} = ({n_seqs},), got {_shape(offsets)}")
+        pos_mode = POS_OFFSETS
+    else:
+        if offsets is not None:
+            if isinstance(offsets, bool) or not isinstance(offsets, int):
+                raise TypeError(f"offsets: expected an int, an int tensor or None, got {type(offsets).__name__}")
+            if offsets < 0:
+                raise ValueError(f"offsets: expected a non-negative int, got {offsets}")
+            offset = offsets
+        pos_mode = POS_DEFAULT
+        longest = seqlen if layout != "thd" else max_seqlen
+        if longest is not None and longest > 0 and offset + longest > table_rows:
+            raise ValueError(
+                f"cos: positions up to {offset + longest - 1} (offset {offset} + sequence length {longest}) "
+                f"need a table of at least {offset + longest} rows, got {table_rows}"
+            )
+    if inplace:
+        for name, t in (("q", q), ("k", k)):
+            if t is not None and torch._debug_has_internal_overlap(t) == 1:
+                raise ValueError(f"{name}: inplace=True needs a tensor whose elements do not overlap (e.g. not expanded)")
+    return Problem(layout, batch, seqlen, heads_q, heads_k, head_dim, rotary_dim, n_seqs, pos_mode, offset, table_rows)
+
+
+def _broadcasts(shape: tuple[int, ...], target: tuple[int, int]) -> bool:
+    if len(shape) == 1:
+        shape = (1, *shape)
+    return all(a in (1, b) for a, b in zip(shape, target)) and shape[-1] == target[-1]

@@ -1,0 +1,175 @@
+"""The Triton kernel: rotate q and k (all heads of a block of tokens) in one launch.
+
+Every tensor is addressed as a strided (batch, seq, head, dim) view; ``thd`` is batch 1. All index
+arithmetic is int64, so tensors past 2**31 elements and strides past 2**31 are safe. The backward pass
+is the same kernel with ``CONJUGATE`` flipped (the inverse of a rotation is the rotation by -theta).
+
+Positions come in three modes (``POS_MODE``): 0, index in sequence + the scalar ``offset``; 1, index in
+sequence + a per-sequence tensor offset; 2, explicit per-token positions. A position outside the table
+is never read: its cos/sin load as NaN, so the token's output is NaN rather than silently unrotated.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _to_storage(y, Y, ROUND_BY_HAND: tl.constexpr):
+    """Cast float32 ``y`` to Y's element type, rounding to nearest even."""
+    if ROUND_BY_HAND:
+        # Triton's CPU interpreter truncates float32 -> bfloat16; round the bits to nearest even first
+        # so that the cast is exact. Compiled GPU code rounds correctly and never takes this branch.
+        bits = y.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        y = bits.to(tl.float32, bitcast=True)
+    return y.to(Y.dtype.element_ty)
+
+
+@triton.jit
+def _rotate_heads(
+    X,  # input of one tensor (q or k), pointer at element (0, 0, 0, 0)
+    Y,  # output, may equal X (in place)
+    x_row,  # [BLOCK_T] int64 element offset of each token's (head 0, dim 0) in X
+    y_row,  # the same in Y
+    tok_ok,  # [BLOCK_T] token is in range
+    cos,  # [BLOCK_T, BLOCK_HALF] fp32 (fp64 for fp64 data) cos of each token's angles (NaN for positions off the table)
+    sin,  # the same for sin, already negated for the conjugate rotation
+    HEADS: tl.constexpr,  # heads of this tensor (constexpr: a loop bound, and exact masks)
+    sx_h,
+    sx_d,
+    sy_h,
+    sy_d,
+    HALF: tl.constexpr,  # rotary_dim // 2
+    BLOCK_HALF: tl.constexpr,  # next power of two of HALF
+    TAIL: tl.constexpr,  # head_dim - rotary_dim: dims that pass through
+    BLOCK_TAIL: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    INTERLEAVED: tl.constexpr,
+    COPY_TAIL: tl.constexpr,  # out of place with a pass-through tail: copy it
+    ROUND_BY_HAND: tl.constexpr,
+):
+    c = cos[:, None, :]
+    s = sin[:, None, :]
+    j = tl.arange(0, BLOCK_HALF).to(tl.int64)
+    for h0 in range(0, HEADS, BLOCK_H):
+        h = h0 + tl.arange(0, BLOCK_H).to(tl.int64)
+        row_ok = tok_ok[:, None] & (h < HEADS)[None, :]  # [BLOCK_T, BLOCK_H]
+        xh = x_row[:, None] + h[None, :] * sx_h
+        yh = y_row[:, None] + h[None, :] * sy_h
+        if INTERLEAVED:
+            # Load the rotary span in one contiguous piece (wide loads), then split even/odd lanes.
+            jj = tl.arange(0, 2 * BLOCK_HALF).to(tl.int64)
+            m = row_ok[:, :, None] & (jj < 2 * HALF)[None, None, :]
+            x = tl.load(X + xh[:, :, None] + jj[None, None, :] * sx_d, mask=m, other=0.0)
+            x1, x2 = tl.split(tl.reshape(x.to(c.dtype), (x.shape[0], x.shape[1], BLOCK_HALF, 2)))
+            y1 = x1 * c - x2 * s
+            y2 = x2 * c + x1 * s
+            y = tl.reshape(tl.join(y1, y2), (x.shape[0], x.shape[1], 2 * BLOCK_HALF))
+            tl.store(Y + yh[:, :, None] + jj[None, None, :] * sy_d, _to_storage(y, Y, ROUND_BY_HAND), mask=m)
+        else:
+            m = row_ok[:, :, None] & (j < HALF)[None, None, :]
+            x1 = tl.load(X + xh[:, :, None] + j[None, None, :] * sx_d, mask=m, other=0.0).to(c.dtype)
+            x2 = tl.load(X + xh[:, :, None] + (j + HALF)[None, None, :] * sx_d, mask=m, other=0.0).to(
+                c.dtype
+            )
+            y1 = x1 * c - x2 * s
+            y2 = x2 * c + x1 * s
+            tl.store(Y + yh[:, :, None] + j[None, None, :] * sy_d, _to_storage(y1, Y, ROUND_BY_HAND), mask=m)
+            tl.store(
+                Y + yh[:, :, None] + (j + HALF)[None, None, :] * sy_d, _to_storage(y2, Y, ROUND_BY_HAND), mask=m
+            )
+        if COPY_TAIL:
+            t = tl.arange(0, BLOCK_TAIL).to(tl.int64)
+            mt = row_ok[:, :, None] & (t < TAIL)[None, None, :]
+            tail = tl.load(X + xh[:, :, None] + (2 * HALF + t)[None, None, :] * sx_d, mask=mt)
+            tl.store(Y + yh[:, :, None] + (2 * HALF + t)[None, None, :] * sy_d, tail, mask=mt)
+
+
+@triton.jit
+def rotary_kernel(
+    XQ, XK, YQ, YK,  # q, k in; q, k out (out may be in: in place). XK/YK unused without HAS_K
+    COS, SIN,  # tables (table_rows, >= HALF), any strides
+    POS,  # positions (mode 2) or per-sequence offsets (mode 1); unused in mode 0
+    CU,  # cu_seqlens (n_seqs + 1,), only with VARLEN
+    n_tokens,  # batch * seqlen (thd: total tokens)
+    seqlen,  # tokens per batch row (thd: total tokens)
+    n_seqs,  # thd: number of packed sequences
+    table_rows,  # rows of COS/SIN; positions at or past it read NaN
+    offset,  # scalar position offset (mode 0)
+    sxq_b, sxq_s, sxq_h, sxq_d,
+    sxk_b, sxk_s, sxk_h, sxk_d,
+    syq_b, syq_s, syq_h, syq_d,
+    syk_b, syk_s, syk_h, syk_d,
+    scos_r, scos_c, ssin_r, ssin_c,
+    spos_b, spos_s,  # POS strides: (batch, seq) for positions, (seq,) for offsets in spos_b
+    HEADS_Q: tl.constexpr,
+    HEADS_K: tl.constexpr,
+    HALF: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+    TAIL: tl.constexpr,
+    BLOCK_TAIL: tl.constexpr,
+    BLOCK_T: tl.constexpr,  # tokens per program
+    BLOCK_H: tl.constexpr,  # heads per inner step
+    INTERLEAVED: tl.constexpr,
+    CONJUGATE: tl.constexpr,
+    HAS_K: tl.constexpr,
+    COPY_TAIL: tl.constexpr,
+    POS_MODE: tl.constexpr,
+    VARLEN: tl.constexpr,
+    SEARCH_STEPS: tl.constexpr,  # >= ceil(log2(n_seqs)): binary-search steps over cu_seqlens
+    ROUND_BY_HAND: tl.constexpr,  # bfloat16 output under the CPU interpreter (see _to_storage)
+):
+    tok = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
+    tok_ok = tok < n_tokens
+    if VARLEN:
+        # Sequence of each token: the last i with cu[i] <= token, by a branch-free binary search.
+        lo = tl.zeros((BLOCK_T,), dtype=tl.int64)
+        hi = tl.zeros((BLOCK_T,), dtype=tl.int64) + (n_seqs - 1)
+        for _ in tl.static_range(SEARCH_STEPS):
+            active = lo < hi
+            mid = (lo + hi + 1) // 2
+            start = tl.load(CU + mid, mask=active, other=0).to(tl.int64)
+            go_right = active & (start <= tok)
+            lo = tl.where(go_right, mid, lo)
+            hi = tl.where(active & (start > tok), mid - 1, hi)
+        seq_id = lo
+        b = tl.zeros((BLOCK_T,), dtype=tl.int64)
+        s = tok
+        in_seq = tok - tl.load(CU + seq_id).to(tl.int64)
+    else:
+        b = tok // seqlen
+        s = tok % seqlen
+        seq_id = b
+        in_seq = s
+    if POS_MODE == 2:
+        if VARLEN:
+            pos = tl.load(POS + tok * spos_s, mask=tok_ok, other=0).to(tl.int64)
+        else:
+            pos = tl.load(POS + b * spos_b + s * spos_s, mask=tok_ok, other=0).to(tl.int64)
+    elif POS_MODE == 1:
+        pos = in_seq + tl.load(POS + seq_id * spos_b, mask=tok_ok, other=0).to(tl.int64)
+    else:
+        pos = in_seq + offset
+    pos_ok = tok_ok & (pos >= 0) & (pos < table_rows)
+
+    j = tl.arange(0, BLOCK_HALF).to(tl.int64)
+    mc = pos_ok[:, None] & (j < HALF)[None, :]
+    cos = tl.load(COS + pos[:, None] * scos_r + j[None, :] * scos_c, mask=mc, other=float("nan"))
+    sin = tl.load(SIN + pos[:, None] * ssin_r + j[None, :] * ssin_c, mask=mc, other=float("nan"))
+    # float32 math (float64 for float64 data): never the storage dtype of bf16/fp16 inputs.
+    cos = cos.to(tl.float64 if XQ.dtype.element_ty == tl.float64 else tl.float32)
+    sin = sin.to(cos.dtype)
+    if CONJUGATE:
+        sin = -sin
+
+    _rotate_heads(
+        XQ, YQ, b * sxq_b + s * sxq_s, b * syq_b + s * syq_s, tok_ok, cos, sin,
+        HEADS_Q, sxq_h, sxq_d, syq_h, syq_d,
+        HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND,
+    )
+    if HAS_K:
+        _rotate_heads(
+            XK, YK, b * sxk_b + s * sxk_s, b * syk_b + s * syk_s, tok_ok, cos, sin,
+            HEADS_K, sxk_h, sxk_d, syk_h, syk_d,
+            HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND,
+        )

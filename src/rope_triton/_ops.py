@@ -1,0 +1,173 @@
+"""The op: runs a validated problem on the right backend, and tells autograd about it.
+
+Three ways in, one kernel:
+- eager on a GPU (or on the CPU under ``TRITON_INTERPRET=1``): the launcher is called directly, with no
+  dispatcher hop (a registered custom op costs tens of microseconds per call in eager mode);
+- under ``torch.compile``: the ``torch.library`` ops ``rope_triton::rotary`` / ``rope_triton::rotary_``,
+  whose kernel launch ``wrap_triton`` makes traceable;
+- on the CPU without the interpreter: :mod:`rope_triton.reference` in float32, same semantics.
+
+Autograd: the gradient of a rotation is the conjugate rotation of the gradient, computed by the same
+kernel. Nothing but the (small) tables and index tensors is saved.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.library import triton_op, wrap_triton
+
+from . import reference
+from ._checks import Problem, check
+from ._kernels import rotary_kernel
+from ._launch import launch
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    """Whether the Triton kernel can run on ``device``: any CUDA device, or the CPU via the interpreter."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _run_reference(p, q, k, q_out, k_out, cos, sin, positions, offsets, cu_seqlens, interleaved, conjugate):
+    yq, yk = reference.apply_rotary(
+        q, k, cos, sin,
+        positions=positions,
+        offsets=offsets if offsets is not None else p.offset,
+        cu_seqlens=cu_seqlens,
+        layout=p.layout,
+        interleaved=interleaved,
+        rotary_dim=p.rotary_dim,
+        conjugate=conjugate,
+        compute_dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
+    )
+    q_out.copy_(yq)
+    if k is not None:
+        k_out.copy_(yk)
+
+
+def run(
+    p: Problem,
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor | None,
+    offsets: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    *,
+    interleaved: bool,
+    conjugate: bool,
+    inplace: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rotate without autograd; returns the outputs (the inputs themselves when ``inplace``)."""
+    if torch.compiler.is_compiling() and triton_runs_on(q.device):
+        args = (cos, sin, positions, offsets, cu_seqlens, p.offset, p.layout, interleaved, p.rotary_dim, conjugate)
+        if inplace:
+            torch.ops.rope_triton.rotary_(q, k, *args)
+            return q, k
+        q_out, k_out = torch.ops.rope_triton.rotary(q, k, *args)
+        return q_out, (k_out if k is not None else None)
+    q_out = q if inplace else torch.empty_like(q)
+    k_out = None if k is None else (k if inplace else torch.empty_like(k))
+    if triton_runs_on(q.device):
+        launch(
+            rotary_kernel, p, q, k, q_out, k_out, cos, sin, positions, offsets, cu_seqlens,
+            interleaved=interleaved, conjugate=conjugate, inplace=inplace,
+        )
+    else:
+        _run_reference(p, q, k, q_out, k_out, cos, sin, positions, offsets, cu_seqlens, interleaved, conjugate)
+    return q_out, k_out
+
+
+class RotaryFunction(torch.autograd.Function):
+    """Autograd for :func:`run`. Backward: the conjugate rotation of the incoming gradients."""
+
+    @staticmethod
+    def forward(ctx, q, k, cos, sin, positions, offsets, cu_seqlens, p, interleaved, conjugate, inplace):
+        q_out, k_out = run(
+            p, q, k, cos, sin, positions, offsets, cu_seqlens,
+            interleaved=interleaved, conjugate=conjugate, inplace=inplace,
+        )
+        if inplace:
+            ctx.mark_dirty(*(t for t in (q, k) if t is not None))
+        ctx.save_for_backward(cos, sin, positions, offsets, cu_seqlens)
+        ctx.p, ctx.interleaved, ctx.conjugate = p, interleaved, conjugate
+        ctx.has_k = k is not None
+        return q_out, k_out
+
+    @staticmethod
+    def backward(ctx, grad_q, grad_k):
+        cos, sin, positions, offsets, cu_seqlens = ctx.saved_tensors
+        if not ctx.has_k:
+            grad_k = None
+        # Through RotaryFunction again, so that double backward works too.
+        gq, gk = RotaryFunction.apply(
+            grad_q, grad_k, cos, sin, positions, offsets, cu_seqlens,
+            ctx.p, ctx.interleaved, not ctx.conjugate, False,
+        )
+        return gq, gk, None, None, None, None, None, None, None, None, None
+
+
+def _op_problem(q, k, cos, sin, positions, offsets, cu_seqlens, offset, layout, rotary_dim, inplace) -> Problem:
+    return check(
+        q, k, cos, sin,
+        positions=positions,
+        offsets=offsets if offsets is not None else (offset or None),
+        cu_seqlens=cu_seqlens,
+        max_seqlen=None,
+        layout=layout,
+        rotary_dim=rotary_dim,
+        inplace=inplace,
+    )
+
+
+@triton_op("rope_triton::rotary", mutates_args=())
+def _rotary_op(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor | None,
+    offsets: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    offset: int,
+    layout: str,
+    interleaved: bool,
+    rotary_dim: int,
+    conjugate: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # A custom op cannot return None: without k the second output is an empty tensor.
+    p = _op_problem(q, k, cos, sin, positions, offsets, cu_seqlens, offset, layout, rotary_dim, False)
+    q_out = torch.empty_like(q)
+    k_out = torch.empty_like(k) if k is not None else q.new_empty(0)
+    launch(
+        wrap_triton(rotary_kernel), p, q, k, q_out, k_out if k is not None else None,
+        cos, sin, positions, offsets, cu_seqlens,
+        interleaved=interleaved, conjugate=conjugate, inplace=False,
+    )
+    return q_out, k_out
+
+
+@triton_op("rope_triton::rotary_", mutates_args=("q", "k"))
+def _rotary_inplace_op(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor | None,
+    offsets: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    offset: int,
+    layout: str,
+    interleaved: bool,
+    rotary_dim: int,
+    conjugate: bool,
+) -> None:
+    p = _op_problem(q, k, cos, sin, positions, offsets, cu_seqlens, offset, layout, rotary_dim, True)
+    launch(
+        wrap_triton(rotary_kernel), p, q, k, q, k, cos, sin, positions, offsets, cu_seqlens,
+        interleaved=interleaved, conjugate=conjugate, inplace=True,
+    )

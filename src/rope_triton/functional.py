@@ -1,0 +1,104 @@
+"""Public functional API."""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import check
+from ._ops import RotaryFunction, run
+
+
+def apply_rotary(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    positions: torch.Tensor | None = None,
+    offsets: int | torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
+    layout: str = "bshd",
+    interleaved: bool = False,
+    rotary_dim: int | None = None,
+    inplace: bool = False,
+    conjugate: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rotate queries and keys by their positions' angles (rotary position embedding), in one launch.
+
+    Notation: B batch, S sequence, H heads (``Hq`` for q, ``Hk`` for k), D head_dim, R rotary_dim,
+    T total tokens of a packed batch, P table rows (positions).
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        Queries, float32, float16 or bfloat16, any strides. Shape by ``layout``: ``"bshd"`` (B, S, Hq, D),
+        ``"bhsd"`` (B, Hq, S, D), ``"sbhd"`` (S, B, Hq, D), ``"thd"`` (T, Hq, D).
+    k : torch.Tensor or None
+        Keys in the same layout and dtype, with the same B, S and D; Hk may differ from Hq (GQA, MQA).
+        ``None`` rotates q alone.
+    cos, sin : torch.Tensor
+        Tables of shape (P, >= R/2), any float dtype (float32 recommended); row p holds cos and sin of
+        position p's angles. Only the first R/2 columns are read.
+    positions : torch.Tensor, optional
+        Explicit table row of every token, int32 or int64: (B, S) (or (1, S), (S,), broadcast over the
+        batch), or (T,) for ``"thd"``. Exclusive with ``offsets``.
+    offsets : int or torch.Tensor, optional
+        Added to each token's index in its sequence (KV-cache decoding, chunked prefill): an int, or an
+        int tensor of shape (B,), or (num_seqs,) for ``"thd"``.
+    cu_seqlens : torch.Tensor, optional
+        ``"thd"`` only (and required there): int32/int64 (num_seqs + 1,) sequence boundaries; positions
+        restart at 0 in every sequence.
+    max_seqlen : int, optional
+        ``"thd"`` only: the longest sequence, used to check on the host that positions fit the table.
+    layout : {"bshd", "bhsd", "sbhd", "thd"}
+    interleaved : bool
+        ``False``: pairs (i, i + R/2), the NeoX / Llama / Hugging Face ``rotate_half`` convention.
+        ``True``: pairs (2i, 2i + 1), the GPT-J / Meta convention.
+    rotary_dim : int, optional
+        Even, 0 < R <= D; default ``2 * cos.shape[-1]``. Dimensions past R pass through unchanged.
+    inplace : bool
+        Write into q and k and return them (autograd is told). Otherwise the inputs are never modified.
+    conjugate : bool
+        Rotate by -theta (the inverse rotation).
+
+    Returns
+    -------
+    (q_out, k_out) : tuple of torch.Tensor
+        Same shapes, dtype and layout as q and k; ``k_out`` is None when ``k`` is None. The pair (x1, x2)
+        becomes (x1 cos - x2 sin, x2 cos + x1 sin), computed in float32. A device-side position outside
+        the table yields NaN for that token (it is never read out of bounds).
+
+    Examples
+    --------
+    >>> import torch, rope_triton
+    >>> q, k = torch.randn(2, 16, 8, 64), torch.randn(2, 16, 2, 64)  # GQA: 8 query heads, 2 kv heads
+    >>> angle = torch.arange(16.0)[:, None] * 10000.0 ** (-torch.arange(32) / 32)
+    >>> q_rot, k_rot = rope_triton.apply_rotary(q, k, angle.cos(), angle.sin())
+    >>> q_rot.shape, k_rot.shape
+    (torch.Size([2, 16, 8, 64]), torch.Size([2, 16, 2, 64]))
+    """
+    p = check(
+        q, k, cos, sin,
+        positions=positions,
+        offsets=offsets,
+        cu_seqlens=cu_seqlens,
+        max_seqlen=max_seqlen,
+        layout=layout,
+        rotary_dim=rotary_dim,
+        inplace=inplace,
+    )
+    offsets_t = offsets if isinstance(offsets, torch.Tensor) else None
+    if torch.is_grad_enabled() and (q.requires_grad or (k is not None and k.requires_grad)):
+        return RotaryFunction.apply(
+            q, k, cos, sin, positions, offsets_t, cu_seqlens, p, interleaved, conjugate, inplace
+        )
+    out = run(
+        p, q, k, cos, sin, positions, offsets_t, cu_seqlens,
+        interleaved=interleaved, conjugate=conjugate, inplace=inplace,
+    )
+    if inplace:
+        # The kernel writes through raw pointers: bump the version counters so that autograd can tell
+        # if a saved tensor was overwritten.
+        torch.autograd.graph.increment_version([t for t in (q, k) if t is not None])
+    return out

@@ -1,0 +1,195 @@
+"""Plain-PyTorch rotary embedding with the same signature and semantics as :func:`rope_triton.apply_rotary`.
+
+It is the oracle of the test suite (run in float64) and the CPU path when the Triton interpreter is off
+(run in float32). It imports no Triton and shares no code with the kernel: positions are gathered with
+ordinary indexing and the rotation is written out pair by pair.
+
+Notation: B batch, S sequence, H heads, D head_dim, R rotary_dim, T total tokens of a packed batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LAYOUTS = ("bshd", "bhsd", "sbhd", "thd")
+
+
+def to_bshd(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """View ``x`` as (B, S, H, D); ``thd`` becomes (1, T, H, D). No copy."""
+    if layout == "bshd":
+        return x
+    if layout == "bhsd":
+        return x.transpose(1, 2)
+    if layout == "sbhd":
+        return x.transpose(0, 1)
+    if layout == "thd":
+        return x.unsqueeze(0)
+    raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+
+
+def from_bshd(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """Inverse of :func:`to_bshd`."""
+    if layout == "thd":
+        return x.squeeze(0)
+    if layout == "bshd":
+        return x
+    return x.transpose(0, 1) if layout == "sbhd" else x.transpose(1, 2)
+
+
+def token_positions(
+    batch: int,
+    seqlen: int,
+    device: torch.device,
+    *,
+    positions: torch.Tensor | None = None,
+    offsets: int | torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Table row of every token, int64 of shape (B, S) (for ``thd``: (1, T)).
+
+    Default: index within its sequence (for packed sequences restarting at 0 at every ``cu_seqlens``
+    boundary); plus ``offsets`` (per batch or per packed sequence); or the explicit ``positions``.
+    """
+    if positions is not None:
+        pos = positions.to(device=device, dtype=torch.int64)
+        return pos.reshape(1, seqlen) if cu_seqlens is not None else pos.expand(batch, seqlen)
+    if cu_seqlens is not None:
+        cu = cu_seqlens.to(device=device, dtype=torch.int64)
+        token = torch.arange(seqlen, device=device)
+        # Sequence of each token: the last start at or before it.
+        seq = torch.searchsorted(cu, token, right=True) - 1
+        seq = seq.clamp(0, cu.numel() - 2)
+        pos = token - cu[seq]
+        if offsets is not None:
+            pos = pos + (offsets.to(device, torch.int64)[seq] if torch.is_tensor(offsets) else int(offsets))
+        return pos.unsqueeze(0)
+    pos = torch.arange(seqlen, device=device, dtype=torch.int64).expand(batch, seqlen)
+    if offsets is not None:
+        if torch.is_tensor(offsets):
+            pos = pos + offsets.to(device, torch.int64).reshape(batch, 1)
+        else:
+            pos = pos + int(offsets)
+    return pos
+
+
+def gather_rows(table: torch.Tensor, pos: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """Rows ``pos`` of ``table[:, :width]`` in ``dtype``; rows outside the table read as NaN."""
+    rows = table.shape[0]
+    inside = (pos >= 0) & (pos < rows)
+    picked = table[:, :width].to(dtype)[pos.clamp(0, max(rows - 1, 0))]
+    return torch.where(inside.unsqueeze(-1), picked, torch.full_like(picked, float("nan")))
+
+
+def rotate(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved: bool, conjugate: bool
+) -> torch.Tensor:
+    """Rotate the last dim of ``x`` (width R) by angles whose cos/sin have width R/2.
+
+    ``x``: (..., H, R); ``cos``, ``sin``: (..., 1, R/2). Pairs are (i, i + R/2) unless ``interleaved``,
+    then (2i, 2i + 1). Rotation: y1 = x1 cos - x2 sin, y2 = x2 cos + x1 sin; ``conjugate`` negates sin.
+    """
+    if conjugate:
+        sin = -sin
+    if interleaved:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+    else:
+        x1, x2 = x.chunk(2, dim=-1)
+    y1 = x1 * cos - x2 * sin
+    y2 = x2 * cos + x1 * sin
+    if interleaved:
+        return torch.stack((y1, y2), dim=-1).flatten(-2)
+    return torch.cat((y1, y2), dim=-1)
+
+
+def _rotate_one(
+    x: torch.Tensor,
+    cos_rows: torch.Tensor,
+    sin_rows: torch.Tensor,
+    rotary_dim: int,
+    *,
+    layout: str,
+    interleaved: bool,
+    conjugate: bool,
+    compute_dtype: torch.dtype,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    xb = to_bshd(x, layout)
+    rot = rotate(
+        xb[..., :rotary_dim].to(compute_dtype),
+        cos_rows.unsqueeze(-2),
+        sin_rows.unsqueeze(-2),
+        interleaved=interleaved,
+        conjugate=conjugate,
+    ).to(out_dtype)
+    # The tail is not computed on, so it passes through bit for bit.
+    out = torch.cat((rot, xb[..., rotary_dim:].to(out_dtype)), dim=-1)
+    return from_bshd(out, layout)
+
+
+def apply_rotary(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    positions: torch.Tensor | None = None,
+    offsets: int | torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
+    layout: str = "bshd",
+    interleaved: bool = False,
+    rotary_dim: int | None = None,
+    inplace: bool = False,
+    conjugate: bool = False,
+    compute_dtype: torch.dtype = torch.float32,
+    out_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rotary embedding in plain PyTorch; see :func:`rope_triton.apply_rotary` for the arguments.
+
+    Inputs are not validated here (the public function does that). Differentiable through autograd.
+
+    Parameters
+    ----------
+    compute_dtype : torch.dtype
+        Dtype of the arithmetic (``torch.float64`` for a test oracle).
+    out_dtype : torch.dtype, optional
+        Dtype of the result; default the input's. With ``compute_dtype=out_dtype=torch.float64`` the
+        result is the exact rotation of the given inputs by the given tables.
+
+    Examples
+    --------
+    >>> q = torch.randn(1, 4, 2, 8, dtype=torch.float64)
+    >>> cos, sin = torch.ones(4, 4), torch.zeros(4, 4)
+    >>> apply_rotary(q, None, cos, sin)[0].equal(q)
+    True
+    """
+    if rotary_dim is None:
+        rotary_dim = 2 * cos.shape[-1]
+    half = rotary_dim // 2
+    qb = to_bshd(q, layout)
+    batch, seqlen = qb.shape[0], qb.shape[1]
+    pos = token_positions(
+        batch, seqlen, q.device, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens
+    )
+    cos_rows = gather_rows(cos, pos, half, compute_dtype)
+    sin_rows = gather_rows(sin, pos, half, compute_dtype)
+
+    def one(x: torch.Tensor) -> torch.Tensor:
+        return _rotate_one(
+            x,
+            cos_rows,
+            sin_rows,
+            rotary_dim,
+            layout=layout,
+            interleaved=interleaved,
+            conjugate=conjugate,
+            compute_dtype=compute_dtype,
+            out_dtype=out_dtype or x.dtype,
+        )
+
+    q_out = one(q)
+    k_out = one(k) if k is not None else None
+    if inplace:
+        q_out = q.copy_(q_out)
+        k_out = k.copy_(k_out) if k is not None else None
+    return q_out, k_out

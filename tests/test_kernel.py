@@ -1,0 +1,229 @@
+"""The kernel (through the public function) against the float64 reference: every layout, view and option."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import DTYPES, LAYOUTS, VIEWS, assert_rotary_close, make_qk, random_tables, ref64
+
+import rope_triton
+
+
+def _batch(layout: str, batch: int) -> int:
+    return 1 if layout == "thd" else batch
+
+
+def _thd_kwargs(layout: str, seqlen: int, device, lengths=None) -> dict:
+    """For thd: uneven packed sequences (one of length 1) covering ``seqlen`` tokens."""
+    if layout != "thd":
+        return {}
+    lengths = lengths or [1, seqlen // 3, seqlen - 1 - seqlen // 3]
+    assert sum(lengths) == seqlen
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=device, dtype=torch.int32)
+    return {"cu_seqlens": cu, "max_seqlen": max(lengths)}
+
+
+def check_against_reference(q, k, cos, sin, *, layout, inplace=False, **kw):
+    """Run apply_rotary, compare with the float64 oracle, and check input handling (untouched/aliased)."""
+    q0, k0 = q.clone(), (k.clone() if k is not None else None)
+    rq, rk = ref64(q0, k0, cos, sin, layout=layout, **kw)
+    q_out, k_out = rope_triton.apply_rotary(q, k, cos, sin, layout=layout, inplace=inplace, **kw)
+    rotary_dim = kw.get("rotary_dim") or 2 * cos.shape[1]
+    interleaved = kw.get("interleaved", False)
+    assert_rotary_close(q_out, rq, q0, layout=layout, rotary_dim=rotary_dim, interleaved=interleaved)
+    if k is None:
+        assert k_out is None
+    else:
+        assert_rotary_close(k_out, rk, k0, layout=layout, rotary_dim=rotary_dim, interleaved=interleaved)
+    if inplace:
+        assert q_out is q and (k is None or k_out is k)
+    else:
+        assert torch.equal(q, q0) and (k is None or torch.equal(k, k0)), "out-of-place changed an input"
+        assert q_out.data_ptr() != q.data_ptr()
+    return q_out, k_out
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("view", VIEWS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_layouts_and_views(layout, view, dtype, device):
+    seqlen = 7
+    q, k = make_qk(layout, _batch(layout, 2), seqlen, 4, 2, 16, dtype, device, view)
+    cos, sin = random_tables(seqlen, 8, device)
+    check_against_reference(q, k, cos, sin, layout=layout, **_thd_kwargs(layout, seqlen, device))
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+@pytest.mark.parametrize("conjugate", [False, True], ids=["fwd", "conj"])
+@pytest.mark.parametrize("rotary_dim", [24, 12], ids=["full", "partial"])
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_options(layout, interleaved, rotary_dim, conjugate, inplace, device):
+    # head_dim 24 and rotary half 6 are not powers of two: masked tiles.
+    dtype = (torch.bfloat16, torch.float16, torch.float32)[(rotary_dim + conjugate + 2 * inplace) % 3]
+    seqlen = 6
+    q, k = make_qk(layout, _batch(layout, 2), seqlen, 3, 1, 24, dtype, device, "packed")
+    cos, sin = random_tables(seqlen + 3, rotary_dim // 2, device)
+    check_against_reference(
+        q, k, cos, sin, layout=layout, interleaved=interleaved, rotary_dim=rotary_dim,
+        conjugate=conjugate, inplace=inplace, **_thd_kwargs(layout, seqlen, device),
+    )
+
+
+def _position_kwargs(mode: str, layout: str, batch: int, seqlen: int, rows: int, device) -> dict:
+    n_seqs = 3 if layout == "thd" else batch
+    if mode == "default":
+        return {}
+    if mode == "int-offset":
+        return {"offsets": rows - seqlen}
+    if mode == "tensor-offset":
+        return {"offsets": torch.randint(0, rows - seqlen, (n_seqs,), device=device)}
+    shape = (seqlen,) if layout == "thd" else (batch, seqlen)
+    if mode == "broadcast-positions":
+        shape = (seqlen,) if layout == "thd" else (1, seqlen)
+    dtype = torch.int32 if mode == "positions-int32" else torch.int64
+    return {"positions": torch.randint(0, rows, shape, device=device, dtype=dtype)}
+
+
+@pytest.mark.parametrize(
+    "mode", ["default", "int-offset", "tensor-offset", "positions-int32", "positions-int64", "broadcast-positions"]
+)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_positions(layout, mode, device):
+    seqlen, rows = 9, 40
+    batch = _batch(layout, 3)
+    q, k = make_qk(layout, batch, seqlen, 2, 2, 8, torch.float32, device, "transposed" if layout != "thd" else "packed")
+    cos, sin = random_tables(rows, 4, device)
+    kw = _thd_kwargs(layout, seqlen, device)
+    kw.update(_position_kwargs(mode, layout, batch, seqlen, rows, device))
+    check_against_reference(q, k, cos, sin, layout=layout, **kw)
+
+
+@pytest.mark.parametrize(
+    "heads_q,heads_k", [(1, 1), (4, 1), (3, None), (7, 3), (2, 6)], ids=["single", "mqa", "q-only", "gqa", "more-k"]
+)
+@pytest.mark.parametrize("seqlen", [1, 5])
+def test_heads_and_short_sequences(heads_q, heads_k, seqlen, device):
+    q, k = make_qk("bshd", 2, seqlen, heads_q, heads_k, 32, torch.bfloat16, device)
+    cos, sin = random_tables(seqlen, 16, device)
+    check_against_reference(q, k, cos, sin, layout="bshd")
+
+
+@pytest.mark.parametrize(
+    "head_dim,rotary_dim",
+    [(72, 72), (80, 80), (96, 96), (96, 48), (160, 160), (192, 96), (256, 256), (128, 64), (8, 2)],
+)
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
+def test_head_dims(head_dim, rotary_dim, interleaved, device):
+    q, k = make_qk("bhsd", 1, 3, 2, 1, head_dim, torch.float16, device, "padded")
+    cos, sin = random_tables(3, rotary_dim // 2, device)
+    check_against_reference(q, k, cos, sin, layout="bhsd", rotary_dim=rotary_dim, interleaved=interleaved)
+
+
+@pytest.mark.parametrize("table_dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("table_view", ["dense", "strided", "wide"])
+def test_tables(table_dtype, table_view, device):
+    seqlen, half = 5, 8
+    q, k = make_qk("bshd", 2, seqlen, 2, 1, 16, torch.float32, device)
+    cos, sin = random_tables(seqlen, half, device, table_dtype)
+    kw = {}
+    if table_view == "strided":  # every other column of a wider buffer, then transposed twice
+        cos = torch.stack((cos, torch.full_like(cos, 9.0)), dim=-1).flatten(-2)[:, ::2]
+        sin = sin.t().contiguous().t()
+    elif table_view == "wide":  # more columns than rotary_dim // 2: only the first ones are read
+        cos = torch.cat((cos, torch.full_like(cos, 9.0)), dim=1)
+        sin = torch.cat((sin, torch.full_like(sin, 9.0)), dim=1)
+        kw["rotary_dim"] = 2 * half
+    check_against_reference(q, k, cos, sin, layout="bshd", **kw)
+
+
+@pytest.mark.parametrize("lengths", [[1, 1, 1], [5, 1, 3, 1], [0, 4, 0, 2], [6]], ids=str)
+def test_varlen_lengths(lengths, device):
+    total = sum(lengths)
+    q, k = make_qk("thd", 1, total, 3, 1, 16, torch.bfloat16, device, "packed")
+    cos, sin = random_tables(8, 8, device)
+    kw = _thd_kwargs("thd", total, device, lengths)
+    check_against_reference(q, k, cos, sin, layout="thd", offsets=torch.tensor([1] * len(lengths), device=device), **kw)
+
+
+def test_many_packed_sequences(device):
+    # More sequences than one binary-search step covers, with the last one long.
+    lengths = [1] * 37 + [2, 3, 50]
+    total = sum(lengths)
+    q, k = make_qk("thd", 1, total, 2, 2, 8, torch.float32, device)
+    cos, sin = random_tables(64, 4, device)
+    check_against_reference(q, k, cos, sin, layout="thd", **_thd_kwargs("thd", total, device, lengths))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(
+    "shape", [(0, 4, 2, 16), (2, 0, 2, 16), (2, 4, 0, 16)], ids=["no-batch", "no-tokens", "no-heads"]
+)
+def test_empty(shape, layout, device):
+    b, s, h, d = shape
+    if layout == "thd":
+        if b == 0:
+            pytest.skip("thd has no batch dim")
+        b = 1
+    q, k = make_qk(layout, b, s, h, h, d, torch.float32, device)
+    cos, sin = random_tables(4, 8, device)
+    kw = {"cu_seqlens": torch.tensor([0, s], device=device)} if layout == "thd" else {}
+    q_out, k_out = rope_triton.apply_rotary(q, k, cos, sin, layout=layout, **kw)
+    assert q_out.shape == q.shape and k_out.shape == k.shape
+
+
+@pytest.mark.parametrize("layout", ["bshd", "thd"])
+def test_device_positions_off_the_table_give_nan(layout, device):
+    # Device-side positions are not checked on the host (that would sync); the kernel must not read
+    # past the table, and the affected tokens must not pass for rotated ones.
+    rows, seqlen = 4, 6
+    q, k = make_qk(layout, 1, seqlen, 2, 1, 8, torch.float32, device)
+    cos, sin = random_tables(rows, 4, device)
+    shape = (seqlen,) if layout == "thd" else (1, seqlen)
+    positions = torch.tensor([0, 3, 4, -1, 1_000_000, 2], device=device).reshape(shape)
+    kw = {"cu_seqlens": torch.tensor([0, seqlen], device=device)} if layout == "thd" else {}
+    q_out, k_out = check_against_reference(q, k, cos, sin, layout=layout, positions=positions, **kw)
+    bad = torch.tensor([False, False, True, True, True, False])
+    assert q_out.reshape(seqlen, -1).isnan().all(dim=1).cpu().equal(bad)
+
+
+def test_matches_hugging_face_formula(device):
+    # layout bhsd, NeoX pairing: out == q * cos_full + rotate_half(q) * sin_full (transformers' formula).
+    b, h, s, d = 2, 3, 11, 64
+    q = torch.randn(b, h, s, d, device=device)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2, dtype=torch.float64, device=device) / d))
+    angle = torch.arange(s, dtype=torch.float64, device=device)[:, None] * inv_freq
+    cos, sin = angle.cos().float(), angle.sin().float()
+    out, _ = rope_triton.apply_rotary(q, None, cos, sin, layout="bhsd")
+
+    def rotate_half(x):
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((-x2, x1), dim=-1)
+
+    cos_full = torch.cat((cos, cos), dim=-1).double()
+    sin_full = torch.cat((sin, sin), dim=-1).double()
+    hf = q.double() * cos_full + rotate_half(q.double()) * sin_full
+    assert_rotary_close(out, hf, q, layout="bhsd", rotary_dim=d, interleaved=False)
+
+
+def test_deterministic(device):
+    q, k = make_qk("bshd", 2, 33, 4, 2, 64, torch.bfloat16, device)
+    cos, sin = random_tables(33, 32, device)
+    a = rope_triton.apply_rotary(q, k, cos, sin)
+    b = rope_triton.apply_rotary(q, k, cos, sin)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_float64(device):
+    q, k = make_qk("sbhd", 2, 4, 2, 2, 16, torch.float64, device, "transposed")
+    cos, sin = random_tables(4, 8, device, torch.float64)
+    check_against_reference(q, k, cos, sin, layout="sbhd", interleaved=True)
+
+
+@pytest.mark.gpu
+def test_noncontiguous_last_dim(device):
+    # A head_dim stride other than 1 still works (slow path: element-wise loads), never a copy.
+    q = torch.randn(2, 5, 3, 16, device=device).transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert q.stride(-1) != 1
+    cos, sin = random_tables(5, 8, device)
+    check_against_reference(q, None, cos, sin, layout="bshd")
