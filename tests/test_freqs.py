@@ -214,7 +214,7 @@ PARITY_CASES = [
     ("linear-4", llama_linear, "linear", None, None),
     *[
         (f"dynamic-{s}", llama_dynamic, "dynamic", s, None)
-        for s in (None, 1, 2048, 4096, 4097, 6000, 8192, 65536)
+        for s in (None, 1, 2048, 4095, 4096, 4097, 6000, 8192, 65536)
     ],
     ("gemma4-proportional", gemma4_global_proportional, "proportional", None, None),
     ("proportional-factor", proportional_with_factor, "proportional", None, None),
@@ -507,11 +507,15 @@ def test_angles():
 
 
 @pytest.mark.parametrize(
-    "dtype, atol", [(torch.float32, 1.2e-7), (torch.bfloat16, 2**-8), (torch.float64, 1e-15)]
+    "dtype, atol, n",
+    [
+        (torch.float32, 1.2e-7, 70000),  # more than one internal chunk (65536 rows at 64 pairs)
+        (torch.bfloat16, 2**-8, 4096),
+        (torch.float64, 1e-15, 4096),
+    ],
 )
-def test_cos_sin_tables_match_float64_math(dtype, atol):
+def test_cos_sin_tables_match_float64_math(dtype, atol, n):
     inv, scale = inv_freq_and_scale(**parse_hf_config(qwen25_7b_yarn()))
-    n = 70000  # more than one internal chunk (65536 rows at 64 pairs)
     cos, sin = cos_sin_tables(inv, n, attention_factor=scale, dtype=dtype)
     assert cos.shape == sin.shape == (n, 64) and cos.dtype == sin.dtype == dtype
     theta = torch.arange(n, dtype=torch.float64)[:, None] * inv[None, :]
@@ -587,6 +591,8 @@ def test_split_tables_odd_sizes():
 def test_default_low_bits_minimizes_rows():
     assert default_low_bits(2**20) == 10
     assert default_low_bits(1) == 0
+    # Ties go to the smaller low table: n = 2 (2 + 1 = 1 + 2 rows), n = 8 (4 + 2 = 2 + 4 rows).
+    assert default_low_bits(2) == 0 and default_low_bits(8) == 1
     for n in (1, 2, 3, 5, 100, 1000, 4096, 5000, 131072, 10**6, 2**20 + 1):
         bits = default_low_bits(n)
         rows = -(-n // 2**bits) + 2**bits

@@ -1,11 +1,34 @@
 """rope-triton: rotary position embedding for PyTorch, in Triton.
 
+The public names load on first use, so that ``import rope_triton.reference`` (or ``freqs``) stays free of
+Triton and importing the package does no work.
+
 >>> import rope_triton
 >>> q_out, k_out = rope_triton.apply_rotary(q, k, cos, sin)  # doctest: +SKIP
 """
 
-from .functional import apply_rotary
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "apply_rotary"]
+_EXPORTS = {
+    "apply_rotary": "rope_triton.functional",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from .functional import apply_rotary
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'rope_triton' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

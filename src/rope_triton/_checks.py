@@ -173,7 +173,8 @@ def check(
                 f"cos: positions up to {offset + longest - 1} (offset {offset} + sequence length {longest}) "
                 f"need a table of at least {offset + longest} rows, got {table_rows}"
             )
-    if inplace:
+    # (Dynamo cannot trace the overlap query; under torch.compile the mutation is functionalized anyway.)
+    if inplace and not torch.compiler.is_compiling():
         for name, t in (("q", q), ("k", k)):
             if t is not None and torch._debug_has_internal_overlap(t) == 1:
                 raise ValueError(f"{name}: inplace=True needs a tensor whose elements do not overlap (e.g. not expanded)")

@@ -5,7 +5,8 @@ Three ways in, one kernel:
   dispatcher hop (a registered custom op costs tens of microseconds per call in eager mode);
 - under ``torch.compile``: the ``torch.library`` ops ``rope_triton::rotary`` / ``rope_triton::rotary_``,
   whose kernel launch ``wrap_triton`` makes traceable;
-- on the CPU without the interpreter: :mod:`rope_triton.reference` in float32, same semantics.
+- on the CPU without the interpreter, or compiled for the CPU: :mod:`rope_triton.reference` in float32,
+  same semantics.
 
 Autograd: the gradient of a rotation is the conjugate rotation of the gradient, computed by the same
 kernel. Nothing but the (small) tables and index tensors is saved.
@@ -63,7 +64,8 @@ def run(
     inplace: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Rotate without autograd; returns the outputs (the inputs themselves when ``inplace``)."""
-    if torch.compiler.is_compiling() and triton_runs_on(q.device):
+    compiling = torch.compiler.is_compiling()
+    if compiling and q.device.type == "cuda":
         args = (cos, sin, positions, offsets, cu_seqlens, p.offset, p.layout, interleaved, p.rotary_dim, conjugate)
         if inplace:
             torch.ops.rope_triton.rotary_(q, k, *args)
@@ -72,7 +74,8 @@ def run(
         return q_out, (k_out if k is not None else None)
     q_out = q if inplace else torch.empty_like(q)
     k_out = None if k is None else (k if inplace else torch.empty_like(k))
-    if triton_runs_on(q.device):
+    # Compiling for the CPU traces the PyTorch path: the interpreter cannot run on fake tensors.
+    if triton_runs_on(q.device) and not compiling:
         launch(
             rotary_kernel, p, q, k, q_out, k_out, cos, sin, positions, offsets, cu_seqlens,
             interleaved=interleaved, conjugate=conjugate, inplace=inplace,

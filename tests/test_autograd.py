@@ -1,0 +1,129 @@
+"""Gradients: the conjugate rotation of the incoming gradient, against the float64 reference's autograd."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import LAYOUTS, assert_rotary_close, make_qk, random_tables, ref64
+
+import rope_triton
+
+
+def _thd(layout, seqlen, device):
+    if layout != "thd":
+        return {}
+    return {"cu_seqlens": torch.tensor([0, 1, seqlen], device=device)}
+
+
+def _grads_against_reference(q, k, cos, sin, *, layout, inplace=False, grad_view="dense", **kw):
+    """Backward of apply_rotary vs autograd through the float64 reference; returns nothing, asserts."""
+    rotary_dim = kw.get("rotary_dim") or 2 * cos.shape[1]
+    interleaved = kw.get("interleaved", False)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k) if t is not None]
+    # In place needs a non-leaf input: rotate a copy made inside the graph.
+    inputs = [t * 1 for t in leaves] if inplace else leaves
+    outs = rope_triton.apply_rotary(
+        inputs[0], inputs[1] if k is not None else None, cos, sin, layout=layout, inplace=inplace, **kw
+    )
+    outs = [o for o in outs if o is not None]
+    if grad_view == "stride0":  # what out.sum().backward() sends: an expanded scalar
+        grads = [torch.ones((), device=o.device, dtype=o.dtype).expand_as(o) for o in outs]
+    else:
+        grads = [torch.randn_like(o) for o in outs]
+    got = torch.autograd.grad(outs, leaves, grads)
+
+    ref_in = [t.detach().double().requires_grad_() for t in leaves]
+    ref_out = ref64(ref_in[0], ref_in[1] if k is not None else None, cos, sin, layout=layout, **kw)
+    want = torch.autograd.grad([o for o in ref_out if o is not None], ref_in, [g.double() for g in grads])
+    for g, w, gin in zip(got, want, grads):
+        # The gradient is a rotation of the incoming gradient: same error model as the forward.
+        assert_rotary_close(g, w, gin.contiguous(), layout=layout, rotary_dim=rotary_dim, interleaved=interleaved)
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_grads(layout, interleaved, inplace, device):
+    seqlen = 5
+    q, k = make_qk(layout, 1 if layout == "thd" else 2, seqlen, 3, 1, 12, torch.bfloat16, device, "packed")
+    cos, sin = random_tables(seqlen, 4, device)
+    _grads_against_reference(
+        q, k, cos, sin, layout=layout, inplace=inplace, interleaved=interleaved, rotary_dim=8, **_thd(layout, seqlen, device)
+    )
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_stride0_grads(dtype, inplace, device):
+    q, k = make_qk("bhsd", 2, 4, 2, 2, 8, dtype, device)
+    cos, sin = random_tables(4, 4, device)
+    _grads_against_reference(q, k, cos, sin, layout="bshd", inplace=inplace, grad_view="stride0")
+
+
+def test_q_only_grads_and_positions(device):
+    q, _ = make_qk("bshd", 2, 4, 2, None, 8, torch.float32, device, "transposed")
+    cos, sin = random_tables(10, 4, device)
+    pos = torch.randint(0, 10, (2, 4), device=device, dtype=torch.int32)
+    _grads_against_reference(q, None, cos, sin, layout="bshd", positions=pos, conjugate=True)
+
+
+def test_gradcheck_float64(device):
+    # The real kernel in float64 (float64 math), finite differences against its backward.
+    q, k = make_qk("bshd", 1, 2, 2, 1, 8, torch.float64, device)
+    cos, sin = random_tables(5, 3, device, torch.float64)
+    q.requires_grad_()
+    k.requires_grad_()
+
+    def f(q, k):
+        return rope_triton.apply_rotary(q, k, cos, sin, offsets=2, rotary_dim=6, interleaved=True)
+
+    # fast_mode checks random projections of the Jacobian: a few kernel calls instead of one per element.
+    assert torch.autograd.gradcheck(f, (q, k), eps=1e-6, atol=1e-9, fast_mode=True)
+    assert torch.autograd.gradgradcheck(f, (q, k), eps=1e-6, atol=1e-9, fast_mode=True)
+
+
+def test_tables_get_no_gradient(device):
+    q = torch.randn(1, 3, 2, 8, device=device, requires_grad=True)
+    cos, sin = random_tables(3, 4, device)
+    cos.requires_grad_()
+    sin.requires_grad_()
+    out, _ = rope_triton.apply_rotary(q, None, cos, sin)
+    out.sum().backward()
+    assert q.grad is not None and cos.grad is None and sin.grad is None
+
+
+def test_inplace_marks_dirty(device):
+    base = torch.randn(1, 3, 2, 8, device=device, requires_grad=True)
+    q = base.exp()  # exp saves its output for backward
+    cos, sin = random_tables(3, 4, device)
+    out, _ = rope_triton.apply_rotary(q, None, cos, sin, inplace=True)
+    assert out is q
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_inplace_on_leaf_is_refused(device):
+    q = torch.randn(1, 3, 2, 8, device=device, requires_grad=True)
+    cos, sin = random_tables(3, 4, device)
+    with pytest.raises(RuntimeError, match="leaf"):
+        rope_triton.apply_rotary(q, None, cos, sin, inplace=True)
+
+
+def test_inplace_without_grad_bumps_version(device):
+    q = torch.randn(1, 3, 2, 8, device=device)
+    k = torch.randn(1, 3, 1, 8, device=device)
+    cos, sin = random_tables(3, 4, device)
+    vq, vk = q._version, k._version
+    with torch.no_grad():
+        rope_triton.apply_rotary(q, k, cos, sin, inplace=True)
+    assert q._version > vq and k._version > vk
+
+
+def test_inplace_under_no_grad_after_save_is_caught(device):
+    base = torch.randn(1, 3, 2, 8, device=device, requires_grad=True)
+    q = base.exp()
+    cos, sin = random_tables(3, 4, device)
+    with torch.no_grad():
+        rope_triton.apply_rotary(q, None, cos, sin, inplace=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        q.sum().backward()

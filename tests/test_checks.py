@@ -1,0 +1,104 @@
+"""Bad input: a ValueError or TypeError naming the argument, raised before any kernel runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rope_triton
+
+
+def _base(device, **over):
+    args = {
+        "q": torch.randn(2, 5, 4, 16, device=device),
+        "k": torch.randn(2, 5, 2, 16, device=device),
+        "cos": torch.ones(8, 8, device=device),
+        "sin": torch.zeros(8, 8, device=device),
+    }
+    kwargs = {}
+    for key, value in over.items():
+        (args if key in args else kwargs)[key] = value
+    return args, kwargs
+
+
+CASES = [
+    # (id, overrides, exception, message fragment)
+    ("layout", {"layout": "bsdh"}, ValueError, "layout"),
+    ("rank", {"q": torch.randn(2, 5, 64)}, ValueError, "q: layout 'bshd' expects a 4-D"),
+    ("thd-rank", {"layout": "thd", "cu_seqlens": torch.tensor([0, 5])}, ValueError, "q: layout 'thd' expects a 3-D"),
+    ("int-q", {"q": torch.ones(2, 5, 4, 16, dtype=torch.int32)}, TypeError, "q: expected dtype"),
+    ("not-tensor", {"q": [[1.0]]}, TypeError, "q: expected a torch.Tensor"),
+    ("k-dtype", {"k": torch.randn(2, 5, 2, 16, dtype=torch.float16)}, TypeError, "k: expected the dtype of q"),
+    ("k-batch", {"k": torch.randn(3, 5, 2, 16)}, ValueError, "k: expected the batch"),
+    ("k-seq", {"k": torch.randn(2, 4, 2, 16)}, ValueError, "k: expected the sequence length"),
+    ("k-dim", {"k": torch.randn(2, 5, 2, 8)}, ValueError, "k: expected the head_dim"),
+    ("odd-rotary", {"rotary_dim": 7}, ValueError, "rotary_dim: expected an even int"),
+    ("big-rotary", {"rotary_dim": 18}, ValueError, "rotary_dim: expected an even int in \\(0, head_dim=16\\]"),
+    ("zero-rotary", {"rotary_dim": 0}, ValueError, "rotary_dim"),
+    ("float-rotary", {"rotary_dim": 8.0}, TypeError, "rotary_dim"),
+    ("narrow-table", {"cos": torch.ones(8, 3), "sin": torch.zeros(8, 3), "rotary_dim": 8}, ValueError, "cos: expected at least"),
+    ("table-shape", {"sin": torch.zeros(8, 7)}, ValueError, "sin: expected the shape of cos"),
+    ("table-rank", {"cos": torch.ones(8, 8, 1), "sin": torch.zeros(8, 8, 1)}, ValueError, "cos: expected a 2-D table"),
+    ("int-table", {"cos": torch.ones(8, 8, dtype=torch.int64)}, TypeError, "cos: expected a floating-point"),
+    ("short-table", {"cos": torch.ones(4, 8), "sin": torch.zeros(4, 8)}, ValueError, "at least 5 rows, got 4"),
+    ("offset-past-table", {"offsets": 4}, ValueError, "at least 9 rows, got 8"),
+    ("negative-offset", {"offsets": -1}, ValueError, "offsets: expected a non-negative"),
+    ("float-offsets", {"offsets": torch.zeros(2)}, TypeError, "offsets: expected dtype int32 or int64"),
+    ("offsets-shape", {"offsets": torch.zeros(3, dtype=torch.int64)}, ValueError, "offsets: expected shape \\(batch,\\)"),
+    ("offsets-type", {"offsets": 1.5}, TypeError, "offsets: expected an int"),
+    ("both", {"offsets": 1, "positions": torch.zeros(2, 5, dtype=torch.int64)}, ValueError, "mutually exclusive"),
+    ("float-positions", {"positions": torch.zeros(2, 5)}, TypeError, "positions: expected dtype int32 or int64"),
+    ("positions-shape", {"positions": torch.zeros(2, 4, dtype=torch.int64)}, ValueError, "positions: expected shape"),
+    ("positions-list", {"positions": [0, 1]}, TypeError, "positions: expected an int32 or int64 tensor"),
+    ("cu-not-thd", {"cu_seqlens": torch.tensor([0, 5])}, ValueError, "cu_seqlens: only used with layout 'thd'"),
+    ("inplace-overlap", {"q": torch.randn(1, 1, 1, 16).expand(2, 5, 4, 16), "inplace": True}, ValueError, "q: inplace=True"),
+]
+
+
+@pytest.mark.parametrize("over,exc,msg", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(over, exc, msg):
+    args, kwargs = _base("cpu", **over)
+    with pytest.raises(exc, match=msg):
+        rope_triton.apply_rotary(args["q"], args["k"], args["cos"], args["sin"], **kwargs)
+
+
+THD_CASES = [
+    ("missing-cu", {}, ValueError, "cu_seqlens: layout 'thd' needs cu_seqlens"),
+    ("float-cu", {"cu_seqlens": torch.tensor([0.0, 6.0])}, TypeError, "cu_seqlens: expected dtype"),
+    ("cu-shape", {"cu_seqlens": torch.tensor([[0, 6]])}, ValueError, "cu_seqlens: expected shape"),
+    ("cu-one", {"cu_seqlens": torch.tensor([0])}, ValueError, "cu_seqlens: expected shape"),
+    ("positions-shape", {"cu_seqlens": torch.tensor([0, 6]), "positions": torch.zeros(1, 6, dtype=torch.int64)}, ValueError, "positions: layout 'thd' expects shape"),
+    ("offsets-shape", {"cu_seqlens": torch.tensor([0, 2, 6]), "offsets": torch.zeros(3, dtype=torch.int64)}, ValueError, "offsets: expected shape \\(num_seqs,\\)"),
+    ("max-seqlen-past-table", {"cu_seqlens": torch.tensor([0, 2, 6]), "max_seqlen": 9}, ValueError, "at least 9 rows, got 8"),
+    ("bad-max-seqlen", {"cu_seqlens": torch.tensor([0, 6]), "max_seqlen": -2}, ValueError, "max_seqlen"),
+]
+
+
+@pytest.mark.parametrize("kw,exc,msg", [c[1:] for c in THD_CASES], ids=[c[0] for c in THD_CASES])
+def test_bad_thd_input(kw, exc, msg):
+    q, k = torch.randn(6, 4, 16), torch.randn(6, 2, 16)
+    with pytest.raises(exc, match=msg):
+        rope_triton.apply_rotary(q, k, torch.ones(8, 8), torch.zeros(8, 8), layout="thd", **kw)
+
+
+@pytest.mark.gpu
+def test_devices_differ():
+    q = torch.randn(1, 2, 1, 8, device="cuda")
+    with pytest.raises(ValueError, match="cos: expected a tensor on q's device"):
+        rope_triton.apply_rotary(q, None, torch.ones(2, 4), torch.zeros(2, 4, device="cuda"))
+
+
+def test_devices_differ_meta():
+    # The same check without a GPU: the meta device stands in for a second device.
+    q = torch.randn(1, 2, 1, 8)
+    with pytest.raises(ValueError, match="sin: expected a tensor on q's device cpu, got meta"):
+        rope_triton.apply_rotary(q, None, torch.ones(2, 4), torch.zeros(2, 4, device="meta"))
+
+
+def test_errors_come_before_any_work():
+    # An out-of-place call that fails validation leaves everything untouched and launches nothing.
+    q = torch.randn(2, 5, 4, 16)
+    q0 = q.clone()
+    with pytest.raises(ValueError):
+        rope_triton.apply_rotary(q, None, torch.ones(4, 8), torch.zeros(4, 8), inplace=True)
+    assert torch.equal(q, q0)

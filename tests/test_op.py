@@ -1,0 +1,106 @@
+"""The registered op, torch.compile, CUDA graphs, and the plain-PyTorch CPU path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import assert_rotary_close, make_qk, random_tables, ref64
+
+import rope_triton
+from rope_triton import _ops
+
+
+def test_pure_pytorch_path_matches(monkeypatch):
+    # Without the interpreter, CPU tensors go through rope_triton.reference in float32: same semantics.
+    monkeypatch.setattr(_ops, "triton_runs_on", lambda device: False)
+    q, k = make_qk("thd", 1, 7, 3, 1, 16, torch.bfloat16, torch.device("cpu"), "packed")
+    cos, sin = random_tables(10, 6, torch.device("cpu"))
+    kw = {"layout": "thd", "cu_seqlens": torch.tensor([0, 2, 7]), "offsets": torch.tensor([3, 1]), "rotary_dim": 12}
+    rq, rk = ref64(q, k, cos, sin, interleaved=True, **kw)
+    q0, k0 = q.clone(), k.clone()
+    q_out, k_out = rope_triton.apply_rotary(q, k, cos, sin, interleaved=True, **kw)
+    assert torch.equal(q, q0) and torch.equal(k, k0)
+    assert_rotary_close(q_out, rq, q0, layout="thd", rotary_dim=12, interleaved=True)
+    assert_rotary_close(k_out, rk, k0, layout="thd", rotary_dim=12, interleaved=True)
+    # In place, with autograd through the pure path.
+    base = q.float().requires_grad_()
+    x = base * 1
+    out, _ = rope_triton.apply_rotary(x, None, cos, sin, inplace=True, **kw)
+    assert out is x
+    out.sum().backward()
+    assert base.grad is not None and torch.isfinite(base.grad).all()
+
+
+def test_opcheck(device):
+    q, k = make_qk("bshd", 2, 3, 2, 1, 8, torch.float32, device)
+    cos, sin = random_tables(6, 4, device)
+    pos = torch.randint(0, 6, (2, 3), device=device)
+    args = (q, k, cos, sin, pos, None, None, 0, "bshd", False, 8, False)
+    # Fake-tensor tracing of a Triton launch needs compiled Triton: the CPU interpreter runs it for real.
+    utils = ("test_schema", "test_faketensor") if device.type == "cuda" else ("test_schema",)
+    torch.library.opcheck(torch.ops.rope_triton.rotary.default, args, test_utils=utils)
+    torch.library.opcheck(torch.ops.rope_triton.rotary_.default, (q.clone(), k.clone(), *args[2:]), test_utils=utils)
+
+
+def _rope_loss(q, k, cos, sin, offsets, inplace):
+    q = q * 2  # something before, for a real graph (and a non-leaf for in place)
+    k = k * 2
+    qo, ko = rope_triton.apply_rotary(q, k, cos, sin, offsets=offsets, inplace=inplace, layout="bhsd")
+    return (qo.float() ** 2).sum() + (ko.float() * 3).sum(), qo, ko
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+def test_compile_fullgraph(inplace, device):
+    # aot_eager on the CPU (the interpreter cannot be compiled by inductor); inductor on the GPU.
+    backend = "inductor" if device.type == "cuda" else "aot_eager"
+    q, k = make_qk("bhsd", 2, 5, 4, 2, 16, torch.float32, device)
+    cos, sin = random_tables(12, 8, device)
+    offsets = torch.tensor([0, 7], device=device)
+    compiled = torch.compile(_rope_loss, fullgraph=True, backend=backend)
+    results = []
+    for fn in (_rope_loss, compiled):
+        qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
+        loss, qo, ko = fn(qq, kk, cos, sin, offsets, inplace)
+        loss.backward()
+        results.append((qo.detach(), ko.detach(), qq.grad, kk.grad))
+    for eager, comp in zip(*results):
+        # Same kernel both ways: bitwise equal outputs and gradients.
+        assert torch.equal(eager, comp)
+
+
+@pytest.mark.gpu
+def test_compile_no_recompile_across_offsets(device):
+    q, k = make_qk("bshd", 2, 5, 4, 2, 16, torch.bfloat16, device)
+    cos, sin = random_tables(64, 8, device)
+    torch._dynamo.reset()
+    fn = torch.compile(lambda q, k, o: rope_triton.apply_rotary(q, k, cos, sin, offsets=o), fullgraph=True)
+    for start in range(3):
+        qo, _ = fn(q, k, torch.full((2,), start * 10, device=device))
+        rq, _ = ref64(q, k, cos, sin, offsets=torch.full((2,), start * 10, device=device))
+        assert_rotary_close(qo, rq, q, layout="bshd", rotary_dim=16, interleaved=False)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_with_new_positions(device):
+    # Serving: capture once, then change positions/offsets in place and replay.
+    q, k = make_qk("bshd", 8, 1, 8, 2, 128, torch.bfloat16, device)
+    cos, sin = random_tables(4096, 64, device)
+    offsets = torch.zeros(8, dtype=torch.int64, device=device)
+    static_out = {}
+
+    def step():
+        static_out["q"], static_out["k"] = rope_triton.apply_rotary(q, k, cos, sin, offsets=offsets)
+
+    step()  # warm-up compiles the kernel outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for trial in range(3):
+        offsets.copy_(torch.randint(0, 4095, (8,), device=device))
+        q.copy_(torch.randn_like(q))
+        graph.replay()
+        torch.cuda.synchronize()
+        rq, rk = ref64(q, k, cos, sin, offsets=offsets)
+        assert_rotary_close(static_out["q"], rq, q, layout="bshd", rotary_dim=128, interleaved=False)
+        assert_rotary_close(static_out["k"], rk, k, layout="bshd", rotary_dim=128, interleaved=False)
