@@ -102,3 +102,19 @@ def test_errors_come_before_any_work():
     with pytest.raises(ValueError):
         rope_triton.apply_rotary(q, None, torch.ones(4, 8), torch.zeros(4, 8), inplace=True)
     assert torch.equal(q, q0)
+
+
+SPLIT_CASES = [
+    ("one-of-two", {"cos_lo": torch.ones(4, 8)}, ValueError, "cos_lo: cos_lo and sin_lo go together"),
+    ("not-pow2", {"cos_lo": torch.ones(3, 8), "sin_lo": torch.zeros(3, 8)}, ValueError, "cos_lo: expected a power-of-two"),
+    ("width", {"cos_lo": torch.ones(4, 6), "sin_lo": torch.zeros(4, 6)}, ValueError, "cos_lo: expected the width of cos"),
+    ("lo-shapes", {"cos_lo": torch.ones(4, 8), "sin_lo": torch.zeros(2, 8)}, ValueError, "sin_lo: expected the shape of cos_lo"),
+    ("too-short", {"cos_lo": torch.ones(4, 8), "sin_lo": torch.zeros(4, 8), "offsets": 30}, ValueError, "at least 35 rows, got 32"),
+]
+
+
+@pytest.mark.parametrize("over,exc,msg", [c[1:] for c in SPLIT_CASES], ids=[c[0] for c in SPLIT_CASES])
+def test_bad_split_tables(over, exc, msg):
+    args, kwargs = _base("cpu", **over)
+    with pytest.raises(exc, match=msg):
+        rope_triton.apply_rotary(args["q"], args["k"], args["cos"], args["sin"], **kwargs)

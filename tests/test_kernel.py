@@ -227,3 +227,28 @@ def test_noncontiguous_last_dim(device):
     assert q.stride(-1) != 1
     cos, sin = random_tables(5, 8, device)
     check_against_reference(q, None, cos, sin, layout="bshd")
+
+
+@pytest.mark.parametrize("layout", ["bshd", "thd"])
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
+def test_split_tables(layout, interleaved, device):
+    # Tables of the high and low position bits, combined in the kernel by the angle-addition formulas.
+    from rope_triton import freqs
+
+    seqlen, low_bits = 6, 4
+    inv_freq, _ = freqs.inv_freq_and_scale(16, base=10000.0)
+    ch, sh, cl, sl = (t.to(device) for t in freqs.split_tables(inv_freq, 2**20, low_bits=low_bits))
+    q, k = make_qk(layout, 1, seqlen, 2, 1, 16, torch.float32, device, "packed")
+    shape = (seqlen,) if layout == "thd" else (1, seqlen)
+    positions = torch.tensor([0, 15, 16, 2**20 - 1, 777_777, 2**20], device=device).reshape(shape)
+    kw = {"cu_seqlens": torch.tensor([0, seqlen], device=device)} if layout == "thd" else {}
+    q0, k0 = q.clone(), k.clone()
+    q_out, k_out = rope_triton.apply_rotary(
+        q, k, ch, sh, cos_lo=cl, sin_lo=sl, positions=positions, layout=layout, interleaved=interleaved, **kw
+    )
+    rq, rk = ref64(q0, k0, ch, sh, cos_lo=cl, sin_lo=sl, positions=positions, layout=layout, interleaved=interleaved, **kw)
+    # Combining the tables costs two more float32 roundings per cos/sin: twice the table error bound.
+    for out, ref, x in ((q_out, rq, q0), (k_out, rk, k0)):
+        assert_rotary_close(out, ref, x, layout=layout, rotary_dim=16, interleaved=interleaved, table_bound=2.0)
+    # Position 2**20 is past the tables: NaN, never an out-of-bounds read.
+    assert q_out.reshape(seqlen, -1)[-1].isnan().all() and not q_out.reshape(seqlen, -1)[:-1].isnan().any()

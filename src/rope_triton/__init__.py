@@ -16,12 +16,15 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "apply_rotary": "rope_triton.functional",
+    "RotaryEmbedding": "rope_triton.modules",
+    "TritonRotary": "rope_triton.modules",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
     from .functional import apply_rotary
+    from .modules import RotaryEmbedding, TritonRotary
 
 
 def __getattr__(name: str):

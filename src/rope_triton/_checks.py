@@ -31,7 +31,8 @@ class Problem(NamedTuple):
     n_seqs: int  # thd: packed sequences, else batch
     pos_mode: int
     offset: int  # scalar offset (POS_DEFAULT)
-    table_rows: int
+    table_rows: int  # positions the tables cover
+    lo_bits: int  # split tables: log2 of the low table's rows; 0 for one table
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -80,6 +81,8 @@ def check(
     layout: str,
     rotary_dim: int | None,
     inplace: bool,
+    cos_lo: torch.Tensor | None = None,
+    sin_lo: torch.Tensor | None = None,
 ) -> Problem:
     """Validate the arguments of ``apply_rotary`` and derive the :class:`Problem`."""
     if layout not in LAYOUTS:
@@ -96,7 +99,12 @@ def check(
             if a != b:
                 raise ValueError(f"k: expected the {what} of q ({a}) in layout {layout!r}, got {b} ({_shape(k)})")
 
-    for name, t in (("cos", cos), ("sin", sin)):
+    tables = [("cos", cos), ("sin", sin)]
+    if (cos_lo is None) != (sin_lo is None):
+        raise ValueError("cos_lo: cos_lo and sin_lo go together, got only one of them")
+    if cos_lo is not None:
+        tables += [("cos_lo", cos_lo), ("sin_lo", sin_lo)]
+    for name, t in tables:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
         if not t.is_floating_point():
@@ -105,6 +113,16 @@ def check(
             raise ValueError(f"{name}: expected a 2-D table (num_positions, rotary_dim // 2), got {_shape(t)}")
     if cos.shape != sin.shape:
         raise ValueError(f"sin: expected the shape of cos {tuple(cos.shape)}, got {tuple(sin.shape)}")
+    lo_bits = 0
+    if cos_lo is not None:
+        if cos_lo.shape != sin_lo.shape:
+            raise ValueError(f"sin_lo: expected the shape of cos_lo {tuple(cos_lo.shape)}, got {tuple(sin_lo.shape)}")
+        rows_lo = cos_lo.shape[0]
+        if rows_lo < 1 or rows_lo & (rows_lo - 1):
+            raise ValueError(f"cos_lo: expected a power-of-two number of rows, got {_shape(cos_lo)}")
+        if cos_lo.shape[1] != cos.shape[1]:
+            raise ValueError(f"cos_lo: expected the width of cos ({cos.shape[1]} columns), got {_shape(cos_lo)}")
+        lo_bits = rows_lo.bit_length() - 1
 
     if rotary_dim is None:
         rotary_dim = 2 * cos.shape[1]
@@ -118,7 +136,7 @@ def check(
         )
 
     # Devices: everything on q's device (a table on another GPU would be an illegal address).
-    named = [("k", k), ("cos", cos), ("sin", sin), ("positions", positions), ("cu_seqlens", cu_seqlens)]
+    named = [("k", k), *tables, ("positions", positions), ("cu_seqlens", cu_seqlens)]
     if isinstance(offsets, torch.Tensor):
         named.append(("offsets", offsets))
     for name, t in named:
@@ -138,7 +156,7 @@ def check(
     if max_seqlen is not None and (isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0):
         raise ValueError(f"max_seqlen: expected a non-negative int or None, got {max_seqlen!r}")
 
-    table_rows = cos.shape[0]
+    table_rows = cos.shape[0] << lo_bits
     offset = 0
     if positions is not None:
         if offsets is not None:
@@ -172,13 +190,16 @@ def check(
             raise ValueError(
                 f"cos: positions up to {offset + longest - 1} (offset {offset} + sequence length {longest}) "
                 f"need a table of at least {offset + longest} rows, got {table_rows}"
+                + (" (split tables: cos rows x cos_lo rows)" if lo_bits else "")
             )
     # (Dynamo cannot trace the overlap query; under torch.compile the mutation is functionalized anyway.)
     if inplace and not torch.compiler.is_compiling():
         for name, t in (("q", q), ("k", k)):
             if t is not None and torch._debug_has_internal_overlap(t) == 1:
                 raise ValueError(f"{name}: inplace=True needs a tensor whose elements do not overlap (e.g. not expanded)")
-    return Problem(layout, batch, seqlen, heads_q, heads_k, head_dim, rotary_dim, n_seqs, pos_mode, offset, table_rows)
+    return Problem(
+        layout, batch, seqlen, heads_q, heads_k, head_dim, rotary_dim, n_seqs, pos_mode, offset, table_rows, lo_bits
+    )
 
 
 def _broadcasts(shape: tuple[int, ...], target: tuple[int, int]) -> bool:

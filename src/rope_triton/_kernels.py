@@ -88,19 +88,21 @@ def _rotate_heads(
 @triton.jit
 def rotary_kernel(
     XQ, XK, YQ, YK,  # q, k in; q, k out (out may be in: in place). XK/YK unused without HAS_K
-    COS, SIN,  # tables (table_rows, >= HALF), any strides
+    COS, SIN,  # tables (rows, >= HALF), any strides; with LO_BITS, the tables of the high position bits
+    COS_LO, SIN_LO,  # with LO_BITS: tables (2**LO_BITS, >= HALF) of the low position bits
     POS,  # positions (mode 2) or per-sequence offsets (mode 1); unused in mode 0
     CU,  # cu_seqlens (n_seqs + 1,), only with VARLEN
     n_tokens,  # batch * seqlen (thd: total tokens)
     seqlen,  # tokens per batch row (thd: total tokens)
     n_seqs,  # thd: number of packed sequences
-    table_rows,  # rows of COS/SIN; positions at or past it read NaN
+    table_rows,  # positions the tables cover; positions at or past it read NaN
     offset,  # scalar position offset (mode 0)
     sxq_b, sxq_s, sxq_h, sxq_d,
     sxk_b, sxk_s, sxk_h, sxk_d,
     syq_b, syq_s, syq_h, syq_d,
     syk_b, syk_s, syk_h, syk_d,
     scos_r, scos_c, ssin_r, ssin_c,
+    slcos_r, slcos_c, slsin_r, slsin_c,
     spos_b, spos_s,  # POS strides: (batch, seq) for positions, (seq,) for offsets in spos_b
     HEADS_Q: tl.constexpr,
     HEADS_K: tl.constexpr,
@@ -115,6 +117,7 @@ def rotary_kernel(
     HAS_K: tl.constexpr,
     COPY_TAIL: tl.constexpr,
     POS_MODE: tl.constexpr,
+    LO_BITS: tl.constexpr,  # 0: one table row per position; else split tables (exact angles, small)
     VARLEN: tl.constexpr,
     SEARCH_STEPS: tl.constexpr,  # >= ceil(log2(n_seqs)): binary-search steps over cu_seqlens
     ROUND_BY_HAND: tl.constexpr,  # bfloat16 output under the CPU interpreter (see _to_storage)
@@ -154,11 +157,18 @@ def rotary_kernel(
 
     j = tl.arange(0, BLOCK_HALF).to(tl.int64)
     mc = pos_ok[:, None] & (j < HALF)[None, :]
-    cos = tl.load(COS + pos[:, None] * scos_r + j[None, :] * scos_c, mask=mc, other=float("nan"))
-    sin = tl.load(SIN + pos[:, None] * ssin_r + j[None, :] * ssin_c, mask=mc, other=float("nan"))
     # float32 math (float64 for float64 data): never the storage dtype of bf16/fp16 inputs.
-    cos = cos.to(tl.float64 if XQ.dtype.element_ty == tl.float64 else tl.float32)
-    sin = sin.to(cos.dtype)
+    ct: tl.constexpr = tl.float64 if XQ.dtype.element_ty == tl.float64 else tl.float32
+    row = pos >> LO_BITS
+    cos = tl.load(COS + row[:, None] * scos_r + j[None, :] * scos_c, mask=mc, other=float("nan")).to(ct)
+    sin = tl.load(SIN + row[:, None] * ssin_r + j[None, :] * ssin_c, mask=mc, other=float("nan")).to(ct)
+    if LO_BITS > 0:
+        # angle(p) = angle(high bits) + angle(low bits): both tables were built from float64 angles, so
+        # the angle-addition formulas give cos/sin within a few float32 ulps at any position.
+        low = pos & ((1 << LO_BITS) - 1)
+        cl = tl.load(COS_LO + low[:, None] * slcos_r + j[None, :] * slcos_c, mask=mc, other=0.0).to(ct)
+        sl = tl.load(SIN_LO + low[:, None] * slsin_r + j[None, :] * slsin_c, mask=mc, other=0.0).to(ct)
+        cos, sin = cos * cl - sin * sl, sin * cl + cos * sl
     if CONJUGATE:
         sin = -sin
 

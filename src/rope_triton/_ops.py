@@ -32,9 +32,11 @@ def triton_runs_on(device: torch.device) -> bool:
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _run_reference(p, q, k, q_out, k_out, cos, sin, positions, offsets, cu_seqlens, interleaved, conjugate):
+def _run_reference(p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved, conjugate):
     yq, yk = reference.apply_rotary(
         q, k, cos, sin,
+        cos_lo=cos_lo,
+        sin_lo=sin_lo,
         positions=positions,
         offsets=offsets if offsets is not None else p.offset,
         cu_seqlens=cu_seqlens,
@@ -55,6 +57,8 @@ def run(
     k: torch.Tensor | None,
     cos: torch.Tensor,
     sin: torch.Tensor,
+    cos_lo: torch.Tensor | None,
+    sin_lo: torch.Tensor | None,
     positions: torch.Tensor | None,
     offsets: torch.Tensor | None,
     cu_seqlens: torch.Tensor | None,
@@ -66,7 +70,10 @@ def run(
     """Rotate without autograd; returns the outputs (the inputs themselves when ``inplace``)."""
     compiling = torch.compiler.is_compiling()
     if compiling and q.device.type == "cuda":
-        args = (cos, sin, positions, offsets, cu_seqlens, p.offset, p.layout, interleaved, p.rotary_dim, conjugate)
+        args = (
+            cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
+            p.offset, p.layout, interleaved, p.rotary_dim, conjugate,
+        )
         if inplace:
             torch.ops.rope_triton.rotary_(q, k, *args)
             return q, k
@@ -77,11 +84,13 @@ def run(
     # Compiling for the CPU traces the PyTorch path: the interpreter cannot run on fake tensors.
     if triton_runs_on(q.device) and not compiling:
         launch(
-            rotary_kernel, p, q, k, q_out, k_out, cos, sin, positions, offsets, cu_seqlens,
+            rotary_kernel, p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
             interleaved=interleaved, conjugate=conjugate, inplace=inplace,
         )
     else:
-        _run_reference(p, q, k, q_out, k_out, cos, sin, positions, offsets, cu_seqlens, interleaved, conjugate)
+        _run_reference(
+            p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved, conjugate
+        )
     return q_out, k_out
 
 
@@ -89,34 +98,36 @@ class RotaryFunction(torch.autograd.Function):
     """Autograd for :func:`run`. Backward: the conjugate rotation of the incoming gradients."""
 
     @staticmethod
-    def forward(ctx, q, k, cos, sin, positions, offsets, cu_seqlens, p, interleaved, conjugate, inplace):
+    def forward(ctx, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, p, interleaved, conjugate, inplace):
         q_out, k_out = run(
-            p, q, k, cos, sin, positions, offsets, cu_seqlens,
+            p, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
             interleaved=interleaved, conjugate=conjugate, inplace=inplace,
         )
         if inplace:
             ctx.mark_dirty(*(t for t in (q, k) if t is not None))
-        ctx.save_for_backward(cos, sin, positions, offsets, cu_seqlens)
+        ctx.save_for_backward(cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens)
         ctx.p, ctx.interleaved, ctx.conjugate = p, interleaved, conjugate
         ctx.has_k = k is not None
         return q_out, k_out
 
     @staticmethod
     def backward(ctx, grad_q, grad_k):
-        cos, sin, positions, offsets, cu_seqlens = ctx.saved_tensors
+        cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens = ctx.saved_tensors
         if not ctx.has_k:
             grad_k = None
         # Through RotaryFunction again, so that double backward works too.
         gq, gk = RotaryFunction.apply(
-            grad_q, grad_k, cos, sin, positions, offsets, cu_seqlens,
+            grad_q, grad_k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
             ctx.p, ctx.interleaved, not ctx.conjugate, False,
         )
-        return gq, gk, None, None, None, None, None, None, None, None, None
+        return gq, gk, *([None] * 11)
 
 
-def _op_problem(q, k, cos, sin, positions, offsets, cu_seqlens, offset, layout, rotary_dim, inplace) -> Problem:
+def _op_problem(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, inplace):
     return check(
         q, k, cos, sin,
+        cos_lo=cos_lo,
+        sin_lo=sin_lo,
         positions=positions,
         offsets=offsets if offsets is not None else (offset or None),
         cu_seqlens=cu_seqlens,
@@ -133,6 +144,8 @@ def _rotary_op(
     k: torch.Tensor | None,
     cos: torch.Tensor,
     sin: torch.Tensor,
+    cos_lo: torch.Tensor | None,
+    sin_lo: torch.Tensor | None,
     positions: torch.Tensor | None,
     offsets: torch.Tensor | None,
     cu_seqlens: torch.Tensor | None,
@@ -143,12 +156,12 @@ def _rotary_op(
     conjugate: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # A custom op cannot return None: without k the second output is an empty tensor.
-    p = _op_problem(q, k, cos, sin, positions, offsets, cu_seqlens, offset, layout, rotary_dim, False)
+    p = _op_problem(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, False)
     q_out = torch.empty_like(q)
     k_out = torch.empty_like(k) if k is not None else q.new_empty(0)
     launch(
         wrap_triton(rotary_kernel), p, q, k, q_out, k_out if k is not None else None,
-        cos, sin, positions, offsets, cu_seqlens,
+        cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
         interleaved=interleaved, conjugate=conjugate, inplace=False,
     )
     return q_out, k_out
@@ -160,6 +173,8 @@ def _rotary_inplace_op(
     k: torch.Tensor | None,
     cos: torch.Tensor,
     sin: torch.Tensor,
+    cos_lo: torch.Tensor | None,
+    sin_lo: torch.Tensor | None,
     positions: torch.Tensor | None,
     offsets: torch.Tensor | None,
     cu_seqlens: torch.Tensor | None,
@@ -169,8 +184,8 @@ def _rotary_inplace_op(
     rotary_dim: int,
     conjugate: bool,
 ) -> None:
-    p = _op_problem(q, k, cos, sin, positions, offsets, cu_seqlens, offset, layout, rotary_dim, True)
+    p = _op_problem(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, True)
     launch(
-        wrap_triton(rotary_kernel), p, q, k, q, k, cos, sin, positions, offsets, cu_seqlens,
+        wrap_triton(rotary_kernel), p, q, k, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
         interleaved=interleaved, conjugate=conjugate, inplace=True,
     )

@@ -31,6 +31,7 @@ __all__ = [
     "default_low_bits",
     "inv_freq_and_scale",
     "parse_hf_config",
+    "rope_type_of",
     "seed_inv_freq",
     "split_tables",
 ]
@@ -140,6 +141,17 @@ def _rope_type(params: dict) -> str:
     if rope_type not in ROPE_TYPES:
         raise ValueError(f"unknown rope_type {rope_type!r}; expected one of {', '.join(ROPE_TYPES)}")
     return rope_type
+
+
+def rope_type_of(scaling: dict | None) -> str:
+    """The rope type a ``rope_scaling`` / ``rope_parameters`` dict names (``"default"`` for None).
+
+    Examples
+    --------
+    >>> rope_type_of({"type": "linear", "factor": 2.0}), rope_type_of(None)
+    ('linear', 'default')
+    """
+    return _rope_type(_as_params(scaling))
 
 
 def _resolve_base(base, params: dict) -> float:

@@ -23,6 +23,8 @@ def apply_rotary(
     rotary_dim: int | None = None,
     inplace: bool = False,
     conjugate: bool = False,
+    cos_lo: torch.Tensor | None = None,
+    sin_lo: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Rotate queries and keys by their positions' angles (rotary position embedding), in one launch.
 
@@ -61,6 +63,12 @@ def apply_rotary(
         Write into q and k and return them (autograd is told). Otherwise the inputs are never modified.
     conjugate : bool
         Rotate by -theta (the inverse rotation).
+    cos_lo, sin_lo : torch.Tensor, optional
+        Split tables for exact angles at any length in little memory (see
+        :func:`rope_triton.freqs.split_tables`): ``cos_lo``/``sin_lo`` of shape (2**b, >= R/2) hold the
+        angles of positions 0 .. 2**b - 1, and ``cos``/``sin`` then hold those of positions
+        0, 2**b, 2 * 2**b, ...; the kernel combines rows p >> b and p & (2**b - 1) by the angle-addition
+        formulas. The tables then cover ``cos.shape[0] * 2**b`` positions.
 
     Returns
     -------
@@ -87,14 +95,16 @@ def apply_rotary(
         layout=layout,
         rotary_dim=rotary_dim,
         inplace=inplace,
+        cos_lo=cos_lo,
+        sin_lo=sin_lo,
     )
     offsets_t = offsets if isinstance(offsets, torch.Tensor) else None
     if torch.is_grad_enabled() and (q.requires_grad or (k is not None and k.requires_grad)):
         return RotaryFunction.apply(
-            q, k, cos, sin, positions, offsets_t, cu_seqlens, p, interleaved, conjugate, inplace
+            q, k, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens, p, interleaved, conjugate, inplace
         )
     out = run(
-        p, q, k, cos, sin, positions, offsets_t, cu_seqlens,
+        p, q, k, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens,
         interleaved=interleaved, conjugate=conjugate, inplace=inplace,
     )
     if inplace:

@@ -141,6 +141,8 @@ def apply_rotary(
     rotary_dim: int | None = None,
     inplace: bool = False,
     conjugate: bool = False,
+    cos_lo: torch.Tensor | None = None,
+    sin_lo: torch.Tensor | None = None,
     compute_dtype: torch.dtype = torch.float32,
     out_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -171,8 +173,16 @@ def apply_rotary(
     pos = token_positions(
         batch, seqlen, q.device, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens
     )
-    cos_rows = gather_rows(cos, pos, half, compute_dtype)
-    sin_rows = gather_rows(sin, pos, half, compute_dtype)
+    if cos_lo is None:
+        cos_rows = gather_rows(cos, pos, half, compute_dtype)
+        sin_rows = gather_rows(sin, pos, half, compute_dtype)
+    else:
+        # Split tables: angle(p) = angle(high part) + angle(low part), by the angle-addition formulas.
+        lo_rows = cos_lo.shape[0]
+        pos_hi = torch.where(pos >= 0, pos // lo_rows, -1)
+        ch, sh = (gather_rows(t, pos_hi, half, compute_dtype) for t in (cos, sin))
+        cl, sl = (gather_rows(t, pos % lo_rows, half, compute_dtype) for t in (cos_lo, sin_lo))
+        cos_rows, sin_rows = ch * cl - sh * sl, sh * cl + ch * sl
 
     def one(x: torch.Tensor) -> torch.Tensor:
         return _rotate_one(

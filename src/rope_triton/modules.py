@@ -1,0 +1,333 @@
+"""``nn.Module`` front ends: :class:`RotaryEmbedding` (any model family) and the seed's :class:`TritonRotary`.
+
+Both build their cos/sin tables from float64 angles (:mod:`rope_triton.freqs`) and keep them as float32,
+non-persistent buffers: ``.to(device)`` moves them, ``state_dict()`` does not contain them, and casting the
+model to bf16 does not degrade them (they are rebuilt in float32).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import freqs
+from .functional import apply_rotary
+
+_TABLES = ("cos_hi", "sin_hi", "cos_lo", "sin_lo")
+
+
+def _tables_need_rebuild(module: nn.Module, names: tuple[str, ...], device: torch.device) -> bool:
+    first = getattr(module, names[0])
+    return not module._tables_valid or first.device != device or first.dtype != torch.float32
+
+
+def _mark_tables_after_apply(module: nn.Module, names: tuple[str, ...], was_meta: bool) -> None:
+    # After .to()/.cuda()/to_empty(): values moved from a real device are still right; a meta module
+    # (or a cast to another dtype, e.g. model.bfloat16()) needs fresh float32 tables at the next call.
+    first = getattr(module, names[0])
+    if was_meta or first.is_meta or first.dtype != torch.float32:
+        module._tables_valid = False
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding for a model family, applied by the fused rope-triton kernel.
+
+    Angles are exact at any context length: the tables hold float64-built cos/sin of the high and the
+    low bits of a position (a few MB at a million positions), and the kernel combines them with the
+    angle-addition formulas, instead of the float32 ``position * inv_freq`` product whose error
+    reaches 0.06 rad at 1M positions.
+
+    Parameters
+    ----------
+    head_dim : int
+        Size of one attention head (D).
+    rotary_dim : int, optional
+        Rotated dims R (even, <= D); default from ``scaling["partial_rotary_factor"]``, else D.
+    base : float
+        ``rope_theta``.
+    max_positions : int, optional
+        Positions the tables cover up front (default ``max_position_embeddings`` or 4096). Longer inputs
+        whose length is known on the host grow them; device-side positions past them give NaN.
+    scaling : dict, optional
+        A Hugging Face ``rope_scaling`` / ``rope_parameters`` dict (``rope_type`` ``linear``,
+        ``dynamic``, ``yarn``, ``longrope``, ``llama3``, ``proportional``, ...).
+    interleaved : bool
+        Pairs (2i, 2i+1) (GPT-J) instead of (i, i + R/2) (NeoX, Llama).
+    max_position_embeddings : int, optional
+        The model's ``max_position_embeddings`` (used by ``dynamic``, ``longrope`` and some ``yarn``).
+    device : torch.device, optional
+        Where to build the tables (``"meta"`` works: they are built on first use).
+
+    Examples
+    --------
+    >>> rope = RotaryEmbedding(64, base=500000.0, scaling={"rope_type": "llama3", "factor": 8.0,
+    ...     "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+    >>> q, k = torch.randn(2, 16, 8, 64), torch.randn(2, 16, 2, 64)  # (batch, seq, heads, head_dim)
+    >>> q, k = rope(q, k)
+    """
+
+    def __init__(
+        self,
+        head_dim: int,
+        *,
+        rotary_dim: int | None = None,
+        base: float = 10000.0,
+        max_positions: int | None = None,
+        scaling: dict | None = None,
+        interleaved: bool = False,
+        max_position_embeddings: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.base = base
+        self.scaling = dict(scaling) if scaling else None
+        self.interleaved = interleaved
+        self.max_position_embeddings = max_position_embeddings
+        self._rotary_dim_arg = rotary_dim
+        self.rope_type = freqs.rope_type_of(self.scaling)
+        # The frequencies at init, as Hugging Face computes them (validates the config too).
+        inv_freq, self.attention_factor = self._frequencies(seq_len=None)
+        self.rotary_dim = 2 * inv_freq.numel()
+        self.max_positions = max_positions or max_position_embeddings or 4096
+        self._inv_freq = inv_freq
+        self._dynamic_len = self._original_max()  # HF's max_seq_len_cached for dynamic NTK
+        self._tables_valid = False
+        empty = torch.empty(0, self.rotary_dim // 2, device=device)
+        for name in _TABLES:
+            self.register_buffer(name, empty.clone(), persistent=False)
+        self._build_tables(self.max_positions, torch.device(device) if device is not None else empty.device)
+
+    @classmethod
+    def from_hf_config(cls, config, *, max_positions: int | None = None, device=None, **overrides) -> RotaryEmbedding:
+        """Build from a transformers config (``head_dim``, ``rope_theta``, ``partial_rotary_factor``,
+        ``rope_scaling`` / ``rope_parameters``, ``max_position_embeddings``).
+
+        Examples
+        --------
+        >>> from transformers import LlamaConfig
+        >>> rope = RotaryEmbedding.from_hf_config(LlamaConfig(hidden_size=256, num_attention_heads=4))
+        >>> rope.head_dim, rope.rotary_dim
+        (64, 64)
+        """
+        kw = freqs.parse_hf_config(config)
+        kw.update(overrides)
+        return cls(
+            kw.pop("head_dim"),
+            rotary_dim=kw.pop("rotary_dim", None),
+            base=kw.pop("base"),
+            scaling=kw.pop("scaling", None),
+            max_position_embeddings=kw.pop("max_position_embeddings", None),
+            max_positions=max_positions,
+            device=device,
+            **kw,
+        )
+
+    # ---- frequencies and tables ------------------------------------------------------------------
+    def _original_max(self) -> int | None:
+        if self.scaling and self.scaling.get("original_max_position_embeddings"):
+            return int(self.scaling["original_max_position_embeddings"])
+        return self.max_position_embeddings
+
+    def _frequencies(self, seq_len: int | None) -> tuple[torch.Tensor, float]:
+        return freqs.inv_freq_and_scale(
+            self.head_dim,
+            base=self.base,
+            rotary_dim=self._rotary_dim_arg,
+            scaling=self.scaling,
+            seq_len=seq_len,
+            max_position_embeddings=self.max_position_embeddings,
+        )
+
+    def _build_tables(self, positions: int, device: torch.device) -> None:
+        self.max_positions = max(self.max_positions, positions)
+        if device.type == "meta":
+            self._tables_valid = False
+            return
+        low_bits = freqs.default_low_bits(self.max_positions)
+        tables = freqs.split_tables(
+            self._inv_freq, self.max_positions, low_bits=low_bits,
+            attention_factor=self.attention_factor, device=device,
+        )
+        for name, t in zip(_TABLES, tables):
+            setattr(self, name, t)
+        self._tables_valid = True
+
+    def _update_frequencies(self, length: int) -> bool:
+        """Length-dependent rope types, exactly as Hugging Face updates them; True if they changed."""
+        if self.rope_type == "dynamic":
+            original = self._original_max()
+            if length > self._dynamic_len:
+                self._dynamic_len = length
+            elif length < original and self._dynamic_len > original:
+                self._dynamic_len = original
+            else:
+                return False
+            inv_freq, factor = self._frequencies(seq_len=self._dynamic_len)
+        elif self.rope_type == "longrope":
+            inv_freq, factor = self._frequencies(seq_len=length)
+        else:
+            return False
+        changed = not torch.equal(inv_freq, self._inv_freq) or factor != self.attention_factor
+        self._inv_freq, self.attention_factor = inv_freq, factor
+        return changed
+
+    def reset_parameters(self) -> None:
+        """Rebuild the tables (e.g. after ``to_empty``)."""
+        self._build_tables(self.max_positions, self.cos_hi.device)
+
+    def _apply(self, fn, recurse=True):
+        was_meta = self.cos_hi.is_meta
+        out = super()._apply(fn, recurse)
+        _mark_tables_after_apply(self, _TABLES, was_meta)
+        return out
+
+    # ---- forward ----------------------------------------------------------------------------------
+    @staticmethod
+    def _host_length(q, layout, positions, offsets, max_seqlen) -> int | None:
+        """Positions needed, when the host knows it without reading device memory."""
+        if positions is not None or isinstance(offsets, torch.Tensor):
+            return None
+        if layout == "thd":
+            return None if max_seqlen is None else max_seqlen + (offsets or 0)
+        seqlen = q.shape[2] if layout == "bhsd" else q.shape[0] if layout == "sbhd" else q.shape[1]
+        return seqlen + (offsets or 0)
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor | None = None,
+        *,
+        positions: torch.Tensor | None = None,
+        offsets: int | torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        layout: str = "bshd",
+        inplace: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rotate q and k; arguments as in :func:`rope_triton.apply_rotary`.
+
+        No device-to-host sync when the tables already cover the positions, except for ``dynamic`` and
+        ``longrope`` scaling with device-side positions or offsets: their frequencies depend on the
+        longest position, which Hugging Face reads with a sync too.
+        """
+        length = self._host_length(q, layout, positions, offsets, max_seqlen)
+        rebuild = _tables_need_rebuild(self, _TABLES, q.device)
+        if self.rope_type in ("dynamic", "longrope"):
+            if length is None:
+                length = self._device_length(q, layout, positions, offsets, cu_seqlens)
+            rebuild |= self._update_frequencies(length)
+        if rebuild or (length is not None and length > self.max_positions):
+            self._build_tables(length or 0, q.device)
+        return apply_rotary(
+            q, k, self.cos_hi, self.sin_hi,
+            cos_lo=self.cos_lo,
+            sin_lo=self.sin_lo,
+            positions=positions,
+            offsets=offsets,
+            cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen,
+            layout=layout,
+            interleaved=self.interleaved,
+            rotary_dim=self.rotary_dim,
+            inplace=inplace,
+        )
+
+    @staticmethod
+    def _device_length(q, layout, positions, offsets, cu_seqlens) -> int:
+        # One sync, as in transformers' dynamic/longrope update: max position + 1.
+        if positions is not None:
+            return int(positions.max().item()) + 1 if positions.numel() else 0
+        if layout == "thd":
+            longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item())
+        else:
+            longest = q.shape[2] if layout == "bhsd" else q.shape[0] if layout == "sbhd" else q.shape[1]
+        return longest + int(offsets.max().item() if isinstance(offsets, torch.Tensor) else offsets or 0)
+
+    def extra_repr(self) -> str:
+        return (
+            f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, base={self.base}, "
+            f"rope_type={self.rope_type!r}, max_positions={self.max_positions}, interleaved={self.interleaved}"
+        )
+
+
+class TritonRotary(nn.Module):
+    """The tutorial's module (``../shared/seed``), made to work: ``TritonRotary(dim, max_seq_len)``.
+
+    It keeps the tutorial's math: ``dim // 4`` frequencies ``(1/10000) ** linspace(0, 1, dim // 4)``
+    padded with zeros to ``dim // 2`` (so a quarter of the pairs rotate and the rest pass through),
+    half-split pairs (i, i + dim/2), and its rotation direction y1 = x1 cos + x2 sin,
+    y2 = -x1 sin + x2 cos. Unlike the tutorial it supports autograd, strided inputs and GQA, returns new
+    tensors instead of overwriting its inputs, and explains bad shapes.
+
+    Parameters
+    ----------
+    dim : int
+        The attention head dimension (``model_dim // n_heads``), not the number of heads.
+    max_seq_len : int
+        Longest sequence it accepts.
+
+    Examples
+    --------
+    >>> rotary = TritonRotary(dim=64, max_seq_len=2048)
+    >>> q, k = torch.randn(2, 8, 128, 64), torch.randn(2, 8, 128, 64)  # (batch, heads, seq, head_dim)
+    >>> q, k = rotary(q, k)
+    """
+
+    def __init__(self, dim: int, max_seq_len: int) -> None:
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 4 or dim % 4:
+            raise ValueError(f"dim: expected the head dimension, a multiple of 4 (>= 4), got {dim!r}")
+        if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 1:
+            raise ValueError(f"max_seq_len: expected a positive int, got {max_seq_len!r}")
+        self.dim = dim
+        self.max_seq_len = max_seq_len
+        self._tables_valid = False
+        self.register_buffer("cos", torch.empty(0, dim // 2), persistent=False)
+        self.register_buffer("sin", torch.empty(0, dim // 2), persistent=False)
+        self._build(self.cos.device)
+
+    def _build(self, device: torch.device) -> None:
+        inv_freq = freqs.seed_inv_freq(self.dim)
+        self.cos, self.sin = freqs.cos_sin_tables(inv_freq, self.max_seq_len, device=device)
+        self._tables_valid = True
+
+    def _apply(self, fn, recurse=True):
+        was_meta = self.cos.is_meta
+        out = super()._apply(fn, recurse)
+        _mark_tables_after_apply(self, ("cos",), was_meta)
+        return out
+
+    def _check(self, name: str, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            hint = ""
+            if x.dim() == 3:
+                hint = (
+                    f" A 3-D (batch, seq, model_dim) projection must be split into heads first, e.g. "
+                    f"x.view(batch, seq, model_dim // {self.dim}, {self.dim}).transpose(1, 2)."
+                )
+            raise ValueError(
+                f"{name}: TritonRotary expects (batch, heads, seq, head_dim={self.dim}), got shape "
+                f"{tuple(x.shape)}.{hint}"
+            )
+        if x.shape[-1] != self.dim:
+            raise ValueError(
+                f"{name}: expected head_dim {self.dim} as the last dim, got shape {tuple(x.shape)}. "
+                f"TritonRotary(dim=...) takes the attention head dimension (model_dim // n_heads), "
+                f"not the number of heads."
+            )
+        if x.shape[2] > self.max_seq_len:
+            raise ValueError(
+                f"{name}: sequence length {x.shape[2]} (dim 2 of (batch, heads, seq, head_dim)) exceeds "
+                f"max_seq_len={self.max_seq_len}; build TritonRotary with a larger max_seq_len."
+            )
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rotate (batch, heads, seq, head_dim) q and k; returns new tensors."""
+        self._check("q", q)
+        if k is not None:
+            self._check("k", k)
+        if _tables_need_rebuild(self, ("cos",), q.device):
+            self._build(q.device)
+        # The tutorial's direction (x1 cos + x2 sin, -x1 sin + x2 cos) is the rotation by -theta.
+        return apply_rotary(q, k, self.cos, self.sin, layout="bhsd", conjugate=True)
