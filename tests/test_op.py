@@ -35,7 +35,7 @@ def test_opcheck(device):
     q, k = make_qk("bshd", 2, 3, 2, 1, 8, torch.float32, device)
     cos, sin = random_tables(6, 4, device)
     pos = torch.randint(0, 6, (2, 3), device=device)
-    args = (q, k, cos, sin, pos, None, None, 0, "bshd", False, 8, False)
+    args = (q, k, cos, sin, None, None, pos, None, None, 0, "bshd", False, 8, False)
     # Fake-tensor tracing of a Triton launch needs compiled Triton: the CPU interpreter runs it for real.
     utils = ("test_schema", "test_faketensor") if device.type == "cuda" else ("test_schema",)
     torch.library.opcheck(torch.ops.rope_triton.rotary.default, args, test_utils=utils)
@@ -104,3 +104,26 @@ def test_cuda_graph_replay_with_new_positions(device):
         rq, rk = ref64(q, k, cos, sin, offsets=offsets)
         assert_rotary_close(static_out["q"], rq, q, layout="bshd", rotary_dim=128, interleaved=False)
         assert_rotary_close(static_out["k"], rk, k, layout="bshd", rotary_dim=128, interleaved=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+def test_replayed_launches(inplace, device):
+    # The second call of a signature replays the recorded launch: same results as the validating path,
+    # new data and int offsets honoured, and the host check on int offsets still applies.
+    from rope_triton import _ops
+
+    cos, sin = random_tables(64, 16, device)
+    for step in range(4):
+        q, k = make_qk("bshd", 3, 1, 4, 2, 32, torch.bfloat16, device, "packed")
+        q0, k0 = q.clone(), k.clone()
+        before = len(_ops.PLANS._plans)
+        q_out, k_out = rope_triton.apply_rotary(q, k, cos, sin, offsets=step * 7, inplace=inplace)
+        if step:
+            assert len(_ops.PLANS._plans) == before  # replayed, not recorded again
+        rq, rk = ref64(q0, k0, cos, sin, offsets=step * 7)
+        assert_rotary_close(q_out, rq, q0, layout="bshd", rotary_dim=32, interleaved=False)
+        assert_rotary_close(k_out, rk, k0, layout="bshd", rotary_dim=32, interleaved=False)
+        assert (q_out is q) == inplace
+    with pytest.raises(ValueError, match="at least 65 rows, got 64"):
+        rope_triton.apply_rotary(q, k, cos, sin, offsets=64, inplace=inplace)

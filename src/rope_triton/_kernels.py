@@ -47,6 +47,7 @@ def _rotate_heads(
     INTERLEAVED: tl.constexpr,
     COPY_TAIL: tl.constexpr,  # out of place with a pass-through tail: copy it
     ROUND_BY_HAND: tl.constexpr,
+    EVICT: tl.constexpr,  # eviction hint for q/k loads ("" or "evict_first": touched once)
 ):
     c = cos[:, None, :]
     s = sin[:, None, :]
@@ -60,7 +61,7 @@ def _rotate_heads(
             # Load the rotary span in one contiguous piece (wide loads), then split even/odd lanes.
             jj = tl.arange(0, 2 * BLOCK_HALF).to(tl.int64)
             m = row_ok[:, :, None] & (jj < 2 * HALF)[None, None, :]
-            x = tl.load(X + xh[:, :, None] + jj[None, None, :] * sx_d, mask=m, other=0.0)
+            x = tl.load(X + xh[:, :, None] + jj[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy=EVICT)
             x1, x2 = tl.split(tl.reshape(x.to(c.dtype), (x.shape[0], x.shape[1], BLOCK_HALF, 2)))
             y1 = x1 * c - x2 * s
             y2 = x2 * c + x1 * s
@@ -68,10 +69,12 @@ def _rotate_heads(
             tl.store(Y + yh[:, :, None] + jj[None, None, :] * sy_d, _to_storage(y, Y, ROUND_BY_HAND), mask=m)
         else:
             m = row_ok[:, :, None] & (j < HALF)[None, None, :]
-            x1 = tl.load(X + xh[:, :, None] + j[None, None, :] * sx_d, mask=m, other=0.0).to(c.dtype)
-            x2 = tl.load(X + xh[:, :, None] + (j + HALF)[None, None, :] * sx_d, mask=m, other=0.0).to(
-                c.dtype
+            x1 = tl.load(X + xh[:, :, None] + j[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy=EVICT)
+            x2 = tl.load(
+                X + xh[:, :, None] + (j + HALF)[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy=EVICT
             )
+            x1 = x1.to(c.dtype)
+            x2 = x2.to(c.dtype)
             y1 = x1 * c - x2 * s
             y2 = x2 * c + x1 * s
             tl.store(Y + yh[:, :, None] + j[None, None, :] * sy_d, _to_storage(y1, Y, ROUND_BY_HAND), mask=m)
@@ -121,6 +124,7 @@ def rotary_kernel(
     VARLEN: tl.constexpr,
     SEARCH_STEPS: tl.constexpr,  # >= ceil(log2(n_seqs)): binary-search steps over cu_seqlens
     ROUND_BY_HAND: tl.constexpr,  # bfloat16 output under the CPU interpreter (see _to_storage)
+    EVICT: tl.constexpr = "",
 ):
     tok = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
     tok_ok = tok < n_tokens
@@ -175,11 +179,11 @@ def rotary_kernel(
     _rotate_heads(
         XQ, YQ, b * sxq_b + s * sxq_s, b * syq_b + s * syq_s, tok_ok, cos, sin,
         HEADS_Q, sxq_h, sxq_d, syq_h, syq_d,
-        HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND,
+        HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT,
     )
     if HAS_K:
         _rotate_heads(
             XK, YK, b * sxk_b + s * sxk_s, b * syk_b + s * syk_s, tok_ok, cos, sin,
             HEADS_K, sxk_h, sxk_d, syk_h, syk_d,
-            HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND,
+            HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT,
         )

@@ -8,12 +8,17 @@ from __future__ import annotations
 import torch
 import triton
 
-from ._checks import POS_EXPLICIT, POS_OFFSETS, Problem
+try:  # the launch-hook registry the replay honours (Triton >= 3.4); without it, no replays
+    from triton import knobs
+except ImportError:  # pragma: no cover
+    knobs = None
+
+from ._checks import POS_DEFAULT, POS_EXPLICIT, POS_OFFSETS, Problem
 from ._kernels import rotary_kernel
 
-# Per inner step a program holds BLOCK_T x BLOCK_H x BLOCK_HALF pairs; about this many keeps enough
-# loads in flight without spilling (checked on the H200, see docs/performance.md).
-_PAIRS_PER_STEP = 2048
+# Bytes of one half-tile (x1 or x2) a program moves per inner step. Measured on the H200 (scripts/tune.py,
+# NOTES.md v0.2): 2 KB per half with 8 warps beat 4 KB with 4 warps by 1-3 points of a same-bytes copy.
+_HALF_TILE_BYTES = 2048
 
 
 def bshd_strides(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
@@ -28,22 +33,24 @@ def bshd_strides(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
     return 0, st[0], st[1], st[2]
 
 
-def config(p: Problem) -> dict[str, int]:
-    """Block sizes and warps for a problem: a fixed rule, no autotuning (deterministic, no warm-up cost)."""
+def config(p: Problem, itemsize: int = 2) -> dict[str, int]:
+    """Block sizes and warps for a problem: a fixed rule measured on the H200, no autotuning
+    (deterministic, and no seconds of benchmarking at the first call)."""
     half = p.rotary_dim // 2
     block_half = triton.next_power_of_2(half)
+    pairs = max(block_half, _HALF_TILE_BYTES // itemsize)
     heads = max(p.heads_q, p.heads_k)
-    block_h = min(triton.next_power_of_2(heads), max(1, _PAIRS_PER_STEP // block_half))
+    block_h = min(triton.next_power_of_2(heads), max(1, pairs // block_half))
     n_tokens = p.batch * p.seqlen
-    block_t = max(1, _PAIRS_PER_STEP // (block_h * block_half))
-    # Keep the grid several waves deep: many small programs beat few large ones at the tail.
-    block_t = min(block_t, max(1, triton.next_power_of_2(max(1, n_tokens // 1024))))
+    block_t = max(1, pairs // (block_h * block_half))
+    # Keep the grid many waves deep: small programs balance the tail better than few large ones.
+    block_t = min(block_t, max(1, triton.next_power_of_2(max(1, n_tokens // 2048))))
     tile = block_t * block_h * block_half
     return {
         "BLOCK_HALF": block_half,
         "BLOCK_H": block_h,
         "BLOCK_T": block_t,
-        "num_warps": 4 if tile <= 2048 else 8,
+        "num_warps": 8 if tile * itemsize >= 2048 and block_half >= 64 else 4,
     }
 
 
@@ -65,41 +72,38 @@ def launch(
     interleaved: bool,
     conjugate: bool,
     inplace: bool,
-) -> None:
+    cfg: dict[str, int] | None = None,
+    plans: LaunchPlans | None = None,
+    plan_key: tuple | None = None,
+):
     """Rotate ``q`` (and ``k``) into ``q_out`` (and ``k_out``), which may be the inputs themselves.
+
+    Returns what the launch returns (the compiled kernel for a direct launch), or None if there was
+    nothing to do. ``cfg`` overrides :func:`config` (for tuning scripts). With ``plans`` and ``plan_key``
+    the launch is recorded for :meth:`LaunchPlans.replay`.
 
     ``kernel`` is :data:`rotary_kernel` for eager calls or its ``torch.library.wrap_triton`` wrapper
     inside the registered op (so that torch.compile can trace it).
     """
     n_tokens = p.batch * p.seqlen
     if n_tokens == 0 or p.head_dim == 0 or (p.heads_q == 0 and p.heads_k == 0):
-        return
-    cfg = config(p)
+        return None
+    cfg = dict(cfg or config(p, q.element_size()))
     half = p.rotary_dim // 2
     tail = p.head_dim - p.rotary_dim
     has_k = k is not None and p.heads_k > 0
     kk, kko = (k, k_out) if has_k else (q, q_out)
     spos_b = spos_s = 0
-    pos_arg = q  # any pointer: unused in mode 0
-    if p.pos_mode == POS_EXPLICIT:
-        pos_arg = positions
-        if positions.dim() == 2:
-            spos_b = positions.stride(0) if positions.shape[0] > 1 else 0
-            spos_s = positions.stride(1)
-        else:
-            spos_s = positions.stride(0)
+    if p.pos_mode == POS_EXPLICIT and positions.dim() == 2:
+        spos_b = positions.stride(0) if positions.shape[0] > 1 else 0
+        spos_s = positions.stride(1)
+    elif p.pos_mode == POS_EXPLICIT:
+        spos_s = positions.stride(0)
     elif p.pos_mode == POS_OFFSETS:
-        pos_arg = offsets
         spos_b = offsets.stride(0)
     varlen = p.layout == "thd"
-    grid = (triton.cdiv(n_tokens, cfg["BLOCK_T"]),)
-    kernel[grid](
-        q, kk, q_out, kko,
-        cos, sin,
-        cos if cos_lo is None else cos_lo,
-        sin if sin_lo is None else sin_lo,
-        pos_arg,
-        cu_seqlens if varlen else q,
+    args = [
+        *tensor_args(q, k if has_k else None, q_out, kko, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens),
         n_tokens, p.seqlen, p.n_seqs,
         p.table_rows, p.offset,
         *bshd_strides(q, p.layout),
@@ -109,22 +113,110 @@ def launch(
         cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1),
         *((0, 0, 0, 0) if cos_lo is None else (*cos_lo.stride(), *sin_lo.stride())),
         spos_b, spos_s,
-        HEADS_Q=p.heads_q,
-        HEADS_K=p.heads_k if has_k else 0,
-        HALF=half,
-        BLOCK_HALF=cfg["BLOCK_HALF"],
-        TAIL=tail,
-        BLOCK_TAIL=triton.next_power_of_2(max(tail, 1)),
-        BLOCK_T=cfg["BLOCK_T"],
-        BLOCK_H=cfg["BLOCK_H"],
-        INTERLEAVED=interleaved,
-        CONJUGATE=conjugate,
-        HAS_K=has_k,
-        COPY_TAIL=tail > 0 and not inplace,
-        POS_MODE=p.pos_mode,
-        LO_BITS=p.lo_bits,
-        VARLEN=varlen,
-        SEARCH_STEPS=max(1, (p.n_seqs - 1).bit_length()) if varlen else 1,
-        ROUND_BY_HAND=q.device.type == "cpu" and q.dtype == torch.bfloat16,
-        num_warps=cfg["num_warps"],
+    ]
+    consts = {
+        "HEADS_Q": p.heads_q,
+        "HEADS_K": p.heads_k if has_k else 0,
+        "HALF": half,
+        "BLOCK_HALF": cfg["BLOCK_HALF"],
+        "TAIL": tail,
+        "BLOCK_TAIL": triton.next_power_of_2(max(tail, 1)),
+        "BLOCK_T": cfg["BLOCK_T"],
+        "BLOCK_H": cfg["BLOCK_H"],
+        "INTERLEAVED": interleaved,
+        "CONJUGATE": conjugate,
+        "HAS_K": has_k,
+        "COPY_TAIL": tail > 0 and not inplace,
+        "POS_MODE": p.pos_mode,
+        "LO_BITS": p.lo_bits,
+        "VARLEN": varlen,
+        "SEARCH_STEPS": max(1, (p.n_seqs - 1).bit_length()) if varlen else 1,
+        "ROUND_BY_HAND": q.device.type == "cpu" and q.dtype == torch.bfloat16,
+        "EVICT": cfg.pop("EVICT", ""),
+    }
+    grid = (triton.cdiv(n_tokens, cfg["BLOCK_T"]),)
+    compiled = kernel[grid](*args, **consts, num_warps=cfg["num_warps"])
+    if plans is not None and plan_key is not None:
+        longest = p.seqlen if p.layout != "thd" else None
+        max_offset = p.table_rows - longest if p.pos_mode == POS_DEFAULT and longest else float("inf")
+        plans.record(plan_key, compiled, grid[0], args, consts, max_offset)
+    return compiled
+
+
+def tensor_args(q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens) -> tuple:
+    """The kernel's ten pointer arguments; unused ones get a harmless stand-in (never dereferenced)."""
+    return (
+        q, q if k is None else k, q_out, q_out if k is None else k_out,
+        cos, sin,
+        cos if cos_lo is None else cos_lo,
+        sin if sin_lo is None else sin_lo,
+        positions if positions is not None else offsets if offsets is not None else q,
+        cu_seqlens if cu_seqlens is not None else q,
     )
+
+
+_N_TENSOR_ARGS = 10
+_OFFSET_ARG = 14  # index of ``offset`` in the kernel's arguments
+
+
+class LaunchPlans:
+    """Replays of compiled launches, keyed by everything that decides one (shapes, strides, dtypes,
+    devices, alignment, options): a repeat call skips validation and Triton's argument binding, which
+    is what a decode step (microseconds of GPU work) pays for. Only used on CUDA, outside autograd and
+    torch.compile; an entry is made only after the full path validated and launched the same signature.
+    Bounded: when full, it is cleared.
+    """
+
+    def __init__(self, capacity: int = 512) -> None:
+        self.capacity = capacity
+        self._plans: dict = {}
+
+    def get(self, key):
+        return self._plans.get(key)
+
+    def record(self, key, compiled, grid: int, args: list, consts: dict, max_offset: float) -> None:
+        """Remember a launch; ``max_offset`` is the largest int offset the host check allows."""
+        if knobs is None or not all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata")):
+            return
+        if len(self._plans) >= self.capacity:
+            self._plans.clear()
+        values = dict(zip(rotary_kernel.arg_names, args))
+        values.update(consts)
+        self._plans[key] = (compiled, grid, [values[n] for n in rotary_kernel.arg_names], max_offset)
+
+    @staticmethod
+    def replay(plan, tensors: tuple, offset: int) -> bool:
+        """Launch again with new tensors; False (nothing launched) if ``offset`` fails the host check."""
+        compiled, grid, values, max_offset = plan
+        if not 0 <= offset <= max_offset:
+            return False
+        values = list(values)
+        values[:_N_TENSOR_ARGS] = tensors
+        values[_OFFSET_ARG] = offset
+        device = tensors[0].device.index
+        stream = torch._C._cuda_getCurrentRawStream(device)
+        hooks = knobs.runtime
+        enter, leave = hooks.launch_enter_hook, hooks.launch_exit_hook
+        if enter is not None and getattr(enter, "calls", True):
+            meta = compiled.launch_metadata((grid, 1, 1), stream, *values)
+        else:
+            meta, enter, leave = None, None, None
+        compiled.run(grid, 1, 1, stream, compiled.function, compiled.packed_metadata, meta, enter, leave, *values)
+        return True
+
+
+def plan_key(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, options: tuple) -> tuple | None:
+    """What decides a launch besides the data: see :class:`LaunchPlans`. ``offsets`` as an int enters
+    only through what Triton specializes on (== 1, multiple of 16). None for arguments of unusual
+    types (they take the validating path, which explains what is wrong)."""
+    key = [torch.cuda.current_device(), options]
+    for t in (q, k, cos, sin, cos_lo, sin_lo, positions, cu_seqlens, offsets):
+        if t is None:
+            key.append(None)
+        elif isinstance(t, torch.Tensor):
+            key.append((t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16))
+        elif type(t) is int:
+            key.append((t == 1, t % 16 == 0))
+        else:
+            return None
+    return tuple(key)

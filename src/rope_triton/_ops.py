@@ -22,7 +22,10 @@ from torch.library import triton_op, wrap_triton
 from . import reference
 from ._checks import Problem, check
 from ._kernels import rotary_kernel
-from ._launch import launch
+from ._launch import LaunchPlans, launch, tensor_args
+
+# Replays of eager CUDA launches (see LaunchPlans): what keeps a decode step near the cost of a bare launch.
+PLANS = LaunchPlans()
 
 
 def triton_runs_on(device: torch.device) -> bool:
@@ -51,6 +54,17 @@ def _run_reference(p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, o
         k_out.copy_(yk)
 
 
+def replay(plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, *, inplace):
+    """Replay a recorded launch on new tensors of the same signature; None if the plan does not apply."""
+    q_out = q if inplace else torch.empty_like(q)
+    k_out = None if k is None else (k if inplace else torch.empty_like(k))
+    tensors = tensor_args(q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens)
+    offset = offsets if isinstance(offsets, int) else 0
+    if not PLANS.replay(plan, tensors, offset):
+        return None
+    return q_out, k_out
+
+
 def run(
     p: Problem,
     q: torch.Tensor,
@@ -66,8 +80,12 @@ def run(
     interleaved: bool,
     conjugate: bool,
     inplace: bool,
+    plan_key: tuple | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Rotate without autograd; returns the outputs (the inputs themselves when ``inplace``)."""
+    """Rotate without autograd; returns the outputs (the inputs themselves when ``inplace``).
+
+    With ``plan_key`` (eager CUDA calls) the launch is recorded in :data:`PLANS` for replay.
+    """
     compiling = torch.compiler.is_compiling()
     if compiling and q.device.type == "cuda":
         args = (
@@ -86,6 +104,7 @@ def run(
         launch(
             rotary_kernel, p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
             interleaved=interleaved, conjugate=conjugate, inplace=inplace,
+            plans=PLANS if plan_key is not None else None, plan_key=plan_key,
         )
     else:
         _run_reference(

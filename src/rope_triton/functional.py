@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from ._checks import check
-from ._ops import RotaryFunction, run
+from ._launch import plan_key
+from ._ops import PLANS, RotaryFunction, replay, run
 
 
 def apply_rotary(
@@ -86,6 +87,20 @@ def apply_rotary(
     >>> q_rot.shape, k_rot.shape
     (torch.Size([2, 16, 8, 64]), torch.Size([2, 16, 2, 64]))
     """
+    is_tensor = isinstance(q, torch.Tensor) and (k is None or isinstance(k, torch.Tensor))
+    needs_grad = is_tensor and torch.is_grad_enabled() and (q.requires_grad or (k is not None and k.requires_grad))
+    key = None
+    if is_tensor and not needs_grad and q.is_cuda and not torch.compiler.is_compiling():
+        # Hot path (decode): a call whose signature was validated and launched before is replayed.
+        options = (layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen)
+        key = plan_key(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, options)
+        plan = PLANS.get(key) if key is not None else None
+        if plan is not None:
+            out = replay(plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, inplace=inplace)
+            if out is not None:
+                if inplace:
+                    torch.autograd.graph.increment_version([t for t in (q, k) if t is not None])
+                return out
     p = check(
         q, k, cos, sin,
         positions=positions,
@@ -99,13 +114,13 @@ def apply_rotary(
         sin_lo=sin_lo,
     )
     offsets_t = offsets if isinstance(offsets, torch.Tensor) else None
-    if torch.is_grad_enabled() and (q.requires_grad or (k is not None and k.requires_grad)):
+    if needs_grad:
         return RotaryFunction.apply(
             q, k, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens, p, interleaved, conjugate, inplace
         )
     out = run(
         p, q, k, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens,
-        interleaved=interleaved, conjugate=conjugate, inplace=inplace,
+        interleaved=interleaved, conjugate=conjugate, inplace=inplace, plan_key=key,
     )
     if inplace:
         # The kernel writes through raw pointers: bump the version counters so that autograd can tell

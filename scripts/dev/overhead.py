@@ -1,0 +1,67 @@
+"""Host wall time per call (decode shapes) against an empty Triton launch, on the GPU."""
+
+import time
+
+import torch
+import triton
+import triton.language as tl
+
+import rope_triton
+
+
+@triton.jit
+def _empty(X):
+    pass
+
+
+def wall(fn, n=2000):
+    for _ in range(50):
+        fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / n * 1e6
+
+
+def main():
+    x = torch.zeros(1, device="cuda")
+    ang = torch.rand(8192, 64, device="cuda", dtype=torch.float64) * 6.28
+    cos, sin = ang.cos().float(), ang.sin().float()
+    for b in (64, 1):
+        q = torch.randn(b, 1, 32, 128, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(b, 1, 8, 128, device="cuda", dtype=torch.bfloat16)
+        off = torch.randint(0, 8000, (b,), device="cuda")
+        rows = {
+            "empty triton launch": lambda: _empty[(1,)](x),
+            "torch add_ (1 elem)": lambda: x.add_(1),
+            "rope out-of-place, tensor offsets": lambda: rope_triton.apply_rotary(q, k, cos, sin, offsets=off),
+            "rope in-place, tensor offsets": lambda: rope_triton.apply_rotary(q, k, cos, sin, offsets=off, inplace=True),
+            "rope in-place, int offset": lambda: rope_triton.apply_rotary(q, k, cos, sin, offsets=4000, inplace=True),
+        }
+        from rope_triton import _launch, _ops
+
+        opts = ("bshd", False, None, True, False, None)
+        key = _launch.plan_key(q, k, cos, sin, None, None, None, 4000, None, opts)
+        plan = _ops.PLANS.get(key)
+        tensors = _launch.tensor_args(q, k, q, k, cos, sin, None, None, None, 4000, None)
+        parts = {
+            "  part: plan_key": lambda: _launch.plan_key(q, k, cos, sin, None, None, None, off, None, opts),
+            "  part: PLANS.replay": lambda: _ops.PLANS.replay(plan, tensors, 4000),
+            "  part: empty_like q,k": lambda: (torch.empty_like(q), torch.empty_like(k)),
+            "  part: is_compiling+grad": lambda: (torch.compiler.is_compiling(), torch.is_grad_enabled()),
+            "  part: raw stream": lambda: torch._C._cuda_getCurrentRawStream(0),
+        }
+        with torch.no_grad():
+            for _ in range(2):
+                for name, fn in rows.items():
+                    print(f"batch {b:3d}  {name:36s} {wall(fn):6.1f} us/call")
+            plan = _ops.PLANS.get(key)
+            if plan is not None:
+                for name, fn in parts.items():
+                    print(f"batch {b:3d}  {name:36s} {wall(fn):6.1f} us/call")
+
+
+if __name__ == "__main__":
+    main()
