@@ -35,7 +35,7 @@ def apply_rotary(
     Parameters
     ----------
     q : torch.Tensor
-        Queries, float32, float16 or bfloat16, any strides. Shape by ``layout``: ``"bshd"`` (B, S, Hq, D),
+        Queries, float32, float16 or bfloat16 (or float64, computed in float64), any strides. Shape by ``layout``: ``"bshd"`` (B, S, Hq, D),
         ``"bhsd"`` (B, Hq, S, D), ``"sbhd"`` (S, B, Hq, D), ``"thd"`` (T, Hq, D).
     k : torch.Tensor or None
         Keys in the same layout and dtype, with the same B, S and D; Hk may differ from Hq (GQA, MQA).

@@ -255,7 +255,7 @@ class TritonRotary(nn.Module):
     """The tutorial's module (``../shared/seed``), made to work: ``TritonRotary(dim, max_seq_len)``.
 
     It keeps the tutorial's math: ``dim // 4`` frequencies ``(1/10000) ** linspace(0, 1, dim // 4)``
-    padded with zeros to ``dim // 2`` (so a quarter of the pairs rotate and the rest pass through),
+    padded with zeros to ``dim // 2`` (so half of the pairs rotate and the rest keep angle 0),
     half-split pairs (i, i + dim/2), and its rotation direction y1 = x1 cos + x2 sin,
     y2 = -x1 sin + x2 cos. Unlike the tutorial it supports autograd, strided inputs and GQA, returns new
     tensors instead of overwriting its inputs, and explains bad shapes.
@@ -303,8 +303,9 @@ class TritonRotary(nn.Module):
             hint = ""
             if x.dim() == 3:
                 hint = (
-                    f" A 3-D (batch, seq, model_dim) projection must be split into heads first, e.g. "
-                    f"x.view(batch, seq, model_dim // {self.dim}, {self.dim}).transpose(1, 2)."
+                    " A 3-D (batch, seq, model_dim) projection must be split into heads first, e.g. "
+                    "x.view(batch, seq, n_heads, model_dim // n_heads).transpose(1, 2), with "
+                    f"model_dim // n_heads == dim == {self.dim}."
                 )
             raise ValueError(
                 f"{name}: TritonRotary expects (batch, heads, seq, head_dim={self.dim}), got shape "
