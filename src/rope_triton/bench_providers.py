@@ -1,0 +1,424 @@
+"""Providers timed by ``rope-triton bench``: rope-triton itself and the peers it is measured against.
+
+Every provider works on the same input sets: q and k in the canonical layout of the shape (``bshd``, or
+``thd`` for packed sequences). Peers written for Hugging Face's (B, H, S, D) get a transposed view of
+the same storage, which is what a Hugging Face attention layer hands them
+(``q_proj(x).view(B, S, H, D).transpose(1, 2)``): every provider reads the same bytes in the same order.
+
+A provider is built once per shape into an :class:`Impl`, which answers three questions:
+``forward`` / ``backward`` (for the correctness check, on inputs it must not modify) and ``timed`` (a
+zero-argument callable for one pass on one input set, with all set-up done outside of it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+import torch
+
+from .functional import apply_rotary
+
+if TYPE_CHECKING:
+    from .bench_shapes import Workload
+
+PASSES = ("fwd", "bwd", "fwdbwd")
+
+# A correct RoPE in any of the compared styles (fp32 or bf16 math, fp32 or bf16 tables) stays within
+# about 3 ulps of the pair's norm (see error_stats); a wrong one is off by about 2**mantissa_bits.
+ULP_TOLERANCE = 8.0
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------------
+# Hugging Face's formula, written out (transformers' rotate_half / apply_rotary_pos_emb).
+# --------------------------------------------------------------------------------------------------
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """Hugging Face's ``rotate_half``: (x1, x2) -> (-x2, x1) over the two halves of the last dim."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def hf_apply_rotary_pos_emb(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1
+) -> Pair:
+    """Hugging Face's eager RoPE: ``q * cos + rotate_half(q) * sin`` on (B, H, S, D) tensors.
+
+    Parameters
+    ----------
+    q, k : torch.Tensor
+        (B, Hq, S, D) and (B, Hk, S, D).
+    cos, sin : torch.Tensor
+        Full-width tables already gathered per position, (B or 1, S, D), in the dtype of q.
+    unsqueeze_dim : int
+        Where the head axis goes in cos and sin (1 for (B, H, S, D) inputs).
+
+    Returns
+    -------
+    (q_embed, k_embed) : tuple of torch.Tensor
+    """
+    cos = cos.unsqueeze(unsqueeze_dim)
+    sin = sin.unsqueeze(unsqueeze_dim)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+# --------------------------------------------------------------------------------------------------
+# Correctness.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Error of one provider's result against the float64 reference."""
+
+    max_abs: float
+    max_ulp: float
+    ok: bool
+    note: str = ""
+
+    @staticmethod
+    def worst(results: Sequence[CheckResult]) -> CheckResult:
+        """Combine the checks of several passes into the worst of them."""
+        return CheckResult(
+            max(r.max_abs for r in results),
+            max(r.max_ulp for r in results),
+            all(r.ok for r in results),
+            "; ".join(r.note for r in results if r.note),
+        )
+
+
+def error_stats(
+    outs: Sequence[torch.Tensor], refs: Sequence[torch.Tensor], dtype: torch.dtype
+) -> CheckResult:
+    """Max absolute error and max error in ulps of ``dtype`` of ``outs`` against float64 ``refs``.
+
+    The ulp of an element is taken at the norm of its rotation pair ``hypot(y_i, y_{i + D/2})`` rather
+    than at the element itself: a rotation preserves that norm, and every rounding error of a correct
+    kernel scales with it. At the element itself, outputs that happen to land near zero would report
+    hundreds of ulps for a perfectly rounded fp32 computation.
+
+    Parameters
+    ----------
+    outs : sequence of torch.Tensor
+        Results in ``dtype``, same shapes as ``refs`` (last dim: the rotated pairs (i, i + D/2)).
+    refs : sequence of torch.Tensor
+        float64 reference results.
+    dtype : torch.dtype
+        Output dtype whose ulp is the unit.
+
+    Returns
+    -------
+    CheckResult
+        ``ok`` when every element is finite and within :data:`ULP_TOLERANCE` ulps.
+    """
+    finfo = torch.finfo(dtype)
+    max_abs = max_ulp = 0.0
+    finite = True
+    for out, ref in zip(outs, refs, strict=True):
+        if tuple(out.shape) != tuple(ref.shape):
+            note = f"shape {tuple(out.shape)} != {tuple(ref.shape)}"
+            return CheckResult(float("nan"), float("nan"), False, note)
+        out64 = out.detach().to(torch.float64)
+        finite = finite and bool(torch.isfinite(out64).all())
+        diff = (out64 - ref).abs()
+        half = ref.shape[-1] // 2
+        norm = torch.hypot(ref[..., :half], ref[..., half:])
+        norm = torch.cat((norm, norm), dim=-1).clamp_min(finfo.tiny)
+        # frexp gives norm = m * 2**e with m in [0.5, 1): the ulp is eps * 2**(e - 1), exactly.
+        _, exponent = torch.frexp(norm)
+        ulp = torch.ldexp(torch.full_like(norm, finfo.eps), exponent - 1)
+        if diff.numel():
+            max_abs = max(max_abs, diff.max().item())
+            max_ulp = max(max_ulp, (diff / ulp).max().item())
+    if not finite:
+        return CheckResult(float("nan"), float("nan"), False, "non-finite output")
+    ok = max_ulp <= ULP_TOLERANCE
+    return CheckResult(max_abs, max_ulp, ok, "" if ok else f"error {max_ulp:.3g} ulp > {ULP_TOLERANCE:g}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Implementations.
+# --------------------------------------------------------------------------------------------------
+
+
+def _normal_like(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return torch.empty_like(x).normal_(generator=gen)
+
+
+def _leaf(x: torch.Tensor) -> torch.Tensor:
+    # A new leaf over the same storage: no copy, and the set's own tensor stays grad-free.
+    return x.detach().requires_grad_()
+
+
+class Impl:
+    """One provider built for one workload. Subclasses implement the three methods."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> Pair:
+        """Rotated (q, k) in the canonical layout; ``q`` and ``k`` are left unchanged."""
+        raise NotImplementedError
+
+    def backward(self, q: torch.Tensor, k: torch.Tensor, gq: torch.Tensor, gk: torch.Tensor) -> Pair:
+        """Gradients wrt (q, k) for output gradients (gq, gk), all in the canonical layout."""
+        raise NotImplementedError
+
+    def timed(self, pass_: str, q: torch.Tensor, k: torch.Tensor) -> Callable[[], object]:
+        """A callable that does one ``pass_`` ("fwd", "bwd", "fwdbwd") on the input set (q, k)."""
+        raise NotImplementedError
+
+
+class AutogradImpl(Impl):
+    """A differentiable ``fn(q, k) -> (q_out, k_out)``; backward is timed through autograd.
+
+    - fwd: ``fn`` on inputs that do not require grad (no graph is recorded).
+    - bwd: the forward graph is recorded once per input set outside the timed region; the timed call is
+      ``torch.autograd.grad(outputs, (q, k), grads, retain_graph=True)``, i.e. the backward alone.
+    - fwdbwd: forward on leaves that require grad, then ``torch.autograd.grad`` (graph freed).
+
+    Parameters
+    ----------
+    fn : callable
+        Takes and returns tensors in the provider's native layout.
+    to_native, from_native : callable
+        Views between the canonical layout and the native one (no copies).
+    gen : torch.Generator
+        Draws the output gradients.
+    mutates_inputs : bool
+        ``fn`` writes into its inputs (Liger): the check runs it on clones.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor, torch.Tensor], Pair],
+        to_native: Callable[[torch.Tensor], torch.Tensor],
+        from_native: Callable[[torch.Tensor], torch.Tensor],
+        gen: torch.Generator,
+        *,
+        mutates_inputs: bool = False,
+    ) -> None:
+        self.fn, self.to_native, self.from_native = fn, to_native, from_native
+        self.gen, self.mutates_inputs = gen, mutates_inputs
+
+    def _call(self, q: torch.Tensor, k: torch.Tensor) -> Pair:
+        return self.fn(self.to_native(q), self.to_native(k))
+
+    def forward(self, q, k):
+        if self.mutates_inputs:
+            q, k = q.clone(), k.clone()
+        q_out, k_out = self._call(q, k)
+        return self.from_native(q_out), self.from_native(k_out)
+
+    def backward(self, q, k, gq, gk):
+        leaves = (_leaf(q.clone()), _leaf(k.clone()))
+        outs = self._call(*leaves)
+        # Clones: a provider may rotate the incoming gradient in place (Liger does).
+        grads = (self.to_native(gq).clone(), self.to_native(gk).clone())
+        dq, dk = torch.autograd.grad(outs, leaves, grads)
+        return dq, dk
+
+    def timed(self, pass_, q, k):
+        if pass_ == "fwd":
+            # Views taken here, not per call: what a decode step pays on the host is the provider's own.
+            return partial(self.fn, self.to_native(q), self.to_native(k))
+        leaves = (_leaf(q), _leaf(k))
+        outs = self._call(*leaves)
+        grads = tuple(_normal_like(o, self.gen) for o in outs)
+        if pass_ == "bwd":
+            return partial(torch.autograd.grad, outs, leaves, grads, retain_graph=True)
+        del outs  # fwdbwd records a fresh graph on every call
+
+        def fwdbwd():
+            return torch.autograd.grad(self._call(*leaves), leaves, grads)
+
+        return fwdbwd
+
+
+class InplaceImpl(Impl):
+    """rope-triton with ``inplace=True``; backward is the conjugate rotation of the gradients in place.
+
+    Timed calls rotate the set's own buffers again on every call: a rotation keeps the values in range,
+    so the data stays realistic however many calls are made.
+    """
+
+    def __init__(self, wl: Workload) -> None:
+        self.call = partial(apply_rotary, cos=wl.cos32, sin=wl.sin32, inplace=True, **wl.rope_kwargs)
+        self.gen = wl.gen
+
+    def forward(self, q, k):
+        return self.call(q.clone(), k.clone())
+
+    def backward(self, q, k, gq, gk):
+        return self.call(gq.clone(), gk.clone(), conjugate=True)
+
+    def timed(self, pass_, q, k):
+        fwd = partial(self.call, q, k)
+        if pass_ == "fwd":
+            return fwd
+        bwd = partial(self.call, _normal_like(q, self.gen), _normal_like(k, self.gen), conjugate=True)
+        if pass_ == "bwd":
+            return bwd
+
+        def fwdbwd():
+            fwd()
+            return bwd()
+
+        return fwdbwd
+
+
+# --------------------------------------------------------------------------------------------------
+# Layout views for the Hugging Face style peers.
+# --------------------------------------------------------------------------------------------------
+
+
+def _bshd_to_bhsd(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(1, 2)
+
+
+def _thd_to_bhsd(x: torch.Tensor) -> torch.Tensor:
+    # Packed tokens become one (1, H, T, D) batch; per-token cos/sin carry the restarting positions.
+    return x.unsqueeze(0).transpose(1, 2)
+
+
+def _bhsd_to_thd(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(1, 2).squeeze(0)
+
+
+def hf_views(wl: Workload) -> tuple[Callable, Callable]:
+    """(to_native, from_native) between the workload's canonical layout and (B, H, S, D)."""
+    if wl.layout == "thd":
+        return _thd_to_bhsd, _bhsd_to_thd
+    return _bshd_to_bhsd, _bshd_to_bhsd
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+# --------------------------------------------------------------------------------------------------
+# Provider table.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A named way to rotate q and k.
+
+    Attributes
+    ----------
+    name : str
+    description : str
+    build : callable
+        ``build(workload) -> Impl``.
+    skip_reason : callable
+        ``skip_reason(workload, requested) -> str or None``: why it cannot (or should not) run here;
+        ``requested`` is True when the user named it in ``--providers``.
+    """
+
+    name: str
+    description: str
+    build: Callable[[Workload], Impl]
+    skip_reason: Callable[[Workload, bool], str | None]
+
+
+def _always(wl: Workload, requested: bool) -> str | None:
+    return None
+
+
+def _build_rope(wl: Workload) -> Impl:
+    fn = partial(apply_rotary, cos=wl.cos32, sin=wl.sin32, **wl.rope_kwargs)
+    return AutogradImpl(fn, _identity, _identity, wl.gen)
+
+
+def _build_hf_eager(wl: Workload) -> Impl:
+    cos, sin = wl.hf_cos, wl.hf_sin
+
+    def fn(q, k):
+        # Looked up at call time, so that a patched formula (tests) is the one that runs.
+        return hf_apply_rotary_pos_emb(q, k, cos, sin)
+
+    return AutogradImpl(fn, *hf_views(wl), wl.gen)
+
+
+def _build_compile(wl: Workload) -> Impl:
+    # Each shape would add recompilations to one cache and, past the recompile limit, silently fall
+    # back to eager: start every shape from an empty cache.
+    torch._dynamo.reset()
+    compiled = torch.compile(hf_apply_rotary_pos_emb, dynamic=False)
+    cos, sin = wl.hf_cos, wl.hf_sin
+
+    def fn(q, k):
+        return compiled(q, k, cos, sin)
+
+    return AutogradImpl(fn, *hf_views(wl), wl.gen)
+
+
+def _skip_compile(wl: Workload, requested: bool) -> str | None:
+    if wl.device.type != "cuda" and not requested:
+        return "skipped on CPU (compiling takes ~30 s a variant); name it in --providers to run it"
+    return None
+
+
+def _build_liger(wl: Workload) -> Impl:
+    from liger_kernel.transformers.rope import liger_rotary_pos_emb
+
+    cos, sin = wl.hf_cos, wl.hf_sin
+
+    def fn(q, k):
+        # Liger rotates q and k in place (and returns more than two tensors in some versions).
+        return liger_rotary_pos_emb(q, k, cos, sin)[:2]
+
+    return AutogradImpl(fn, *hf_views(wl), wl.gen, mutates_inputs=True)
+
+
+def _skip_liger(wl: Workload, requested: bool) -> str | None:
+    if importlib.util.find_spec("liger_kernel") is None:
+        return "liger-kernel not installed (pip install 'rope-triton[bench]')"
+    if wl.device.type != "cuda":
+        return "needs a CUDA device"
+    return None
+
+
+PROVIDERS: dict[str, Provider] = {
+    p.name: p
+    for p in (
+        Provider("rope-triton", "apply_rotary, out of place, autograd backward", _build_rope, _always),
+        Provider(
+            "rope-triton-inplace",
+            "apply_rotary(inplace=True); backward: conjugate rotation of the grads in place",
+            lambda wl: InplaceImpl(wl),
+            _always,
+        ),
+        Provider("hf-eager", "q*cos + rotate_half(q)*sin, eager, (B,H,S,D)", _build_hf_eager, _always),
+        Provider("torch-compile", "the hf-eager function under torch.compile", _build_compile, _skip_compile),
+        Provider("liger", "liger_kernel.transformers.rope.liger_rotary_pos_emb", _build_liger, _skip_liger),
+    )
+}
+
+
+def check_impl(impl: Impl, wl: Workload, passes: Sequence[str]) -> dict[str, CheckResult]:
+    """Check ``impl`` against the workload's float64 references for the directions ``passes`` need.
+
+    Parameters
+    ----------
+    impl : Impl
+    wl : Workload
+        Supplies the check inputs (fresh random tensors, not the timed sets) and the references.
+    passes : sequence of str
+
+    Returns
+    -------
+    dict
+        ``{"fwd": CheckResult, "bwd": CheckResult}``, the keys that ``passes`` need.
+    """
+    q, k, gq, gk = wl.check_inputs
+    results = {}
+    if any(p in ("fwd", "fwdbwd") for p in passes):
+        results["fwd"] = error_stats(impl.forward(q, k), wl.ref_fwd, wl.dtype)
+    if any(p in ("bwd", "fwdbwd") for p in passes):
+        results["bwd"] = error_stats(impl.backward(q, k, gq, gk), wl.ref_bwd, wl.dtype)
+    return results

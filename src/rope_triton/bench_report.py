@@ -1,0 +1,392 @@
+"""Output of ``rope-triton bench``: progress, the final table, results.csv / .json / .png, run metadata.
+
+rich (progress bar and table) and matplotlib (plot) are optional: without rich, tqdm or plain prints
+and a plain-text table are used; without matplotlib the plot is skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+COLUMNS = (
+    "shape", "dims", "dtype", "provider", "pass", "status",
+    "time_us", "time_min_us", "time_max_us", "gbps", "pct_copy", "copy_us", "wall_us",
+    "max_abs_err", "max_ulp_err", "bytes", "n_sets", "repeats", "note",
+)
+PASS_ORDER = {"copy": 0, "fwd": 1, "bwd": 2, "fwdbwd": 3}
+
+
+# --------------------------------------------------------------------------------------------------
+# Console and progress.
+# --------------------------------------------------------------------------------------------------
+
+
+class Console:
+    """rich's console when rich is installed, else ``print``; text is never parsed as markup."""
+
+    def __init__(self) -> None:
+        try:
+            from rich.console import Console as RichConsole
+        except ImportError:
+            self.rich = None
+        else:
+            self.rich = RichConsole()
+            # Piped output would get rich's default 80 columns and a table squeezed into ellipses.
+            if not self.rich.is_terminal:
+                self.rich = RichConsole(width=160)
+
+    def print(self, obj: object = "") -> None:
+        """Print text (or a rich renderable when rich is installed)."""
+        if self.rich is None:
+            print(obj, flush=True)
+        else:
+            self.rich.print(obj, markup=False, highlight=False)
+
+
+class _PlainProgress:
+    """Progress as a printed line every few seconds, for when neither rich nor tqdm is installed."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.last = total, 0, 0.0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        print(f"[{self.done}/{self.total}] done", flush=True)
+
+    def update(self, description: str) -> None:
+        if time.monotonic() - self.last > 2.0:
+            self.last = time.monotonic()
+            print(f"[{self.done}/{self.total}] {description}", flush=True)
+
+    def advance(self, n: int) -> None:
+        self.done += n
+
+    def add_total(self, n: int) -> None:
+        self.total += n
+
+
+class _TqdmProgress:
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, dynamic_ncols=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+    def update(self, description: str) -> None:
+        self.bar.set_description_str(description)
+
+    def advance(self, n: int) -> None:
+        self.bar.update(n)
+
+    def add_total(self, n: int) -> None:
+        self.bar.total += n
+        self.bar.refresh()
+
+
+class _RichProgress:
+    def __init__(self, total: int, console) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.task = self.progress.add_task("bench", total=total)
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def update(self, description: str) -> None:
+        self.progress.update(self.task, description=description)
+
+    def advance(self, n: int) -> None:
+        self.progress.advance(self.task, n)
+
+    def add_total(self, n: int) -> None:
+        self.progress.update(self.task, total=self.progress.tasks[0].total + n)
+
+
+def make_progress(total: int, console: Console):
+    """A progress context: ``update(description)``, ``advance(n)``, ``add_total(n)``.
+
+    rich's progress bar if rich is installed, else tqdm's, else occasional printed lines.
+    """
+    if console.rich is not None:
+        return _RichProgress(total, console.rich)
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        return _PlainProgress(total)
+    return _TqdmProgress(total)
+
+
+# --------------------------------------------------------------------------------------------------
+# Metadata.
+# --------------------------------------------------------------------------------------------------
+
+
+def cpu_path() -> str:
+    """What ``apply_rotary`` runs on the CPU in this process."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return "the Triton kernel in Triton's interpreter (TRITON_INTERPRET=1)"
+    return "plain PyTorch (rope_triton.reference in float32; TRITON_INTERPRET is not set)"
+
+
+def device_banner(device: torch.device) -> str:
+    """The first line printed: which device, and a warning when it is not a GPU."""
+    if device.type == "cuda":
+        return f"CUDA device: {torch.cuda.get_device_name(device)}"
+    return (
+        "NO CUDA DEVICE: these are CPU numbers and say nothing about GPU performance.\n"
+        "Running small CPU variants of the shapes (sequences 64x shorter, named '<shape>-cpu'; by default "
+        "only llama3-8b and decode) through "
+        f"rope-triton's CPU path: {cpu_path()}."
+    )
+
+
+def git_commit() -> str | None:
+    """``git rev-parse HEAD`` of the checkout holding this file, or None."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def metadata(argv: Sequence[str], options: dict, device: torch.device, timing, elapsed_s: float) -> dict:
+    """Run metadata for results.json.
+
+    Parameters
+    ----------
+    argv : sequence of str
+        The arguments ``bench.main`` was given.
+    options : dict
+        The parsed options.
+    device : torch.device
+    timing : bench.Timing
+    elapsed_s : float
+        Wall time of the whole run.
+
+    Returns
+    -------
+    dict
+    """
+    import triton
+
+    from . import __version__
+    from .bench_providers import ULP_TOLERANCE
+
+    cuda = device.type == "cuda"
+    props = torch.cuda.get_device_properties(device) if cuda else None
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if cuda else "CPU (no CUDA device)",
+        "gpu_name": torch.cuda.get_device_name(device) if cuda else None,
+        "l2_cache_bytes": getattr(props, "L2_cache_size", None) if cuda else None,
+        "cpu_path": None if cuda else cpu_path(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": triton.__version__,
+        "rope_triton": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": git_commit(),
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command_line": shlex.join(sys.argv),
+        "argv": list(argv),
+        "options": options,
+        "timing": asdict(timing),
+        "ulp_tolerance": ULP_TOLERANCE,
+        "elapsed_s": round(elapsed_s, 2),
+        "method": (
+            "device time: median of triton.testing.do_bench (CUDA events, L2 cleared per call) per repeat, "
+            "median over round-robin repeats; wall: back-to-back loop synchronised at both ends / calls; "
+            "bytes = 2*(numel(q)+numel(k))*itemsize per pass; pct_copy = same-bytes copy_ time / time"
+        ),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Files.
+# --------------------------------------------------------------------------------------------------
+
+
+def _is_missing(v: object) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _csv_value(v: object) -> object:
+    if _is_missing(v):
+        return ""
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def write_csv(rows: Sequence[dict], path: Path) -> None:
+    """Write one line per row with the columns :data:`COLUMNS` (missing values empty)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in sort_rows(rows):
+            writer.writerow({c: _csv_value(row.get(c)) for c in COLUMNS})
+
+
+def _json_clean(obj: object) -> object:
+    # JSON has no NaN or inf: missing numbers become null.
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_clean(v) for v in obj]
+    return obj
+
+
+def write_json(rows: Sequence[dict], meta: dict, path: Path) -> None:
+    """Write ``{"metadata": meta, "columns": COLUMNS, "rows": rows}``."""
+    table = [{c: r.get(c) for c in COLUMNS} for r in sort_rows(rows)]
+    doc = {"metadata": meta, "columns": list(COLUMNS), "rows": table}
+    path.write_text(json.dumps(_json_clean(doc), indent=1, default=str) + "\n")
+
+
+def write_plot(rows: Sequence[dict], path: Path, title: str = "") -> bool:
+    """Bar chart of % of the same-bytes copy per shape and provider, one panel per pass (fwd, bwd).
+
+    Returns False (and writes nothing) when matplotlib is missing or there is nothing to plot.
+    """
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no global figure or backend state
+    except ImportError:
+        return False
+    ok = [r for r in sort_rows(rows) if r["status"] == "ok" and not _is_missing(r.get("pct_copy"))]
+    passes = [p for p in ("fwd", "bwd") if any(r["pass"] == p for r in ok)] or (["fwdbwd"] if ok else [])
+    if not passes:
+        return False
+    shapes = list(dict.fromkeys(r["shape"] for r in ok))
+    providers = list(dict.fromkeys(r["provider"] for r in ok))
+    fig = Figure(figsize=(max(6.0, 1.6 * len(shapes) + 2), 3.6 * len(passes)), layout="constrained")
+    axes = fig.subplots(len(passes), 1, squeeze=False)[:, 0]
+    width = 0.8 / len(providers)
+    for ax, pass_ in zip(axes, passes, strict=True):
+        pct = {(r["shape"], r["provider"]): r["pct_copy"] for r in ok if r["pass"] == pass_}
+        for j, prov in enumerate(providers):
+            xs = [i + (j - (len(providers) - 1) / 2) * width for i in range(len(shapes))]
+            ax.bar(xs, [pct.get((s, prov), 0.0) for s in shapes], width, label=prov)
+        ax.axhline(100.0, color="black", linewidth=0.8, linestyle="--")
+        ax.set_xticks(range(len(shapes)), shapes, rotation=20)
+        ax.set_ylabel("% of same-bytes copy")
+        ax.set_title(f"{pass_} {('- ' + title) if title else ''}")
+        ax.legend(fontsize="small", ncols=min(len(providers), 5))
+    fig.savefig(path, dpi=120)
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Table.
+# --------------------------------------------------------------------------------------------------
+
+
+def sort_rows(rows: Sequence[dict]) -> list[dict]:
+    """Rows by shape (in run order), then pass (copy, fwd, bwd, fwdbwd), then provider (run order)."""
+    shapes = {s: i for i, s in enumerate(dict.fromkeys(r["shape"] for r in rows))}
+    provs = {p: i for i, p in enumerate(dict.fromkeys(r["provider"] for r in rows))}
+    return sorted(
+        rows, key=lambda r: (shapes[r["shape"]], PASS_ORDER.get(r["pass"], 9), provs[r["provider"]])
+    )
+
+
+def _fmt(v: object, spec: str) -> str:
+    if _is_missing(v):
+        return ""
+    if spec == "~":  # three significant digits without exponents for the usual range
+        return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+    return format(v, spec)
+
+
+TABLE = (
+    ("shape", "shape", "s"), ("dtype", "dtype", "s"), ("provider", "provider", "s"), ("pass", "pass", "s"),
+    ("status", "status", "s"), ("time us", "time_us", ".1f"), ("GB/s", "gbps", "~"),
+    ("% copy", "pct_copy", ".1f"), ("wall us", "wall_us", ".1f"), ("max abs err", "max_abs_err", ".2e"),
+    ("max ulp", "max_ulp_err", ".2f"),
+)
+
+
+def table_cells(rows: Sequence[dict]) -> list[list[str]]:
+    """The printed table's cells, one list per row, in :data:`TABLE`'s column order.
+
+    SKIPPED rows are left out (the footer lists them once per provider).
+    """
+    shown = [r for r in sort_rows(rows) if r["status"] != "SKIPPED"]
+    return [[_fmt(r.get(key), spec) for _, key, spec in TABLE] for r in shown]
+
+
+def print_table(rows: Sequence[dict], console: Console) -> None:
+    """Print the results table (rich's table, or aligned plain text)."""
+    cells = table_cells(rows)
+    headers = [h for h, _, _ in TABLE]
+    if console.rich is not None:
+        from rich.table import Table
+
+        table = Table(title="rope-triton bench (device time: median over repeats)")
+        for h, _, spec in TABLE:
+            table.add_column(h, justify="left" if spec == "s" else "right")
+        for row in cells:
+            table.add_row(*row)
+        console.print(table)
+        return
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    console.print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    for row in cells:
+        console.print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def footer(rows: Sequence[dict], out: Path, plotted: bool, elapsed_s: float, cuda: bool) -> str:
+    """Closing lines: where the files went, failures, skips, and decode host overhead."""
+    files = ["results.csv", "results.json"] + (["results.png"] if plotted else [])
+    lines = [f"Wrote {', '.join(files)} to {out}/ in {elapsed_s:.1f} s."]
+    for status in ("FAILED", "ERROR", "SKIPPED"):
+        shapes: dict[tuple[str, str], list[str]] = {}
+        for r in rows:
+            if r["status"] == status:
+                names = shapes.setdefault((r["provider"], r["note"]), [])
+                if r["shape"] not in names:
+                    names.append(r["shape"])
+        for (prov, note), names in shapes.items():
+            lines.append(f"{status}: {prov} on {', '.join(names)}: {note}")
+    for r in rows:
+        if r["provider"] == "rope-triton" and r["pass"] == "fwd" and r["shape"].startswith("decode"):
+            if r["status"] == "ok":
+                target = "target <= 15 us" if cuda else "CPU: not comparable to the GPU target"
+                wall = f"{r['wall_us']:.1f} us per call"
+                lines.append(f"{r['shape']}: rope-triton fwd host wall {wall} ({target})")
+    return "\n".join(lines)

@@ -1,0 +1,279 @@
+"""Shapes of ``rope-triton bench`` and the workloads built from them (inputs, tables, references).
+
+A :class:`ShapeSpec` names a problem size; :func:`build_workload` turns it into tensors on a device,
+all outside any timed region: the input sets the timings cycle through, the rope-triton and Hugging Face
+tables, fresh check inputs and their float64 references.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from . import freqs, reference
+
+THETA = 10000.0
+DEFAULT_L2_BYTES = 60 * 2**20  # H200
+MAX_SETS = 1024
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Shapes.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    """A named benchmark shape.
+
+    Attributes
+    ----------
+    name : str
+    batch, seqlen : int
+        Sequences and tokens per sequence; for ``kind="varlen"`` batch is 1 and seqlen is the total
+        number of packed tokens.
+    heads_q, heads_k, head_dim : int
+    dtype : torch.dtype
+    kind : {"dense", "varlen", "decode"}
+        ``dense``: positions 0..S-1, layout bshd. ``varlen``: ``n_seqs`` packed sequences of seeded
+        random uneven lengths, layout thd with cu_seqlens. ``decode``: per-sequence offsets drawn below
+        ``max_offset``, as a device tensor, layout bshd.
+    n_seqs, max_offset : int
+    """
+
+    name: str
+    batch: int
+    seqlen: int
+    heads_q: int
+    heads_k: int
+    head_dim: int
+    dtype: torch.dtype = torch.bfloat16
+    kind: str = "dense"
+    n_seqs: int = 0
+    max_offset: int = 0
+
+    def describe(self) -> str:
+        """Dimensions in the anchors' notation, e.g. ``4x4096x32/8x128``."""
+        heads = f"{self.heads_q}/{self.heads_k}x{self.head_dim}"
+        if self.kind == "varlen":
+            return f"{self.n_seqs} seqs, {self.seqlen} tok x{heads}"
+        extra = f" off<{self.max_offset}" if self.kind == "decode" else ""
+        return f"{self.batch}x{self.seqlen}x{heads}{extra}"
+
+    def cpu_variant(self) -> ShapeSpec:
+        """The shape with sequences shortened 64-fold (at least 16 tokens), for a CPU run."""
+        seqlen = max(min(self.seqlen, 16), self.seqlen // 64)
+        if seqlen == self.seqlen:
+            return self
+        return replace(self, name=f"{self.name}-cpu", seqlen=seqlen, n_seqs=min(self.n_seqs, seqlen))
+
+
+SHAPES: dict[str, ShapeSpec] = {
+    s.name: s
+    for s in (
+        ShapeSpec("llama3-8b", 4, 4096, 32, 8, 128),
+        ShapeSpec("llama2-7b", 4, 4096, 32, 32, 128),
+        ShapeSpec("long-32k", 1, 32768, 32, 8, 128),
+        ShapeSpec("d64", 8, 2048, 16, 16, 64),
+        # Batch 2, as in anchors.md: the same bytes as llama3-8b in bf16.
+        ShapeSpec("fp32", 2, 4096, 32, 8, 128, dtype=torch.float32),
+        ShapeSpec("varlen", 1, 131072, 32, 8, 128, kind="varlen", n_seqs=64),
+        ShapeSpec("decode", 64, 1, 32, 8, 128, kind="decode", max_offset=8192),
+        ShapeSpec("decode-1", 1, 1, 32, 8, 128, kind="decode", max_offset=8192),
+        # Tiny shapes for smoke tests (the Triton interpreter takes ~50 ms a program).
+        ShapeSpec("tiny", 2, 4, 4, 2, 32),
+        ShapeSpec("tiny-varlen", 1, 10, 4, 2, 32, kind="varlen", n_seqs=3),
+        ShapeSpec("tiny-decode", 3, 1, 4, 2, 32, kind="decode", max_offset=64),
+    )
+}
+DEFAULT_SHAPES = ("llama3-8b", "llama2-7b", "long-32k", "d64", "fp32", "varlen", "decode", "decode-1")
+QUICK_SHAPES = ("llama3-8b", "varlen", "decode")
+QUICK_SHAPES_CPU = ("llama3-8b", "decode")
+
+
+# --------------------------------------------------------------------------------------------------
+# Workloads: a shape's inputs, tables and references, on the device.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    """Everything a provider needs for one shape, built once outside any timed region.
+
+    Attributes
+    ----------
+    spec : ShapeSpec
+        With the dtype actually used.
+    device : torch.device
+    dtype : torch.dtype
+    layout : str
+        Canonical layout of q and k: ``"bshd"`` or ``"thd"``.
+    rope_kwargs : dict
+        Positions arguments of :func:`rope_triton.apply_rotary` (layout, offsets, cu_seqlens, ...).
+    cos64, sin64 : torch.Tensor
+        (rows, D/2) float64 tables from float64 angles (theta 10000), used by the reference.
+    cos32, sin32 : torch.Tensor
+        The same rounded to float32, for rope-triton.
+    hf_cos, hf_sin : torch.Tensor
+        Full-width (B or 1, S, D) tables in the input dtype, gathered per token, as Hugging Face's
+        rotary module hands them to every layer.
+    sets : list of (q, k)
+        Timed input sets in the canonical layout.
+    check_inputs : (q, k, gq, gk)
+        Fresh random inputs and output gradients for the correctness check.
+    ref_fwd, ref_bwd : (q, k)
+        float64 references: the rotation of (q, k) and the conjugate rotation of (gq, gk).
+    gen : torch.Generator
+        Seeded generator on the device, for gradients drawn by providers.
+    """
+
+    spec: ShapeSpec
+    device: torch.device
+    dtype: torch.dtype
+    layout: str
+    rope_kwargs: dict
+    cos64: torch.Tensor
+    sin64: torch.Tensor
+    cos32: torch.Tensor
+    sin32: torch.Tensor
+    hf_cos: torch.Tensor
+    hf_sin: torch.Tensor
+    sets: list = field(repr=False)
+    check_inputs: tuple = field(repr=False)
+    ref_fwd: tuple = field(repr=False)
+    ref_bwd: tuple = field(repr=False)
+    gen: torch.Generator = field(repr=False)
+
+    @property
+    def bytes_per_pass(self) -> int:
+        """Bytes one pass must move: read q and k, write q and k (tables ignored)."""
+        q, k = self.sets[0]
+        return 2 * (q.numel() + k.numel()) * q.element_size()
+
+
+def _qk_shapes(spec: ShapeSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    if spec.kind == "varlen":
+        return (spec.seqlen, spec.heads_q, spec.head_dim), (spec.seqlen, spec.heads_k, spec.head_dim)
+    return (
+        (spec.batch, spec.seqlen, spec.heads_q, spec.head_dim),
+        (spec.batch, spec.seqlen, spec.heads_k, spec.head_dim),
+    )
+
+
+def _positions(
+    spec: ShapeSpec, device: torch.device, host: torch.Generator
+) -> tuple[dict, torch.Tensor, int]:
+    """(rope_kwargs, per-token positions (B or 1, S) for the HF tables, table rows)."""
+    if spec.kind == "decode":
+        offsets = torch.randint(0, spec.max_offset, (spec.batch,), generator=host, dtype=torch.int32)
+        offsets = offsets.to(device)
+        kwargs = {"layout": "bshd", "offsets": offsets}
+        pos = offsets.long()[:, None] + torch.arange(spec.seqlen, device=device)
+        return kwargs, pos, spec.max_offset + spec.seqlen - 1
+    if spec.kind == "varlen":
+        # n - 1 distinct cut points among the T - 1 gaps between tokens: uneven lengths, all >= 1.
+        cuts = torch.randperm(spec.seqlen - 1, generator=host)[: spec.n_seqs - 1].sort().values + 1
+        cu = torch.cat((torch.tensor([0]), cuts, torch.tensor([spec.seqlen])))
+        max_len = int((cu[1:] - cu[:-1]).max())
+        cu = cu.to(device=device, dtype=torch.int32)
+        kwargs = {"layout": "thd", "cu_seqlens": cu, "max_seqlen": max_len}
+        pos = reference.token_positions(1, spec.seqlen, device, cu_seqlens=cu)
+        return kwargs, pos, max_len
+    return {"layout": "bshd"}, torch.arange(spec.seqlen, device=device)[None], spec.seqlen
+
+
+def n_input_sets(set_bytes: int, device: torch.device) -> int:
+    """How many input sets to rotate through so that together they hold over 3x the L2 cache.
+
+    Parameters
+    ----------
+    set_bytes : int
+        Bytes of q and k of one set.
+    device : torch.device
+
+    Returns
+    -------
+    int
+        At least 2, at most :data:`MAX_SETS`; 2 on the CPU.
+    """
+    if device.type != "cuda":
+        return 2
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or DEFAULT_L2_BYTES
+    return min(MAX_SETS, max(2, math.ceil(3 * l2 / max(set_bytes, 1))))
+
+
+def build_workload(
+    spec: ShapeSpec, device: torch.device, *, seed: int = 0, n_sets: int | None = None
+) -> Workload:
+    """Build a shape's inputs, tables and float64 references on ``device``.
+
+    Parameters
+    ----------
+    spec : ShapeSpec
+    device : torch.device
+    seed : int
+        Seeds lengths, offsets and every random tensor.
+    n_sets : int, optional
+        Input sets to time on; default :func:`n_input_sets`.
+
+    Returns
+    -------
+    Workload
+    """
+    host = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    dtype = spec.dtype
+    kwargs, pos, rows = _positions(spec, device, host)
+    inv_freq, _ = freqs.inv_freq_and_scale(spec.head_dim, base=THETA)
+    cos64, sin64 = freqs.cos_sin_tables(inv_freq, rows, dtype=torch.float64, device=device)
+    hf_cos = torch.cat((cos64, cos64), dim=-1)[pos].to(dtype)
+    hf_sin = torch.cat((sin64, sin64), dim=-1)[pos].to(dtype)
+
+    q_shape, k_shape = _qk_shapes(spec)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    set_bytes = (math.prod(q_shape) + math.prod(k_shape)) * itemsize
+    n_sets = n_sets or n_input_sets(set_bytes, device)
+
+    def randn(*shape):
+        return torch.randn(shape, generator=gen, device=device, dtype=dtype)
+
+    # One allocation per tensor kind: each set is a contiguous slice of it.
+    q_all, k_all = randn(n_sets, *q_shape), randn(n_sets, *k_shape)
+    sets = [(q_all[i], k_all[i]) for i in range(n_sets)]
+    check_inputs = (randn(*q_shape), randn(*k_shape), randn(*q_shape), randn(*k_shape))
+    ref = partial_reference(cos64, sin64, kwargs)
+    return Workload(
+        spec=spec,
+        device=device,
+        dtype=dtype,
+        layout=kwargs["layout"],
+        rope_kwargs=kwargs,
+        cos64=cos64,
+        sin64=sin64,
+        cos32=cos64.float(),
+        sin32=sin64.float(),
+        hf_cos=hf_cos,
+        hf_sin=hf_sin,
+        sets=sets,
+        check_inputs=check_inputs,
+        ref_fwd=ref(*check_inputs[:2], conjugate=False),
+        ref_bwd=ref(*check_inputs[2:], conjugate=True),
+        gen=gen,
+    )
+
+
+def partial_reference(cos64: torch.Tensor, sin64: torch.Tensor, kwargs: dict) -> Callable:
+    """``f(q, k, conjugate=...) -> (q_ref, k_ref)``: the float64 oracle with the workload's positions."""
+
+    def ref(q, k, *, conjugate):
+        return reference.apply_rotary(
+            q, k, cos64, sin64, conjugate=conjugate,
+            compute_dtype=torch.float64, out_dtype=torch.float64, **kwargs,
+        )
+
+    return ref

@@ -1,0 +1,109 @@
+"""``rope-triton bench`` on the CPU: its files and columns, and its correctness gate.
+
+Timings are not checked here (they belong to the benchmark itself). Under this suite the Triton kernel runs
+in the interpreter (tests/conftest.py), about 0.15 s a call even for the tiny shapes used here.
+"""
+
+import csv
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from rope_triton import bench, bench_providers, cli
+from rope_triton.bench_providers import ULP_TOLERANCE, error_stats, rotate_half
+from rope_triton.bench_report import COLUMNS
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    code = bench.main([
+        "--quick", "--repeats", "1", "--shapes", "tiny-decode",
+        "--providers", "rope-triton,rope-triton-inplace,hf-eager", "--passes", "fwd,bwd",
+        "--out", str(out),
+    ])
+    return code, out
+
+
+def test_quick_run_writes_csv_and_json(quick_run):
+    code, out = quick_run
+    assert code == 0
+    header, rows = _read_csv(out / "results.csv")
+    assert header == list(COLUMNS)
+    keys = {(r["provider"], r["pass"]) for r in rows}
+    expected = {(p, s) for p in ("rope-triton", "rope-triton-inplace", "hf-eager") for s in ("fwd", "bwd")}
+    assert expected | {("copy", "copy")} == keys
+    for r in rows:
+        assert r["shape"] == "tiny-decode" and r["dtype"] == "bf16"
+        assert r["status"] in ("ok", "ceiling"), r
+        assert float(r["time_us"]) > 0 and float(r["wall_us"]) > 0 and float(r["gbps"]) > 0
+        assert int(r["bytes"]) == 2 * 3 * (4 + 2) * 32 * 2  # read + write q and k, bf16
+
+    doc = json.loads((out / "results.json").read_text())
+    meta = doc["metadata"]
+    for key in ("device_name", "gpu_name", "torch", "triton", "rope_triton", "git_commit", "date_utc",
+                "command_line", "argv"):
+        assert key in meta
+    assert meta["gpu_name"] is None and "--quick" in meta["argv"]
+    assert doc["columns"] == list(COLUMNS) and len(doc["rows"]) == len(rows)
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "results.png").stat().st_size > 0
+
+
+def test_rope_triton_passes_the_correctness_check(quick_run):
+    _, out = quick_run
+    _, rows = _read_csv(out / "results.csv")
+    checked = [r for r in rows if r["provider"].startswith("rope-triton")]
+    assert len(checked) == 4
+    for r in checked:
+        assert r["status"] == "ok"
+        assert float(r["max_ulp_err"]) <= ULP_TOLERANCE
+        assert 0 < float(r["max_abs_err"]) < 0.1  # bf16 outputs of magnitude ~1: rounding, no more
+
+
+def test_wrong_provider_is_failed_and_not_timed(tmp_path, monkeypatch):
+    def rotates_backwards(q, k, cos, sin, unsqueeze_dim=1):
+        cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+        return q * cos - rotate_half(q) * sin, k * cos - rotate_half(k) * sin
+
+    monkeypatch.setattr(bench_providers, "hf_apply_rotary_pos_emb", rotates_backwards)
+    code = bench.main([
+        "--quick", "--repeats", "1", "--shapes", "tiny", "--providers", "hf-eager",
+        "--passes", "fwd,bwd", "--no-plot", "--out", str(tmp_path),
+    ])
+    assert code == 1
+    _, rows = _read_csv(tmp_path / "results.csv")
+    failed = [r for r in rows if r["provider"] == "hf-eager"]
+    assert {r["pass"] for r in failed} == {"fwd", "bwd"}
+    for r in failed:
+        assert r["status"] == "FAILED"
+        assert float(r["max_ulp_err"]) > ULP_TOLERANCE
+        assert r["time_us"] == "" and r["wall_us"] == ""
+    assert not (tmp_path / "results.png").exists()
+
+
+def test_error_stats_in_ulps():
+    ref = torch.randn(3, 5, 2, 16, dtype=torch.float64)
+    exact = ref.to(torch.bfloat16)
+    assert error_stats([exact], [ref], torch.bfloat16).max_ulp <= 0.5
+    off = exact.clone()
+    off[0, 0, 0, 0] += 0.25
+    assert not error_stats([off], [ref], torch.bfloat16).ok
+    off[0, 0, 0, 0] = float("nan")
+    assert not error_stats([off], [ref], torch.bfloat16).ok
+
+
+def test_cli_dispatches_to_bench(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--help"])
+    assert exc.value.code == 0
+    assert "rope-triton bench" in capsys.readouterr().out
+    assert cli.main([]) == 2
