@@ -214,7 +214,8 @@ def plan_key(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, opt
         if t is None:
             key.append(None)
         elif isinstance(t, torch.Tensor):
-            key.append((t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16))
+            # get_device() (an int, -1 for the CPU) is cheaper than building a torch.device.
+            key.append((t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() % 16))
         elif type(t) is int:
             key.append((t == 1, t % 16 == 0))
         else:

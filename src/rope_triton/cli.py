@@ -2,6 +2,8 @@
 
 ``rope-triton bench [options]`` checks and times the kernel against its peers (see
 :mod:`rope_triton.bench`; ``rope-triton bench --help`` lists the options).
+``rope-triton precision [options]`` prints our error and Hugging Face's at long context
+(:mod:`rope_triton.precision`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # No help of its own: `rope-triton bench --help` reaches the benchmark's full parser.
     sub.add_parser("bench", add_help=False, help="check and time rope-triton against its peers")
+    sub.add_parser("precision", add_help=False, help="our error and Hugging Face's at 4k, 128k and 1M positions")
     return parser
 
 
@@ -42,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import bench
 
         return bench.main(rest, prog="rope-triton bench")
+    if args.command == "precision":
+        from . import precision
+
+        return precision.main(rest) or 0
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     parser.print_help()

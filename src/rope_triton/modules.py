@@ -89,9 +89,11 @@ class RotaryEmbedding(nn.Module):
         # The frequencies at init, as Hugging Face computes them (validates the config too).
         inv_freq, self.attention_factor = self._frequencies(seq_len=None)
         self.rotary_dim = 2 * inv_freq.numel()
-        self.max_positions = max_positions or max_position_embeddings or 4096
+        if max_positions is not None and (isinstance(max_positions, bool) or not isinstance(max_positions, int) or max_positions < 1):
+            raise ValueError(f"max_positions: expected a positive int or None, got {max_positions!r}")
+        self.max_positions = max_positions or self._default_positions()
         self._inv_freq = inv_freq
-        self._dynamic_len = self._original_max()  # HF's max_seq_len_cached for dynamic NTK
+        self._dynamic_len = self._dynamic_threshold()  # HF's max_seq_len_cached for dynamic NTK
         self._tables_valid = False
         empty = torch.empty(0, self.rotary_dim // 2, device=device)
         for name in _TABLES:
@@ -111,6 +113,9 @@ class RotaryEmbedding(nn.Module):
         (64, 64)
         """
         kw = freqs.parse_hf_config(config)
+        # GPT-J and CodeGen rotate interleaved pairs; the other families rotate half-split pairs.
+        model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
+        kw["interleaved"] = model_type in ("gptj", "codegen")
         kw.update(overrides)
         return cls(
             kw.pop("head_dim"),
@@ -124,6 +129,19 @@ class RotaryEmbedding(nn.Module):
         )
 
     # ---- frequencies and tables ------------------------------------------------------------------
+    def _default_positions(self) -> int:
+        # What the model serves: max_position_embeddings, or factor x the pretraining length for the
+        # scaled types (a YaRN x4 model of 32k serves 128k even where its config says 32k).
+        positions = self.max_position_embeddings or 4096
+        factor, original = (self.scaling or {}).get("factor"), self._original_max()
+        if isinstance(factor, (int, float)) and not isinstance(factor, bool) and original:
+            positions = max(positions, int(factor * original))
+        return positions
+
+    def _dynamic_threshold(self) -> int | None:
+        # HF's dynamic NTK compares lengths with config.max_position_embeddings first.
+        return self.max_position_embeddings or self._original_max()
+
     def _original_max(self) -> int | None:
         if self.scaling and self.scaling.get("original_max_position_embeddings"):
             return int(self.scaling["original_max_position_embeddings"])
@@ -156,7 +174,7 @@ class RotaryEmbedding(nn.Module):
     def _update_frequencies(self, length: int) -> bool:
         """Length-dependent rope types, exactly as Hugging Face updates them; True if they changed."""
         if self.rope_type == "dynamic":
-            original = self._original_max()
+            original = self._dynamic_threshold()
             if length > self._dynamic_len:
                 self._dynamic_len = length
             elif length < original and self._dynamic_len > original:
@@ -216,7 +234,8 @@ class RotaryEmbedding(nn.Module):
         if self.rope_type in ("dynamic", "longrope"):
             if length is None:
                 length = self._device_length(q, layout, positions, offsets, cu_seqlens)
-            rebuild |= self._update_frequencies(length)
+            if length > 0:
+                rebuild |= self._update_frequencies(length)
         if rebuild or (length is not None and length > self.max_positions):
             self._build_tables(length or 0, q.device)
         return apply_rotary(
