@@ -127,3 +127,25 @@ def test_replayed_launches(inplace, device):
         assert (q_out is q) == inplace
     with pytest.raises(ValueError, match="at least 65 rows, got 64"):
         rope_triton.apply_rotary(q, k, cos, sin, offsets=64, inplace=inplace)
+
+
+@pytest.mark.gpu
+def test_training_steps_replay_forward_and_backward(device):
+    # A training loop repeats one signature: from the second step on, forward and backward replay
+    # their recorded launches (no new plans) and the gradients stay right.
+    from rope_triton import _ops
+
+    cos, sin = random_tables(16, 8, device)
+    for step in range(3):
+        q, k = make_qk("bhsd", 2, 16, 4, 2, 16, torch.bfloat16, device)
+        q.requires_grad_()
+        k.requires_grad_()
+        before = len(_ops.PLANS._plans)
+        qo, ko = rope_triton.apply_rotary(q, k, cos, sin, layout="bhsd")
+        gq, gk = torch.randn_like(qo), torch.randn_like(ko)
+        dq, dk = torch.autograd.grad((qo, ko), (q, k), (gq, gk))
+        if step:
+            assert len(_ops.PLANS._plans) == before
+        rq, rk = ref64(gq, gk, cos, sin, layout="bhsd", conjugate=True)
+        assert_rotary_close(dq, rq, gq, layout="bhsd", rotary_dim=16, interleaved=False)
+        assert_rotary_close(dk, rk, gk, layout="bhsd", rotary_dim=16, interleaved=False)

@@ -139,7 +139,7 @@ def launch(
     if plans is not None and plan_key is not None:
         longest = p.seqlen if p.layout != "thd" else None
         max_offset = p.table_rows - longest if p.pos_mode == POS_DEFAULT and longest else float("inf")
-        plans.record(plan_key, compiled, grid[0], args, consts, max_offset)
+        plans.record(plan_key, compiled, grid[0], args, consts, max_offset, p)
     return compiled
 
 
@@ -174,7 +174,7 @@ class LaunchPlans:
     def get(self, key):
         return self._plans.get(key)
 
-    def record(self, key, compiled, grid: int, args: list, consts: dict, max_offset: float) -> None:
+    def record(self, key, compiled, grid: int, args: list, consts: dict, max_offset: float, problem) -> None:
         """Remember a launch; ``max_offset`` is the largest int offset the host check allows."""
         if knobs is None or not all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata")):
             return
@@ -182,12 +182,18 @@ class LaunchPlans:
             self._plans.clear()
         values = dict(zip(rotary_kernel.arg_names, args))
         values.update(consts)
-        self._plans[key] = (compiled, grid, [values[n] for n in rotary_kernel.arg_names], max_offset)
+        self._plans[key] = (compiled, grid, [values[n] for n in rotary_kernel.arg_names], max_offset, problem)
+
+    @staticmethod
+    def problem_if_valid(plan, offsets) -> Problem | None:
+        """The validated problem of ``plan`` if ``offsets`` passes its host check, else None."""
+        offset = offsets if type(offsets) is int else 0
+        return plan[4] if 0 <= offset <= plan[3] else None
 
     @staticmethod
     def replay(plan, tensors: tuple, offset: int) -> bool:
         """Launch again with new tensors; False (nothing launched) if ``offset`` fails the host check."""
-        compiled, grid, values, max_offset = plan
+        compiled, grid, values, max_offset, _ = plan
         if not 0 <= offset <= max_offset:
             return False
         values = list(values)

@@ -22,7 +22,7 @@ from torch.library import triton_op, wrap_triton
 from . import reference
 from ._checks import Problem, check
 from ._kernels import rotary_kernel
-from ._launch import LaunchPlans, launch, tensor_args
+from ._launch import LaunchPlans, launch, plan_key, tensor_args
 
 # Replays of eager CUDA launches (see LaunchPlans): what keeps a decode step near the cost of a bare launch.
 PLANS = LaunchPlans()
@@ -54,12 +54,14 @@ def _run_reference(p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, o
         k_out.copy_(yk)
 
 
-def replay(plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, *, inplace):
-    """Replay a recorded launch on new tensors of the same signature; None if the plan does not apply."""
+def replay(plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, *, inplace, offset=0):
+    """Replay a recorded launch on new tensors of the same signature; None if the plan does not apply.
+    ``offsets`` may be the int offset itself; otherwise ``offset`` is the scalar one."""
     q_out = q if inplace else torch.empty_like(q)
     k_out = None if k is None else (k if inplace else torch.empty_like(k))
+    if type(offsets) is int:
+        offset, offsets = offsets, None
     tensors = tensor_args(q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens)
-    offset = offsets if isinstance(offsets, int) else 0
     if not PLANS.replay(plan, tensors, offset):
         return None
     return q_out, k_out
@@ -97,6 +99,12 @@ def run(
             return q, k
         q_out, k_out = torch.ops.rope_triton.rotary(q, k, *args)
         return q_out, (k_out if k is not None else None)
+    if plan_key is not None:
+        plan = PLANS.get(plan_key)
+        if plan is not None:
+            out = replay(plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, inplace=inplace, offset=p.offset)
+            if out is not None:
+                return out
     q_out = q if inplace else torch.empty_like(q)
     k_out = None if k is None else (k if inplace else torch.empty_like(k))
     # Compiling for the CPU traces the PyTorch path: the interpreter cannot run on fake tensors.
@@ -117,10 +125,10 @@ class RotaryFunction(torch.autograd.Function):
     """Autograd for :func:`run`. Backward: the conjugate rotation of the incoming gradients."""
 
     @staticmethod
-    def forward(ctx, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, p, interleaved, conjugate, inplace):
+    def forward(ctx, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, p, interleaved, conjugate, inplace, key=None):
         q_out, k_out = run(
             p, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
-            interleaved=interleaved, conjugate=conjugate, inplace=inplace,
+            interleaved=interleaved, conjugate=conjugate, inplace=inplace, plan_key=key,
         )
         if inplace:
             ctx.mark_dirty(*(t for t in (q, k) if t is not None))
@@ -134,12 +142,19 @@ class RotaryFunction(torch.autograd.Function):
         cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens = ctx.saved_tensors
         if not ctx.has_k:
             grad_k = None
+        p = ctx.p
+        key = None
+        if grad_q.is_cuda and not torch.compiler.is_compiling():
+            # The backward launch of a training step repeats too: replay it like the forward's.
+            options = ("backward", p, ctx.interleaved, not ctx.conjugate)
+            scalar_offset = offsets if offsets is not None else (p.offset or None)
+            key = plan_key(grad_q, grad_k, cos, sin, cos_lo, sin_lo, positions, scalar_offset, cu_seqlens, options)
         # Through RotaryFunction again, so that double backward works too.
         gq, gk = RotaryFunction.apply(
             grad_q, grad_k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
-            ctx.p, ctx.interleaved, not ctx.conjugate, False,
+            p, ctx.interleaved, not ctx.conjugate, False, key,
         )
-        return gq, gk, *([None] * 11)
+        return gq, gk, *([None] * 12)
 
 
 def _op_problem(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, inplace):

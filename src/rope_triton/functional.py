@@ -89,34 +89,36 @@ def apply_rotary(
     """
     is_tensor = isinstance(q, torch.Tensor) and (k is None or isinstance(k, torch.Tensor))
     needs_grad = is_tensor and torch.is_grad_enabled() and (q.requires_grad or (k is not None and k.requires_grad))
-    key = None
-    if is_tensor and not needs_grad and q.is_cuda and not torch.compiler.is_compiling():
-        # Hot path (decode): a call whose signature was validated and launched before is replayed.
+    key = p = None
+    if is_tensor and q.is_cuda and not torch.compiler.is_compiling():
+        # Hot path: a signature validated and launched before skips validation and is replayed.
         options = (layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen)
         key = plan_key(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, options)
         plan = PLANS.get(key) if key is not None else None
         if plan is not None:
-            out = replay(plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, inplace=inplace)
-            if out is not None:
+            p = PLANS.problem_if_valid(plan, offsets)
+            if p is not None and not needs_grad:
+                out = replay(plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, inplace=inplace)
                 if inplace:
                     torch.autograd.graph.increment_version([t for t in (q, k) if t is not None])
                 return out
-    p = check(
-        q, k, cos, sin,
-        positions=positions,
-        offsets=offsets,
-        cu_seqlens=cu_seqlens,
-        max_seqlen=max_seqlen,
-        layout=layout,
-        rotary_dim=rotary_dim,
-        inplace=inplace,
-        cos_lo=cos_lo,
-        sin_lo=sin_lo,
-    )
+    if p is None:
+        p = check(
+            q, k, cos, sin,
+            positions=positions,
+            offsets=offsets,
+            cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen,
+            layout=layout,
+            rotary_dim=rotary_dim,
+            inplace=inplace,
+            cos_lo=cos_lo,
+            sin_lo=sin_lo,
+        )
     offsets_t = offsets if isinstance(offsets, torch.Tensor) else None
     if needs_grad:
         return RotaryFunction.apply(
-            q, k, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens, p, interleaved, conjugate, inplace
+            q, k, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens, p, interleaved, conjugate, inplace, key
         )
     out = run(
         p, q, k, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens,

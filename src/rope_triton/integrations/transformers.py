@@ -1,0 +1,335 @@
+"""Hugging Face transformers integration: drop-in ``apply_rotary_pos_emb`` functions, and :func:`patch`,
+which makes a loaded model use them.
+
+>>> from rope_triton.integrations.transformers import patch, unpatch
+>>> patch(model)  # doctest: +SKIP
+['transformers.models.llama.modeling_llama.apply_rotary_pos_emb']
+
+transformers is never imported here: :func:`patch` works on the modeling modules that the model's own
+classes come from.
+
+Scope of a patch. The attention layers of a model family look up ``apply_rotary_pos_emb`` in their
+modeling module (``transformers.models.llama.modeling_llama``, ...) on every call, so that module
+attribute is what :func:`patch` swaps. While at least one model of a family is patched, **every** model of
+that family in the process uses rope-triton (with the same results up to rounding); the last
+:func:`unpatch` of the family (or the garbage collection of the last patched model) puts the original
+function back. What ``fp32_tables=True`` changes (the rotary embedding modules) belongs to the patched
+model alone.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import types
+import warnings
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..functional import apply_rotary
+
+__all__ = ["SUPPORTED_FAMILIES", "apply_rotary_pos_emb", "apply_rotary_pos_emb_gptj", "patch", "unpatch"]
+
+_FUNCTION = "apply_rotary_pos_emb"
+_LAYOUTS = {1: "bhsd", 2: "bshd"}
+
+
+# ---- drop-in functions -------------------------------------------------------------------------------
+
+
+def apply_rotary_pos_emb(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    unsqueeze_dim: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Drop-in for transformers' ``apply_rotary_pos_emb`` (Llama, Mistral, Qwen, Gemma, Phi-3, GPT-NeoX, ...).
+
+    Parameters
+    ----------
+    q, k : torch.Tensor
+        (batch, heads, seq, head_dim) for ``unsqueeze_dim=1``, (batch, seq, heads, head_dim) for
+        ``unsqueeze_dim=2``; any strides (slices of a fused qkv projection are read in place); the number of
+        heads may differ (GQA).
+    cos, sin : torch.Tensor
+        Hugging Face tables of shape (batch or 1, seq, R) (or (seq, R)), any float dtype, holding
+        ``cat(freqs, freqs)``: only their first R/2 columns are read. R < head_dim rotates the first R dims
+        and passes the others through (partial rotary, as in GPT-NeoX and Phi-3).
+    position_ids : ignored
+        Accepted for older callers, and ignored, as transformers does. An int in this place is taken as
+        ``unsqueeze_dim`` (``apply_rotary_pos_emb(q, k, cos, sin, 2)`` in the current signature).
+    unsqueeze_dim : {1, 2}
+
+    Returns
+    -------
+    (q_embed, k_embed)
+        New tensors of q's shape and dtype (k_embed is None when k is None). Unlike transformers, the math
+        is float32 whatever the dtypes, rounded once: as accurate as the given tables allow.
+    """
+    if isinstance(position_ids, int) and not isinstance(position_ids, bool):
+        unsqueeze_dim = position_ids
+    if not isinstance(q, torch.Tensor) or q.dim() != 4:
+        raise ValueError(f"q: expected a 4-D tensor, got {getattr(q, 'shape', type(q).__name__)}")
+    axis = unsqueeze_dim + 4 if isinstance(unsqueeze_dim, int) and unsqueeze_dim < 0 else unsqueeze_dim
+    if axis not in _LAYOUTS:
+        raise ValueError(
+            "unsqueeze_dim: expected 1 (batch, heads, seq, dim) or 2 (batch, seq, heads, dim), "
+            f"got {unsqueeze_dim!r}"
+        )
+    width = cos.shape[-1]
+    if width % 2:
+        raise ValueError(f"cos: expected an even width cat(freqs, freqs), got shape {tuple(cos.shape)}")
+    return _rotate(q, k, cos[..., : width // 2], sin[..., : width // 2], _LAYOUTS[axis], interleaved=False)
+
+
+def apply_rotary_pos_emb_gptj(tensor: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """Drop-in for ``transformers.models.gptj.modeling_gptj.apply_rotary_pos_emb`` (GPT-J, CodeGen).
+
+    ``tensor`` is (batch, seq, heads, R) (or wider: dims past R pass through), ``sin`` and ``cos`` are
+    GPT-J's half-width tables (batch or 1, seq, R/2); note the order (sin before cos). Pairs are adjacent
+    dims (2i, 2i + 1) (``rotate_every_two``). Returns a new tensor, computed in float32.
+    """
+    out, _ = _rotate(tensor, None, cos, sin, "bshd", interleaved=True)
+    return out
+
+
+def _rotate(q, k, cos, sin, layout: str, *, interleaved: bool):
+    """Rotate by per-token half-width tables ``cos``/``sin`` of shape (batch or 1, seq, R/2) or (seq, R/2).
+
+    The tables are handed to the kernel as 2-D views, without a copy: one sequence's rows when they are
+    shared by the batch, else the batch's rows one after the other, sequence b starting at row b * seq.
+    """
+    batch, seqlen = q.shape[0], q.shape[2 if layout == "bhsd" else 1]
+    tables = []
+    for name, t in (("cos", cos), ("sin", sin)):
+        t = t.unsqueeze(0) if t.dim() == 2 else t
+        if t.dim() != 3 or t.shape[1] != seqlen or t.shape[0] not in (1, batch):
+            raise ValueError(
+                f"{name}: expected shape (batch={batch} or 1, seq={seqlen}, rotary_dim), got {tuple(t.shape)}"
+            )
+        tables.append(t)
+    per_batch = batch > 1 and any(t.shape[0] > 1 and t.stride(0) != 0 for t in tables)
+    if not per_batch:
+        return apply_rotary(q, k, tables[0][0], tables[1][0], layout=layout, interleaved=interleaved)
+    rows = [t.expand(batch, -1, -1).flatten(0, 1) for t in tables]  # a view unless the strides forbid it
+    offsets = torch.arange(0, batch * seqlen, seqlen, device=q.device)
+    return apply_rotary(q, k, rows[0], rows[1], offsets=offsets, layout=layout, interleaved=interleaved)
+
+
+# ---- patching ----------------------------------------------------------------------------------------
+
+_STANDARD = (
+    "gemma", "gemma2", "gemma3", "gpt_neox", "granite", "granitemoe", "llama", "mistral", "mixtral", "olmo",
+    "olmo2", "olmoe", "phi", "phi3", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "stablelm", "starcoder2",
+)  # fmt: skip
+_DROP_INS: dict[str, Callable] = {
+    **dict.fromkeys(_STANDARD, apply_rotary_pos_emb),
+    "gptj": apply_rotary_pos_emb_gptj,
+}
+SUPPORTED_FAMILIES: tuple[str, ...] = tuple(sorted(_DROP_INS))
+"""transformers model types whose ``apply_rotary_pos_emb`` :func:`patch` replaces."""
+
+_MODELING = re.compile(r"transformers\.models\.(\w+)\.modeling_\1")
+
+
+@dataclass
+class _Swap:
+    """One swapped module attribute, shared by the patched models of a family."""
+
+    module: types.ModuleType
+    original: Callable
+    replacement: Callable
+    users: int = 0
+
+
+@dataclass
+class _Patch:
+    names: list[str]
+    fp32_tables: bool
+    rotary: list[tuple[nn.Module, dict[str, torch.Tensor]]] = field(default_factory=list)
+    release: weakref.finalize | None = None
+
+
+_LOCK = threading.Lock()
+_SWAPS: dict[str, _Swap] = {}  # modeling module name -> swap
+_PATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> _Patch
+
+
+def patch(model: nn.Module, *, fp32_tables: bool = False) -> list[str]:
+    """Make a transformers model compute its rotary embedding with rope-triton; undo with :func:`unpatch`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model (or any module containing one) of a family in :data:`SUPPORTED_FAMILIES`, e.g. a
+        ``LlamaForCausalLM``; wrappers (PEFT, ``torch.compile``, DDP) are fine.
+    fp32_tables : bool
+        Keep cos/sin in float32 instead of letting the model's rotary embedding cast them to the
+        activations' dtype (bfloat16 tables carry a relative error of 2**-9): this model then rotates with
+        float32 tables and float32 math, more accurately than the unpatched model. Frequency buffers that a
+        ``model.to(torch.bfloat16)`` rounded are rebuilt in float32 from the config (and put back by
+        :func:`unpatch`).
+
+    Returns
+    -------
+    list of str
+        What changed: the swapped functions
+        (``transformers.models.llama.modeling_llama.apply_rotary_pos_emb``) and, with ``fp32_tables``,
+        the rotary embedding modules (``model.rotary_emb.forward``). Patching a patched model again with
+        the same options changes nothing and returns the same list.
+
+    Raises
+    ------
+    TypeError
+        No supported family in ``model``.
+    ValueError
+        Patched already with other options, or ``fp32_tables`` asked of a model whose attention computes its
+        own tables (GPT-J in transformers 5.17 and older).
+
+    Notes
+    -----
+    The swapped function is a module attribute: while any model of a family is patched, all models of that
+    family in the process use it (see the module docstring). Autograd, ``generate()`` with a KV cache and
+    ``torch.compile`` work as with the original function.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    with _LOCK:
+        done = _PATCHES.get(model)
+        if done is not None:
+            if done.fp32_tables != fp32_tables:
+                raise ValueError(
+                    f"{type(model).__name__} is patched already with fp32_tables={done.fp32_tables}; "
+                    "unpatch it first"
+                )
+            return list(done.names)
+        families = _families(model)
+        rotary = [
+            (n, m)
+            for n, m in model.named_modules()
+            if _family_of(m) and type(m).__name__.endswith("RotaryEmbedding")
+        ]
+        if fp32_tables:
+            lacking = sorted(set(families) - {_family_of(m) for _, m in rotary})
+            if lacking:
+                raise ValueError(
+                    f"fp32_tables: {type(model).__name__} ({', '.join(lacking)}) computes its cos/sin inside "
+                    "the attention in this transformers version, with no rotary embedding module to keep in "
+                    "float32"
+                )
+        record = _Patch(names=[], fp32_tables=fp32_tables)
+        for family, module in families.items():
+            _acquire(module, _DROP_INS[family])
+            record.names.append(f"{module.__name__}.{_FUNCTION}")
+        record.release = weakref.finalize(model, _release, [m.__name__ for m in families.values()])
+        record.release.atexit = False
+        if fp32_tables:
+            for name, m in rotary:
+                record.rotary.append((m, _fp32_buffers(m)))
+                m.forward = types.MethodType(_fp32_rotary_forward, m)
+                record.names.append(f"{name}.forward" if name else "forward")
+        _PATCHES[model] = record
+        return list(record.names)
+
+
+def unpatch(model: nn.Module) -> list[str]:
+    """Undo :func:`patch`; returns what it had changed (an empty list for a model that is not patched).
+
+    The family's original function comes back when no other patched model of that family is left.
+    """
+    with _LOCK:
+        record = _PATCHES.pop(model, None)
+        if record is None:
+            return []
+        for m, buffers in record.rotary:
+            m.__dict__.pop("forward", None)
+            for name, old in buffers.items():
+                setattr(m, name, old)
+        record.release()
+        return list(record.names)
+
+
+def _family_of(module: nn.Module) -> str | None:
+    match = _MODELING.fullmatch(type(module).__module__)
+    return match[1] if match and match[1] in _DROP_INS else None
+
+
+def _families(model: nn.Module) -> dict[str, types.ModuleType]:
+    """The supported families whose classes ``model`` is made of, with their modeling modules."""
+    found: dict[str, types.ModuleType] = {}
+    for m in model.modules():
+        family = _family_of(m)
+        if family and family not in found:
+            module = sys.modules[type(m).__module__]
+            if not callable(getattr(module, _FUNCTION, None)):
+                raise TypeError(f"{type(model).__name__}: {module.__name__} has no {_FUNCTION} to replace")
+            found[family] = module
+    if not found:
+        raise TypeError(
+            f"{type(model).__name__}: no supported transformers model family found. "
+            f"Supported: {', '.join(SUPPORTED_FAMILIES)}"
+        )
+    return found
+
+
+def _acquire(module: types.ModuleType, replacement: Callable) -> None:
+    swap = _SWAPS.get(module.__name__)
+    if swap is None:
+        swap = _SWAPS[module.__name__] = _Swap(module, getattr(module, _FUNCTION), replacement)
+        setattr(module, _FUNCTION, replacement)
+    swap.users += 1
+
+
+def _release(module_names: list[str]) -> None:
+    # Runs once per patched model: from unpatch(), or when the model is garbage collected.
+    for key in module_names:
+        swap = _SWAPS[key]
+        swap.users -= 1
+        if swap.users:
+            continue
+        del _SWAPS[key]
+        if getattr(swap.module, _FUNCTION) is swap.replacement:
+            setattr(swap.module, _FUNCTION, swap.original)
+        else:
+            warnings.warn(
+                f"{key}.{_FUNCTION} was replaced by someone else after rope-triton patched it; left as it is",
+                stacklevel=3,
+            )
+
+
+def _fp32_rotary_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs):
+    # transformers' rotary embeddings read x only for its device and dtype, and cast cos/sin to that
+    # dtype: an empty float32 stand-in keeps them in float32.
+    return type(self).forward(self, x.new_empty(0, dtype=torch.float32), *args, **kwargs)
+
+
+def _fp32_buffers(m: nn.Module) -> dict[str, torch.Tensor]:
+    """Rebuild frequency buffers that were cast below float32 (``model.to(torch.bfloat16)``) from the
+    config, in float32. Returns the replaced buffers."""
+    stale = {
+        n: b for n, b in m.named_buffers(recurse=False) if b.is_floating_point() and b.element_size() < 4
+    }
+    if not stale:
+        return {}
+    try:
+        fresh = dict(type(m)(config=m.config).named_buffers(recurse=False))
+    except Exception as e:  # noqa: BLE001 (an older rotary class, or one without a config attribute)
+        warnings.warn(
+            f"fp32_tables: could not rebuild the {', '.join(stale)} buffers of {type(m).__name__} in float32 "
+            f"({type(e).__name__}: {e}); they keep their {next(iter(stale.values())).dtype} frequencies",
+            stacklevel=3,
+        )
+        return {}
+    replaced = {}
+    for n, old in stale.items():
+        if n in fresh and fresh[n].shape == old.shape and fresh[n].dtype == torch.float32:
+            setattr(m, n, fresh[n].to(old.device))
+            replaced[n] = old
+    return replaced

@@ -1,0 +1,431 @@
+"""Hugging Face transformers integration: the drop-in functions against transformers' own, and patched tiny
+models (random weights, built from their config classes: nothing is downloaded) against unpatched ones.
+
+How results are compared. Patched and unpatched models differ only in how the rotary step rounds, so
+neither is "the" answer: both are compared with a float64 run of the unpatched model, and the patched
+error must be of the unpatched error's size (``_assert_as_accurate``). The drop-in functions are compared
+with the exact (float64) rotation by the same tables, within the kernel's float32 bound (helpers).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import subprocess
+import sys
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from helpers import assert_rotary_close  # noqa: E402
+from transformers.models.gpt_neox import modeling_gpt_neox as hf_neox  # noqa: E402
+from transformers.models.gptj import modeling_gptj as hf_gptj  # noqa: E402
+from transformers.models.llama import modeling_llama as hf_llama  # noqa: E402
+
+from rope_triton.integrations.transformers import (  # noqa: E402
+    SUPPORTED_FAMILIES,
+    apply_rotary_pos_emb,
+    apply_rotary_pos_emb_gptj,
+    patch,
+    unpatch,
+)
+
+# transformers' own functions, taken before any test patches anything.
+HF_STANDARD = hf_llama.apply_rotary_pos_emb
+HF_PARTIAL = hf_neox.apply_rotary_pos_emb
+HF_GPTJ = hf_gptj.apply_rotary_pos_emb
+
+# ---- tiny models ----------------------------------------------------------------------------------------
+
+_TOKENS = dict(vocab_size=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+_COMMON = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+    max_position_embeddings=64, **_TOKENS,
+)  # fmt: skip
+_MOE = dict(num_experts_per_tok=1)
+_GEMMA3_LAYERS = ["sliding_attention", "full_attention"]  # a local-base layer and a global one
+
+# family -> (config class, model class, config arguments)
+FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {}),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(num_local_experts=2, **_MOE)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "qwen2_moe": (
+        "Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+        dict(num_experts=2, moe_intermediate_size=32, shared_expert_intermediate_size=32, **_MOE),
+    ),  # fmt: skip
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=16)),
+    "qwen3_moe": (
+        "Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+        dict(head_dim=16, num_experts=2, moe_intermediate_size=32, **_MOE),
+    ),  # fmt: skip
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(head_dim=16)),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(head_dim=16)),
+    "gemma3": (
+        "Gemma3TextConfig", "Gemma3ForCausalLM",
+        dict(head_dim=16, num_hidden_layers=2, sliding_window=4, layer_types=_GEMMA3_LAYERS),
+    ),  # fmt: skip
+    "phi": ("PhiConfig", "PhiForCausalLM", dict(partial_rotary_factor=0.5)),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(partial_rotary_factor=0.5)),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", {}),
+    "granitemoe": ("GraniteMoeConfig", "GraniteMoeForCausalLM", dict(num_local_experts=2, **_MOE)),
+    "olmo": ("OlmoConfig", "OlmoForCausalLM", {}),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", dict(num_experts=2, **_MOE)),
+    "stablelm": ("StableLmConfig", "StableLmForCausalLM", dict(partial_rotary_factor=0.25)),
+    "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", {}),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(rotary_pct=0.25)),
+    "gptj": (
+        "GPTJConfig", "GPTJForCausalLM",
+        dict(n_embd=64, n_layer=1, n_head=4, n_positions=64, rotary_dim=8, **_TOKENS),
+    ),  # fmt: skip
+}
+
+
+def build(family: str, device, **overrides) -> torch.nn.Module:
+    """A seeded tiny model of ``family`` in float32, eval mode (no dropout)."""
+    config_cls, model_cls, kwargs = FAMILIES[family]
+    kwargs = {**kwargs, **overrides} if family == "gptj" else {**_COMMON, **kwargs, **overrides}
+    config = getattr(transformers, config_cls)(**kwargs)
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(config).eval()
+    if "moe" in family or family in ("mixtral", "olmoe"):
+        # The grouped-matmul experts have no float64 kernel; the eager loop does.
+        model.set_experts_implementation("eager")
+    return model.to(device)
+
+
+def _assert_as_accurate(ours, base, ref, what: str, *, max_ratio=2.0, rms_ratio=None):
+    """``ours`` and ``base`` compute the same thing in the same dtype, rounding the rotary step
+    differently (ours: once, in float32; transformers: in the activations' dtype). Against the float64
+    ``ref``, the whole computation's rounding error dominates and is about the same size in both: ours may
+    not exceed ``max_ratio`` times base's (``rms_ratio`` for the RMS), plus 4 units of the dtype's
+    rounding at ref's magnitude for the case where base is exact by chance."""
+    ref = ref.double()
+    floor = 4 * torch.finfo(ours.dtype).eps / 2 * ref.abs().max().item()
+    e_ours, e_base = (ours.double() - ref).abs(), (base.double() - ref).abs()
+    assert e_ours.max() <= max_ratio * e_base.max() + floor, (
+        f"{what}: max error {e_ours.max():.3e} vs transformers' {e_base.max():.3e}"
+    )
+    if rms_ratio is not None:
+        rms_ours, rms_base = e_ours.pow(2).mean().sqrt(), e_base.pow(2).mean().sqrt()
+        assert rms_ours <= rms_ratio * rms_base + floor, f"{what}: RMS error {rms_ours:.3e} vs {rms_base:.3e}"
+
+
+def _logits_and_grads(model, ids):
+    model.zero_grad(set_to_none=True)
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.logits.detach(), grads
+
+
+# ---- import hygiene ---------------------------------------------------------------------------------------
+
+
+def test_importing_rope_triton_does_not_import_transformers():
+    code = (
+        "import sys, rope_triton, rope_triton.integrations.transformers as t\n"
+        "rope_triton.apply_rotary, rope_triton.RotaryEmbedding, t.patch\n"
+        "assert 'transformers' not in sys.modules, 'transformers was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_every_supported_family_is_tested():
+    assert sorted(FAMILIES) == sorted(SUPPORTED_FAMILIES)
+
+
+# ---- drop-in functions ----------------------------------------------------------------------------------
+
+B, S, HQ, HK, D = 2, 5, 4, 2, 16
+
+
+def _hf_tables(batch, rotary_dim, dtype, device, offset=3):
+    """Tables as transformers' rotary embeddings build them: cat(freqs, freqs), per batch row."""
+    inv = 10000.0 ** (-torch.arange(0, rotary_dim, 2, dtype=torch.float64, device=device) / rotary_dim)
+    pos = torch.arange(S, device=device, dtype=torch.float64) + offset
+    pos = pos + 7 * torch.arange(batch, device=device)[:, None]  # another position range per batch row
+    freqs = pos[..., None] * inv
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _exact(hf_fn, q, k, cos, sin, **kw):
+    """The float64 rotation by the given tables (transformers' formula, in float64)."""
+    return hf_fn(q.double(), k.double(), cos.double(), sin.double(), **kw)
+
+
+@pytest.mark.parametrize("cos_batch", [1, B], ids=["cos_b1", "cos_bB"])
+@pytest.mark.parametrize("unsqueeze_dim", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_drop_in_matches_hf(dtype, unsqueeze_dim, cos_batch, device):
+    layout = "bhsd" if unsqueeze_dim == 1 else "bshd"
+    shape = (lambda h: (B, h, S, D)) if unsqueeze_dim == 1 else (lambda h: (B, S, h, D))
+    q, k = torch.randn(shape(HQ), device=device).to(dtype), torch.randn(shape(HK), device=device).to(dtype)
+    cos, sin = _hf_tables(cos_batch, D, dtype, device)
+    q_out, k_out = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
+    q_ref, k_ref = _exact(HF_STANDARD, q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
+    for out, ref, x in ((q_out, q_ref, q), (k_out, k_ref, k)):
+        assert_rotary_close(out, ref, x, layout=layout, rotary_dim=D, interleaved=False)
+    # transformers rounds in the input dtype: in float32 it agrees with us to float32 rounding.
+    q_hf, _ = HF_STANDARD(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
+    assert q_hf.dtype == q_out.dtype
+    if dtype == torch.float32:
+        torch.testing.assert_close(q_out, q_hf)
+
+
+def test_drop_in_reads_strided_views(device):
+    """q and k sliced from one fused qkv projection and transposed (as Phi-3 does), cos/sin columns of a
+    wider buffer, and a batch-expanded (stride 0) table: all read in place."""
+    qkv = torch.randn(B, S, (HQ + 2 * HK) * D, device=device)
+    q = qkv[..., : HQ * D].view(B, S, HQ, D).transpose(1, 2)
+    k = qkv[..., HQ * D : (HQ + HK) * D].view(B, S, HK, D).transpose(1, 2)
+    cos1, sin1 = _hf_tables(1, D, torch.float32, device)
+    wide = torch.cat((cos1, sin1), dim=-1)  # (1, S, 2D): cos and sin are column slices
+    cos, sin = wide[..., :D].expand(B, S, D), wide[..., D:].expand(B, S, D)
+    q_out, k_out = apply_rotary_pos_emb(q, k, cos, sin)
+    q_ref, k_ref = _exact(HF_STANDARD, q, k, cos, sin)
+    assert_rotary_close(q_out, q_ref, q, layout="bhsd", rotary_dim=D, interleaved=False)
+    assert_rotary_close(k_out, k_ref, k, layout="bhsd", rotary_dim=D, interleaved=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_drop_in_partial_rotary(dtype, device):
+    """cos narrower than head_dim (GPT-NeoX, Phi): the first R dims rotate, the others pass through."""
+    r = D // 4
+    q = torch.randn(B, HQ, S, D, device=device).to(dtype)
+    k = torch.randn(B, HK, S, D, device=device).to(dtype)
+    cos, sin = _hf_tables(B, r, dtype, device)
+    q_out, k_out = apply_rotary_pos_emb(q, k, cos, sin)
+    q_ref, k_ref = _exact(HF_PARTIAL, q, k, cos, sin)
+    assert_rotary_close(q_out, q_ref, q, layout="bhsd", rotary_dim=r, interleaved=False)
+    assert_rotary_close(k_out, k_ref, k, layout="bhsd", rotary_dim=r, interleaved=False)
+
+
+@pytest.mark.parametrize("cos_batch", [1, B], ids=["cos_b1", "cos_bB"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_drop_in_gptj(dtype, cos_batch, device):
+    """GPT-J: (batch, seq, heads, R) slices of a wider key, half-width (sin, cos), adjacent pairs."""
+    r = D // 2
+    key = torch.randn(B, S, HQ, D, device=device).to(dtype)
+    x = key[..., :r]
+    cos, sin = (t[..., : r // 2] for t in _hf_tables(cos_batch, r, dtype, device))
+    out = apply_rotary_pos_emb_gptj(x, sin, cos)
+    ref = HF_GPTJ(x.double(), sin.double(), cos.double())
+    assert_rotary_close(out, ref, x, layout="bshd", rotary_dim=r, interleaved=True)
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, HF_GPTJ(x, sin, cos))
+
+
+def test_drop_in_signature(device):
+    q, k = torch.randn(1, S, HQ, D, device=device), torch.randn(1, S, HK, D, device=device)
+    cos, sin = _hf_tables(1, D, torch.float32, device)
+    expected = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
+    # The older signature's position_ids are ignored; an int in their place is unsqueeze_dim.
+    ignored = apply_rotary_pos_emb(q, k, cos, sin, torch.arange(S, device=device)[None] + 40, 2)
+    positional = apply_rotary_pos_emb(q, k, cos, sin, 2)
+    for got in (ignored, positional):
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    q_only, none = apply_rotary_pos_emb(q, None, cos[0], sin[0], unsqueeze_dim=-2)  # (seq, R) tables
+    assert none is None and torch.equal(q_only, expected[0])
+    with pytest.raises(ValueError, match="unsqueeze_dim"):
+        apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=3)
+    with pytest.raises(ValueError, match="cos: expected shape"):
+        apply_rotary_pos_emb(q, k, cos[:, :-1], sin[:, :-1], unsqueeze_dim=2)
+    with pytest.raises(ValueError, match="4-D"):
+        apply_rotary_pos_emb(q[0], k[0], cos, sin)
+
+
+# ---- patched models -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_model_parity_fp32(family, device):
+    """Logits and every parameter's gradient of a patched float32 model are as accurate as the unpatched
+    model's (both against a float64 run)."""
+    model = build(family, device)
+    ref_model = copy.deepcopy(model).double()
+    ids = torch.randint(3, 128, (2, 4), device=device)
+    ref_logits, ref_grads = _logits_and_grads(ref_model, ids)
+    base_logits, base_grads = _logits_and_grads(model, ids)
+    changed = patch(model)
+    try:
+        ours_logits, ours_grads = _logits_and_grads(model, ids)
+    finally:
+        unpatch(model)
+    assert changed == [f"transformers.models.{family}.modeling_{family}.apply_rotary_pos_emb"]
+    _assert_as_accurate(ours_logits, base_logits, ref_logits, "logits")
+    assert ours_grads.keys() == base_grads.keys() == ref_grads.keys()
+    for name, g in ours_grads.items():
+        _assert_as_accurate(g, base_grads[name], ref_grads[name], f"grad of {name}")
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gptj"])
+def test_model_parity_bf16(family, device):
+    """bfloat16 model: the rotary step rounds once (ours) instead of three times (transformers); logits
+    stay within the same bfloat16 error of a float64 run."""
+    model = build(family, device)
+    ref_model = copy.deepcopy(model).double()
+    model = model.to(torch.bfloat16)
+    ids = torch.randint(3, 128, (2, 4), device=device)
+    with torch.no_grad():
+        ref, base = ref_model(ids).logits, model(ids).logits
+        patch(model)
+        try:
+            ours = model(ids).logits
+        finally:
+            unpatch(model)
+    _assert_as_accurate(ours, base, ref, "bf16 logits", max_ratio=2.0, rms_ratio=1.25)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_generate_same_tokens(family, device):
+    """Greedy generation with a KV cache, batch of two with left padding (per-row positions)."""
+    model = build(family, device)
+    ids = torch.randint(3, 128, (2, 5), device=device)
+    mask = torch.ones_like(ids)
+    ids[1, :2], mask[1, :2] = 0, 0
+    kw = dict(attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        base = model.generate(ids, **kw)
+        patch(model)
+        try:
+            ours = model.generate(ids, **kw)
+        finally:
+            unpatch(model)
+    assert torch.equal(ours, base)
+
+
+# ---- patch mechanics --------------------------------------------------------------------------------------
+
+
+def test_unpatch_restores_bitwise(device):
+    """bf16 model (its frequency buffers rounded by .to()), patched with fp32 tables: unpatch puts back
+    the function, the rotary module's forward and its buffers; the logits are bitwise those from before."""
+    model = build("llama", device).to(torch.bfloat16)
+    rotary = model.model.rotary_emb
+    inv_freq = rotary.inv_freq
+    ids = torch.randint(3, 128, (1, 6), device=device)
+    with torch.no_grad():
+        before = model(ids).logits
+        changed = patch(model, fp32_tables=True)
+        assert changed == [f"{hf_llama.__name__}.apply_rotary_pos_emb", "model.rotary_emb.forward"]
+        assert hf_llama.apply_rotary_pos_emb is apply_rotary_pos_emb
+        assert rotary.inv_freq.dtype == torch.float32  # rebuilt from the config
+        patched = model(ids).logits
+        assert unpatch(model) == changed
+        after = model(ids).logits
+    assert hf_llama.apply_rotary_pos_emb is HF_STANDARD
+    assert "forward" not in rotary.__dict__ and rotary.inv_freq is inv_freq
+    assert torch.equal(after, before)
+    assert not torch.equal(patched, before)  # the patch did change something
+    assert unpatch(model) == []
+
+
+def test_patch_is_per_family_and_counted(device):
+    """The swapped function is shared by a family's models: it stays while one is patched."""
+    a, b, other = build("llama", device), build("llama", device), build("qwen2", device)
+    patch(a)
+    assert patch(a) == ["transformers.models.llama.modeling_llama.apply_rotary_pos_emb"]  # again: no-op
+    with pytest.raises(ValueError, match="fp32_tables"):
+        patch(a, fp32_tables=True)
+    patch(b)
+    qwen2 = sys.modules[type(other).__module__]
+    assert qwen2.apply_rotary_pos_emb is not apply_rotary_pos_emb  # another family: untouched
+    unpatch(a)
+    assert hf_llama.apply_rotary_pos_emb is apply_rotary_pos_emb  # b still patched
+    unpatch(b)
+    assert hf_llama.apply_rotary_pos_emb is HF_STANDARD
+
+
+def test_patch_released_when_model_is_collected(device):
+    model = build("llama", device)
+    patch(model)
+    del model
+    gc.collect()
+    assert hf_llama.apply_rotary_pos_emb is HF_STANDARD
+
+
+def test_unsupported_model_raises():
+    config = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=16, **_TOKENS)
+    with pytest.raises(TypeError, match=r"GPT2LMHeadModel.*Supported: .*llama"):
+        patch(transformers.GPT2LMHeadModel(config))
+    with pytest.raises(TypeError, match="Linear"):
+        patch(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="nn.Module"):
+        patch("llama")
+
+
+def test_fp32_tables_more_accurate(device, monkeypatch):
+    """bf16 model: with float32 tables, the rotated q and k that reach the attention are closer to a
+    float64 run's than transformers' (bf16 tables, bf16 math). They are captured at the eager attention
+    function, whose inputs before the rotary step are identical in both bfloat16 runs."""
+    seen = []
+    eager = hf_llama.eager_attention_forward
+
+    def spy(module, query, key, *args, **kwargs):
+        seen.append((query.detach().double(), key.detach().double()))
+        return eager(module, query, key, *args, **kwargs)
+
+    monkeypatch.setattr(hf_llama, "eager_attention_forward", spy)
+    model = build("llama", device, attn_implementation="eager")
+    ref_model = copy.deepcopy(model).double()
+    model = model.to(torch.bfloat16)
+    ids = torch.randint(3, 128, (1, 16), device=device)
+    positions = torch.arange(16, device=device)[None] + 40
+    with torch.no_grad():
+        for m in (ref_model, model):
+            m(ids, position_ids=positions)
+        patch(model, fp32_tables=True)
+        try:
+            model(ids, position_ids=positions)
+        finally:
+            unpatch(model)
+    (q_ref, k_ref), (q_hf, k_hf), (q_ours, k_ours) = seen
+    for ours, hf, ref in ((q_ours, q_hf, q_ref), (k_ours, k_hf, k_ref)):
+        rms_ours, rms_hf = ((ours - ref).pow(2).mean().sqrt(), (hf - ref).pow(2).mean().sqrt())
+        assert rms_ours < 0.8 * rms_hf, f"fp32 tables RMS error {rms_ours:.3e} vs transformers' {rms_hf:.3e}"
+
+
+# ---- GPU only -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gptj"])
+def test_larger_model_bf16_gpu(family):
+    """A model of a realistic head size (128) and sequence (512) in bfloat16 on the GPU."""
+    sizes = dict(hidden_size=1024, intermediate_size=2048, num_attention_heads=8, num_key_value_heads=8,
+                 num_hidden_layers=2, max_position_embeddings=1024)  # fmt: skip
+    if family == "gptj":
+        sizes = dict(n_embd=1024, n_head=8, n_layer=2, n_positions=1024, rotary_dim=64)
+    model = build(family, "cuda", **sizes)
+    ref_model = copy.deepcopy(model).double()
+    model = model.to(torch.bfloat16)
+    ids = torch.randint(3, 128, (2, 512), device="cuda")
+    with torch.no_grad():
+        ref, base = ref_model(ids).logits, model(ids).logits
+        patch(model)
+        try:
+            ours = model(ids).logits
+        finally:
+            unpatch(model)
+    _assert_as_accurate(ours, base, ref, "bf16 logits", max_ratio=2.0, rms_ratio=1.1)
+
+
+@pytest.mark.gpu
+def test_compiled_patched_model_gpu():
+    """torch.compile of a patched model traces the rotary op (no graph break) and matches eager."""
+    model = build("llama", "cuda")
+    ids = torch.randint(3, 128, (2, 64), device="cuda")
+    patch(model)
+    try:
+        with torch.no_grad():
+            eager = model(ids).logits
+            compiled = torch.compile(model, fullgraph=True)(ids).logits
+    finally:
+        unpatch(model)
+    torch.testing.assert_close(compiled, eager)
