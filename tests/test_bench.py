@@ -52,7 +52,8 @@ def test_quick_run_writes_csv_and_json(quick_run):
     for key in ("device_name", "gpu_name", "torch", "triton", "rope_triton", "git_commit", "date_utc",
                 "command_line", "argv"):
         assert key in meta
-    assert meta["gpu_name"] is None and "--quick" in meta["argv"]
+    expected_gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    assert meta["gpu_name"] == expected_gpu and "--quick" in meta["argv"]
     assert doc["columns"] == list(COLUMNS) and len(doc["rows"]) == len(rows)
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "results.png").stat().st_size > 0
