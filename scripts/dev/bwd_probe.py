@@ -3,20 +3,10 @@
 import time
 
 import torch
+from overhead import wall
 
 import rope_triton
 from rope_triton import _ops
-
-
-def wall(fn, n=200):
-    for _ in range(20):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / n * 1e6
 
 
 def main():
@@ -45,9 +35,9 @@ def main():
             "direct conj kernel": lambda: rope_triton.apply_rotary(gq, gk, cos, sin, conjugate=True),
         }
         for name, fn in rows.items():
-            print(f"B{b} S{s}  {name:28s} {wall(fn):8.1f} us/call")
+            print(f"B{b} S{s}  {name:28s} {wall(fn, 200):8.1f} us/call")
         _ops.RotaryFunction.backward = staticmethod(timed_backward)
-        w = wall(rows["autograd.grad ours"])
+        w = wall(rows["autograd.grad ours"], 200)
         _ops.RotaryFunction.backward = staticmethod(orig)
         inside = sorted(timings["inside backward"])[len(timings["inside backward"]) // 2] * 1e6
         print(f"B{b} S{s}  autograd.grad ours (timed)    {w:8.1f} us/call, median inside backward {inside:.1f} us")
