@@ -151,3 +151,16 @@ def test_training_steps_replay_forward_and_backward(device):
         rq, rk = ref64(gq, gk, cos, sin, layout="bhsd", conjugate=True)
         assert_rotary_close(dq, rq, gq, layout="bhsd", rotary_dim=16, interleaved=False)
         assert_rotary_close(dk, rk, gk, layout="bhsd", rotary_dim=16, interleaved=False)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_tensors_on_a_second_gpu():
+    # Triton launches on the current device; tensors on cuda:1 while cuda:0 is current must still work.
+    device = torch.device("cuda", 1)
+    q, k = make_qk("bshd", 2, 3, 2, 1, 16, torch.bfloat16, device)
+    cos, sin = random_tables(3, 8, device)
+    for _ in range(2):  # the second call must not replay a launch recorded for another device
+        q_out, k_out = rope_triton.apply_rotary(q, k, cos, sin)
+        rq, rk = ref64(q, k, cos, sin)
+        assert_rotary_close(q_out, rq, q, layout="bshd", rotary_dim=16, interleaved=False)
+        assert_rotary_close(k_out, rk, k, layout="bshd", rotary_dim=16, interleaved=False)

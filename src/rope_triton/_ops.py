@@ -14,6 +14,7 @@ kernel. Nothing but the (small) tables and index tensors is saved.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -109,11 +110,15 @@ def run(
     k_out = None if k is None else (k if inplace else torch.empty_like(k))
     # Compiling for the CPU traces the PyTorch path: the interpreter cannot run on fake tensors.
     if triton_runs_on(q.device) and not compiling:
-        launch(
-            rotary_kernel, p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
-            interleaved=interleaved, conjugate=conjugate, inplace=inplace,
-            plans=PLANS if plan_key is not None else None, plan_key=plan_key,
-        )
+        # Triton launches on the current device: tensors on another GPU need it switched (and such
+        # launches are not recorded for replay, which uses the current device's context).
+        other_gpu = q.is_cuda and q.get_device() != torch.cuda.current_device()
+        with torch.cuda.device(q.device) if other_gpu else contextlib.nullcontext():
+            launch(
+                rotary_kernel, p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
+                interleaved=interleaved, conjugate=conjugate, inplace=inplace,
+                plans=PLANS if plan_key is not None and not other_gpu else None, plan_key=plan_key,
+            )
     else:
         _run_reference(
             p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved, conjugate
