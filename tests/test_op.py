@@ -164,3 +164,19 @@ def test_tensors_on_a_second_gpu():
         rq, rk = ref64(q, k, cos, sin)
         assert_rotary_close(q_out, rq, q, layout="bshd", rotary_dim=16, interleaved=False)
         assert_rotary_close(k_out, rk, k, layout="bshd", rotary_dim=16, interleaved=False)
+
+
+@pytest.mark.gpu
+def test_replay_with_grad_uses_each_calls_int_offset(device):
+    # With autograd, a replayed signature takes its validated problem from the plan: the int offset
+    # (forward and backward) must still be this call's.
+    cos, sin = random_tables(64, 8, device)
+    for offset in (3, 10, 17):  # one Triton specialization: none is 1 or a multiple of 16
+        q = torch.randn(2, 4, 2, 16, device=device, requires_grad=True)
+        out, _ = rope_triton.apply_rotary(q, None, cos, sin, offsets=offset)
+        g = torch.randn_like(out)
+        (dq,) = torch.autograd.grad(out, q, g)
+        rq, _ = ref64(q.detach(), None, cos, sin, offsets=offset)
+        rg, _ = ref64(g, None, cos, sin, offsets=offset, conjugate=True)
+        assert_rotary_close(out, rq, q.detach(), layout="bshd", rotary_dim=16, interleaved=False)
+        assert_rotary_close(dq, rg, g, layout="bshd", rotary_dim=16, interleaved=False)

@@ -188,7 +188,11 @@ class LaunchPlans:
     def problem_if_valid(plan, offsets) -> Problem | None:
         """The validated problem of ``plan`` if ``offsets`` passes its host check, else None."""
         offset = offsets if type(offsets) is int else 0
-        return plan[4] if 0 <= offset <= plan[3] else None
+        if not 0 <= offset <= plan[3]:
+            return None
+        problem = plan[4]
+        # The recorded problem carries the int offset of the call that recorded it.
+        return problem if problem.offset == offset else problem._replace(offset=offset)
 
     @staticmethod
     def replay(plan, tensors: tuple, offset: int) -> bool:
