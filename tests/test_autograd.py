@@ -102,11 +102,15 @@ def test_inplace_marks_dirty(device):
         out.sum().backward()
 
 
-def test_inplace_on_leaf_is_refused(device):
-    q = torch.randn(1, 3, 2, 8, device=device, requires_grad=True)
+@pytest.mark.parametrize("view", [False, True], ids=["leaf", "view-of-leaf"])
+def test_inplace_on_leaf_is_refused_before_writing(view, device):
+    leaf = torch.randn(1, 3, 2, 8, device=device, requires_grad=True)
+    q = leaf.transpose(1, 2).transpose(1, 2) if view else leaf
+    before = leaf.detach().clone()
     cos, sin = random_tables(3, 4, device)
-    with pytest.raises(RuntimeError, match="leaf"):
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
         rope_triton.apply_rotary(q, None, cos, sin, inplace=True)
+    assert torch.equal(leaf.detach(), before), "the refused call wrote into the leaf"
 
 
 def test_inplace_without_grad_bumps_version(device):

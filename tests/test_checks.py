@@ -105,7 +105,7 @@ def test_errors_come_before_any_work():
 
 
 SPLIT_CASES = [
-    ("one-of-two", {"cos_lo": torch.ones(4, 8)}, ValueError, "cos_lo: cos_lo and sin_lo go together"),
+    ("one-of-two", {"cos_lo": torch.ones(4, 8)}, ValueError, "sin_lo: cos_lo and sin_lo go together, got only cos_lo"),
     ("not-pow2", {"cos_lo": torch.ones(3, 8), "sin_lo": torch.zeros(3, 8)}, ValueError, "cos_lo: expected a power-of-two"),
     ("width", {"cos_lo": torch.ones(4, 6), "sin_lo": torch.zeros(4, 6)}, ValueError, "cos_lo: expected the width of cos"),
     ("lo-shapes", {"cos_lo": torch.ones(4, 8), "sin_lo": torch.zeros(2, 8)}, ValueError, "sin_lo: expected the shape of cos_lo"),
@@ -118,3 +118,32 @@ def test_bad_split_tables(over, exc, msg):
     args, kwargs = _base("cpu", **over)
     with pytest.raises(exc, match=msg):
         rope_triton.apply_rotary(args["q"], args["k"], args["cos"], args["sin"], **kwargs)
+
+
+FLAG_CASES = [
+    ("interleaved-str", {"interleaved": "False"}, TypeError, "interleaved: expected a bool"),
+    ("conjugate-int", {"conjugate": 1}, TypeError, "conjugate: expected a bool"),
+    ("inplace-none", {"inplace": None}, TypeError, "inplace: expected a bool"),
+    ("layout-list", {"layout": ["bshd"]}, ValueError, "layout"),
+    ("max-seqlen-not-thd", {"max_seqlen": 5}, ValueError, "max_seqlen: only used with layout 'thd'"),
+    ("max-seqlen-float", {"max_seqlen": 5.0}, TypeError, "max_seqlen: expected an int"),
+    ("lone-sin-lo", {"sin_lo": torch.ones(4, 8)}, ValueError, "cos_lo: sin_lo and cos_lo go together"),
+]
+
+
+@pytest.mark.parametrize("over,exc,msg", [c[1:] for c in FLAG_CASES], ids=[c[0] for c in FLAG_CASES])
+def test_bad_flags(over, exc, msg):
+    args, kwargs = _base("cpu", **over)
+    with pytest.raises(exc, match=msg):
+        rope_triton.apply_rotary(args["q"], args["k"], args["cos"], args["sin"], **kwargs)
+
+
+def test_inplace_q_and_k_in_the_same_memory_is_refused():
+    x = torch.randn(2, 5, 2, 16)
+    with pytest.raises(ValueError, match="k: inplace=True needs q and k in separate memory"):
+        rope_triton.apply_rotary(x, x, torch.ones(8, 8), torch.zeros(8, 8), inplace=True)
+
+
+def test_dynamic_module_needs_max_position_embeddings():
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        rope_triton.RotaryEmbedding(16, scaling={"rope_type": "dynamic", "factor": 2.0})

@@ -33,6 +33,7 @@ class Problem(NamedTuple):
     offset: int  # scalar offset (POS_DEFAULT)
     table_rows: int  # positions the tables cover
     lo_bits: int  # split tables: log2 of the low table's rows; 0 for one table
+    max_offset: float  # largest scalar offset the tables allow (inf when the host cannot tell)
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -83,9 +84,14 @@ def check(
     inplace: bool,
     cos_lo: torch.Tensor | None = None,
     sin_lo: torch.Tensor | None = None,
+    interleaved: bool = False,
+    conjugate: bool = False,
 ) -> Problem:
     """Validate the arguments of ``apply_rotary`` and derive the :class:`Problem`."""
-    if layout not in LAYOUTS:
+    for name, flag in (("interleaved", interleaved), ("inplace", inplace), ("conjugate", conjugate)):
+        if type(flag) is not bool:
+            raise TypeError(f"{name}: expected a bool, got {type(flag).__name__} {flag!r}")
+    if type(layout) is not str or layout not in LAYOUTS:
         raise ValueError(f"layout: expected one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
     _check_qk("q", q, layout)
     batch, seqlen, heads_q, head_dim = _bshd_sizes(q, layout)
@@ -101,7 +107,8 @@ def check(
 
     tables = [("cos", cos), ("sin", sin)]
     if (cos_lo is None) != (sin_lo is None):
-        raise ValueError("cos_lo: cos_lo and sin_lo go together, got only one of them")
+        given, missing = ("cos_lo", "sin_lo") if sin_lo is None else ("sin_lo", "cos_lo")
+        raise ValueError(f"{missing}: {given} and {missing} go together, got only {given}")
     if cos_lo is not None:
         tables += [("cos_lo", cos_lo), ("sin_lo", sin_lo)]
     for name, t in tables:
@@ -153,11 +160,17 @@ def check(
         n_seqs = cu_seqlens.shape[0] - 1
     elif cu_seqlens is not None:
         raise ValueError(f"cu_seqlens: only used with layout 'thd', got a tensor with layout {layout!r}")
-    if max_seqlen is not None and (isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0):
-        raise ValueError(f"max_seqlen: expected a non-negative int or None, got {max_seqlen!r}")
+    if max_seqlen is not None:
+        if type(max_seqlen) is not int:
+            raise TypeError(f"max_seqlen: expected an int or None, got {type(max_seqlen).__name__}")
+        if max_seqlen < 0:
+            raise ValueError(f"max_seqlen: expected a non-negative int or None, got {max_seqlen}")
+        if layout != "thd":
+            raise ValueError(f"max_seqlen: only used with layout 'thd', got it with layout {layout!r}")
 
     table_rows = cos.shape[0] << lo_bits
     offset = 0
+    max_offset = float("inf")
     if positions is not None:
         if offsets is not None:
             raise ValueError("offsets: positions and offsets are mutually exclusive, got both")
@@ -186,6 +199,8 @@ def check(
             offset = offsets
         pos_mode = POS_DEFAULT
         longest = seqlen if layout != "thd" else max_seqlen
+        if longest:
+            max_offset = table_rows - longest
         if longest is not None and longest > 0 and offset + longest > table_rows:
             raise ValueError(
                 f"cos: positions up to {offset + longest - 1} (offset {offset} + sequence length {longest}) "
@@ -197,9 +212,20 @@ def check(
         for name, t in (("q", q), ("k", k)):
             if t is not None and torch._debug_has_internal_overlap(t) == 1:
                 raise ValueError(f"{name}: inplace=True needs a tensor whose elements do not overlap (e.g. not expanded)")
+        # The kernel writes q before it reads k: the same memory would be rotated twice.
+        if k is not None and k.numel() and q.numel() and _same_address(q, k):
+            raise ValueError("k: inplace=True needs q and k in separate memory, got k sharing q's")
     return Problem(
-        layout, batch, seqlen, heads_q, heads_k, head_dim, rotary_dim, n_seqs, pos_mode, offset, table_rows, lo_bits
+        layout, batch, seqlen, heads_q, heads_k, head_dim, rotary_dim, n_seqs, pos_mode, offset, table_rows, lo_bits,
+        max_offset,
     )
+
+
+def _same_address(a: torch.Tensor, b: torch.Tensor) -> bool:
+    try:
+        return a.data_ptr() == b.data_ptr()
+    except RuntimeError:  # fake or functional tensors while tracing have no address
+        return False
 
 
 def _broadcasts(shape: tuple[int, ...], target: tuple[int, int]) -> bool:

@@ -13,7 +13,7 @@ try:  # the launch-hook registry the replay honours (Triton >= 3.4); without it,
 except ImportError:  # pragma: no cover
     knobs = None
 
-from ._checks import POS_DEFAULT, POS_EXPLICIT, POS_OFFSETS, Problem
+from ._checks import POS_EXPLICIT, POS_OFFSETS, Problem
 from ._kernels import rotary_kernel
 
 # Bytes of one half-tile (x1 or x2) a program moves per inner step. Measured on the H200 (scripts/tune.py,
@@ -137,9 +137,7 @@ def launch(
     grid = (triton.cdiv(n_tokens, cfg["BLOCK_T"]),)
     compiled = kernel[grid](*args, **consts, num_warps=cfg["num_warps"])
     if plans is not None and plan_key is not None:
-        longest = p.seqlen if p.layout != "thd" else None
-        max_offset = p.table_rows - longest if p.pos_mode == POS_DEFAULT and longest else float("inf")
-        plans.record(plan_key, compiled, grid[0], args, consts, max_offset, p)
+        plans.record(plan_key, compiled, grid[0], args, consts, p.max_offset, p)
     return compiled
 
 
@@ -156,7 +154,7 @@ def tensor_args(q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets
 
 
 _N_TENSOR_ARGS = 10
-_OFFSET_ARG = 14  # index of ``offset`` in the kernel's arguments
+_OFFSET_ARG = rotary_kernel.arg_names.index("offset")
 
 
 class LaunchPlans:
@@ -203,8 +201,7 @@ class LaunchPlans:
         values = list(values)
         values[:_N_TENSOR_ARGS] = tensors
         values[_OFFSET_ARG] = offset
-        device = tensors[0].device.index
-        stream = torch._C._cuda_getCurrentRawStream(device)
+        stream = torch._C._cuda_getCurrentRawStream(tensors[0].get_device())
         hooks = knobs.runtime
         enter, leave = hooks.launch_enter_hook, hooks.launch_exit_hook
         if enter is not None and getattr(enter, "calls", True):
@@ -227,7 +224,8 @@ def plan_key(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, opt
             # get_device() (an int, -1 for the CPU) is cheaper than building a torch.device.
             key.append((t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() % 16))
         elif type(t) is int:
-            key.append((t == 1, t % 16 == 0))
+            # What Triton specializes an int on: == 1, divisible by 16, and i32 or i64.
+            key.append((t == 1, t % 16 == 0, t >= 2**31))
         else:
             return None
     return tuple(key)

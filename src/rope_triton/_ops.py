@@ -62,7 +62,11 @@ def replay(plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
     k_out = None if k is None else (k if inplace else torch.empty_like(k))
     if type(offsets) is int:
         offset, offsets = offsets, None
-    tensors = tensor_args(q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens)
+    # As in launch(): a k without heads is not passed (its pointer may be null).
+    has_k = k is not None and plan[4].heads_k > 0
+    tensors = tensor_args(
+        q, k if has_k else None, q_out, k_out if has_k else None, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens
+    )
     if not PLANS.replay(plan, tensors, offset):
         return None
     return q_out, k_out
@@ -151,7 +155,8 @@ class RotaryFunction(torch.autograd.Function):
         key = None
         if grad_q.is_cuda and not torch.compiler.is_compiling():
             # The backward launch of a training step repeats too: replay it like the forward's.
-            options = ("backward", p, ctx.interleaved, not ctx.conjugate)
+            # Not the int offset itself: it enters through scalar_offset's specialization, like forward's.
+            options = ("backward", p._replace(offset=0), ctx.interleaved, not ctx.conjugate)
             scalar_offset = offsets if offsets is not None else (p.offset or None)
             key = plan_key(grad_q, grad_k, cos, sin, cos_lo, sin_lo, positions, scalar_offset, cu_seqlens, options)
         # Through RotaryFunction again, so that double backward works too.

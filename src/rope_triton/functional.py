@@ -9,6 +9,19 @@ from ._launch import plan_key
 from ._ops import PLANS, RotaryFunction, replay, run
 
 
+def _refuse_inplace_on_leaves(q, k) -> None:
+    # As PyTorch's own in-place ops do, before anything is written (autograd would only object after).
+    for name, t in (("q", q), ("k", k)):
+        if t is None or not t.requires_grad:
+            continue
+        if t.is_leaf:
+            raise RuntimeError(f"{name}: a leaf Variable that requires grad is being used in an in-place operation.")
+        if t._base is not None and t._base.is_leaf:
+            raise RuntimeError(
+                f"{name}: a view of a leaf Variable that requires grad is being used in an in-place operation."
+            )
+
+
 def apply_rotary(
     q: torch.Tensor,
     k: torch.Tensor | None,
@@ -42,7 +55,8 @@ def apply_rotary(
         ``None`` rotates q alone.
     cos, sin : torch.Tensor
         Tables of shape (P, >= R/2), any float dtype (float32 recommended); row p holds cos and sin of
-        position p's angles. Only the first R/2 columns are read.
+        position p's angles. Only the first R/2 columns are read. They are constants: no gradient flows
+        to them.
     positions : torch.Tensor, optional
         Explicit table row of every token, int32 or int64: (B, S) (or (1, S), (S,), broadcast over the
         batch), or (T,) for ``"thd"``. Exclusive with ``offsets``.
@@ -53,7 +67,8 @@ def apply_rotary(
         ``"thd"`` only (and required there): int32/int64 (num_seqs + 1,) sequence boundaries; positions
         restart at 0 in every sequence.
     max_seqlen : int, optional
-        ``"thd"`` only: the longest sequence, used to check on the host that positions fit the table.
+        ``"thd"`` only: the longest sequence, used to check on the host that positions fit the table
+        (without it, tokens past the table come out NaN).
     layout : {"bshd", "bhsd", "sbhd", "thd"}
     interleaved : bool
         ``False``: pairs (i, i + R/2), the NeoX / Llama / Hugging Face ``rotate_half`` convention.
@@ -62,6 +77,7 @@ def apply_rotary(
         Even, 0 < R <= D; default ``2 * cos.shape[-1]``. Dimensions past R pass through unchanged.
     inplace : bool
         Write into q and k and return them (autograd is told). Otherwise the inputs are never modified.
+        q and k must not share memory then.
     conjugate : bool
         Rotate by -theta (the inverse rotation).
     cos_lo, sin_lo : torch.Tensor, optional
@@ -90,7 +106,11 @@ def apply_rotary(
     is_tensor = isinstance(q, torch.Tensor) and (k is None or isinstance(k, torch.Tensor))
     needs_grad = is_tensor and torch.is_grad_enabled() and (q.requires_grad or (k is not None and k.requires_grad))
     key = p = None
-    if is_tensor and q.is_cuda and not torch.compiler.is_compiling():
+    plain_options = (
+        type(layout) is str and type(interleaved) is bool and type(inplace) is bool and type(conjugate) is bool
+        and (rotary_dim is None or type(rotary_dim) is int) and (max_seqlen is None or type(max_seqlen) is int)
+    )
+    if is_tensor and plain_options and q.is_cuda and not torch.compiler.is_compiling():
         # Hot path: a signature validated and launched before skips validation and is replayed.
         options = (layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen)
         key = plan_key(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, options)
@@ -114,9 +134,13 @@ def apply_rotary(
             inplace=inplace,
             cos_lo=cos_lo,
             sin_lo=sin_lo,
+            interleaved=interleaved,
+            conjugate=conjugate,
         )
     offsets_t = offsets if isinstance(offsets, torch.Tensor) else None
     if needs_grad:
+        if inplace:
+            _refuse_inplace_on_leaves(q, k)
         return RotaryFunction.apply(
             q, k, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens, p, interleaved, conjugate, inplace, key
         )

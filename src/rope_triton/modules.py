@@ -94,6 +94,11 @@ class RotaryEmbedding(nn.Module):
         self.max_positions = max_positions or self._default_positions()
         self._inv_freq = inv_freq
         self._dynamic_len = self._dynamic_threshold()  # HF's max_seq_len_cached for dynamic NTK
+        if self.rope_type == "dynamic" and self._dynamic_len is None:
+            raise ValueError(
+                "max_position_embeddings: rope_type 'dynamic' needs max_position_embeddings (or "
+                "original_max_position_embeddings in scaling), got neither"
+            )
         self._tables_valid = False
         empty = torch.empty(0, self.rotary_dim // 2, device=device)
         for name in _TABLES:
