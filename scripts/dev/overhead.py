@@ -25,6 +25,12 @@ def wall(fn, n=2000):
     return (time.perf_counter() - t) / n * 1e6
 
 
+def run_general(plan, ptrs):
+    entry, plan.entry = plan.entry, None
+    plan.launch(ptrs, 4000)
+    plan.entry = entry
+
+
 def main():
     x = torch.zeros(1, device="cuda")
     ang = torch.rand(8192, 64, device="cuda", dtype=torch.float64) * 6.28
@@ -44,14 +50,14 @@ def main():
 
         opts = ("bshd", False, None, True, False, None)
         key = _launch.plan_key(q, k, cos, sin, None, None, None, 4000, None, opts)
-        plan = _ops.PLANS.get(key)
-        tensors = _launch.tensor_args(q, k, q, k, cos, sin, None, None, None, 4000, None)
+        ptrs = _launch.addresses(q, k, q, k, cos, sin, None, None, None, None, None)
         parts = {
             "  part: plan_key": lambda: _launch.plan_key(q, k, cos, sin, None, None, None, off, None, opts),
-            "  part: PLANS.replay": lambda: _ops.PLANS.replay(plan, tensors, 4000),
+            "  part: addresses": lambda: _launch.addresses(q, k, q, k, cos, sin, None, None, None, off, None),
+            "  part: Plan.launch": lambda: plan.launch(ptrs, 4000),
+            "  part: compiled.run (general entry)": lambda: run_general(plan, ptrs),
             "  part: empty_like q,k": lambda: (torch.empty_like(q), torch.empty_like(k)),
             "  part: is_compiling+grad": lambda: (torch.compiler.is_compiling(), torch.is_grad_enabled()),
-            "  part: raw stream": lambda: torch._C._cuda_getCurrentRawStream(0),
         }
         with torch.no_grad():
             for _ in range(2):

@@ -133,8 +133,13 @@ def launch(
         "SEARCH_STEPS": max(1, (p.n_seqs - 1).bit_length()) if varlen else 1,
         "ROUND_BY_HAND": q.device.type == "cpu" and q.dtype == torch.bfloat16,
         "EVICT": cfg.pop("EVICT", ""),
+        "STAGES": cfg.pop("STAGES", 1),
     }
-    grid = (triton.cdiv(n_tokens, cfg["BLOCK_T"]),)
+    # A persistent grid (``PROGRAMS`` < blocks) is a tuning option; the rule launches one program per block.
+    n_blocks = triton.cdiv(n_tokens, cfg["BLOCK_T"])
+    programs = cfg.pop("PROGRAMS", None)
+    consts["PERSISTENT"] = bool(programs) and programs < n_blocks
+    grid = (min(n_blocks, programs) if consts["PERSISTENT"] else n_blocks,)
     compiled = kernel[grid](*args, **consts, num_warps=cfg["num_warps"])
     if plans is not None and plan_key is not None:
         plans.record(plan_key, compiled, grid[0], args, consts, p.max_offset, p)
@@ -153,15 +158,75 @@ def tensor_args(q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets
     )
 
 
+def addresses(q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens) -> tuple:
+    """:func:`tensor_args` as device addresses, 0 for the unused ones. Passing ints spares Triton's launcher
+    a ``data_ptr()`` call and a driver query per pointer: the recorded launch already validated them."""
+    return (
+        q.data_ptr(), 0 if k is None else k.data_ptr(), q_out.data_ptr(), 0 if k is None else k_out.data_ptr(),
+        cos.data_ptr(), sin.data_ptr(),
+        0 if cos_lo is None else cos_lo.data_ptr(),
+        0 if sin_lo is None else sin_lo.data_ptr(),
+        positions.data_ptr() if positions is not None else offsets.data_ptr() if offsets is not None else 0,
+        0 if cu_seqlens is None else cu_seqlens.data_ptr(),
+    )
+
+
 _N_TENSOR_ARGS = 10
 _OFFSET_ARG = rotary_kernel.arg_names.index("offset")
+
+
+def _direct_entry(compiled):
+    """The C function behind ``compiled.run`` when calling it directly is what ``run`` would do: Triton
+    3.6's launcher with no scratch buffers to allocate (its Python wrapper costs microseconds per call).
+    None for other Triton versions, whose entry points take other arguments."""
+    run = compiled.run
+    if not triton.__version__.startswith("3.6."):
+        return None
+    needed = ("launch", "launch_cooperative_grid", "launch_pdl", "global_scratch_size", "profile_scratch_size")
+    if not all(hasattr(run, a) for a in needed) or run.global_scratch_size or run.profile_scratch_size:
+        return None
+    return run.launch
+
+
+class Plan:
+    """One recorded launch: everything but the pointers and the int offset, ready to launch again."""
+
+    __slots__ = ("compiled", "grid", "head", "tail", "max_offset", "problem", "device", "entry", "fixed")
+
+    def __init__(self, compiled, grid: int, values: list, max_offset: float, problem, device: int) -> None:
+        self.compiled, self.grid, self.max_offset, self.problem, self.device = compiled, grid, max_offset, problem, device
+        self.head = tuple(values[_N_TENSOR_ARGS:_OFFSET_ARG])
+        self.tail = tuple(values[_OFFSET_ARG + 1:])
+        self.entry = _direct_entry(compiled)
+        run = compiled.run
+        self.fixed = (
+            (run.launch_cooperative_grid, run.launch_pdl, None, None, compiled.packed_metadata, None, None, None)
+            if self.entry is not None else None
+        )
+
+    def launch(self, pointers: tuple, offset: int) -> None:
+        """Launch with new device addresses (see :func:`addresses`) and int offset."""
+        compiled, grid = self.compiled, self.grid
+        stream = torch._C._cuda_getCurrentRawStream(self.device)
+        enter = knobs.runtime.launch_enter_hook
+        if self.entry is not None and not getattr(enter, "calls", enter):
+            self.entry(grid, 1, 1, stream, compiled.function, *self.fixed, *pointers, *self.head, offset, *self.tail)
+            return
+        # Launch hooks installed (a profiler) or another Triton: the general entry, hooks honoured.
+        values = (*pointers, *self.head, offset, *self.tail)
+        leave = knobs.runtime.launch_exit_hook
+        if enter is not None and getattr(enter, "calls", True):
+            meta = compiled.launch_metadata((grid, 1, 1), stream, *values)
+        else:
+            meta, enter, leave = None, None, None
+        compiled.run(grid, 1, 1, stream, compiled.function, compiled.packed_metadata, meta, enter, leave, *values)
 
 
 class LaunchPlans:
     """Replays of compiled launches, keyed by everything that decides one (shapes, strides, dtypes,
     devices, alignment, options): a repeat call skips validation and Triton's argument binding, which
-    is what a decode step (microseconds of GPU work) pays for. Only used on CUDA, outside autograd and
-    torch.compile; an entry is made only after the full path validated and launched the same signature.
+    is what a decode step (microseconds of GPU work) pays for. Only used on CUDA, outside torch.compile;
+    an entry is made only after the full path validated and launched the same signature.
     Bounded: when full, it is cleared.
     """
 
@@ -169,8 +234,11 @@ class LaunchPlans:
         self.capacity = capacity
         self._plans: dict = {}
 
-    def get(self, key):
+    def get(self, key) -> Plan | None:
         return self._plans.get(key)
+
+    def __len__(self) -> int:
+        return len(self._plans)
 
     def record(self, key, compiled, grid: int, args: list, consts: dict, max_offset: float, problem) -> None:
         """Remember a launch; ``max_offset`` is the largest int offset the host check allows."""
@@ -180,52 +248,41 @@ class LaunchPlans:
             self._plans.clear()
         values = dict(zip(rotary_kernel.arg_names, args))
         values.update(consts)
-        self._plans[key] = (compiled, grid, [values[n] for n in rotary_kernel.arg_names], max_offset, problem)
+        device = args[0].get_device()
+        self._plans[key] = Plan(compiled, grid, [values[n] for n in rotary_kernel.arg_names], max_offset, problem, device)
 
     @staticmethod
-    def problem_if_valid(plan, offsets) -> Problem | None:
+    def problem_if_valid(plan: Plan, offsets) -> Problem | None:
         """The validated problem of ``plan`` if ``offsets`` passes its host check, else None."""
         offset = offsets if type(offsets) is int else 0
-        if not 0 <= offset <= plan[3]:
+        if not 0 <= offset <= plan.max_offset:
             return None
-        problem = plan[4]
+        problem = plan.problem
         # The recorded problem carries the int offset of the call that recorded it.
         return problem if problem.offset == offset else problem._replace(offset=offset)
-
-    @staticmethod
-    def replay(plan, tensors: tuple, offset: int) -> bool:
-        """Launch again with new tensors; False (nothing launched) if ``offset`` fails the host check."""
-        compiled, grid, values, max_offset, _ = plan
-        if not 0 <= offset <= max_offset:
-            return False
-        values = list(values)
-        values[:_N_TENSOR_ARGS] = tensors
-        values[_OFFSET_ARG] = offset
-        stream = torch._C._cuda_getCurrentRawStream(tensors[0].get_device())
-        hooks = knobs.runtime
-        enter, leave = hooks.launch_enter_hook, hooks.launch_exit_hook
-        if enter is not None and getattr(enter, "calls", True):
-            meta = compiled.launch_metadata((grid, 1, 1), stream, *values)
-        else:
-            meta, enter, leave = None, None, None
-        compiled.run(grid, 1, 1, stream, compiled.function, compiled.packed_metadata, meta, enter, leave, *values)
-        return True
 
 
 def plan_key(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, options: tuple) -> tuple | None:
     """What decides a launch besides the data: see :class:`LaunchPlans`. ``offsets`` as an int enters
     only through what Triton specializes on (== 1, multiple of 16). None for arguments of unusual
     types (they take the validating path, which explains what is wrong)."""
-    key = [torch.cuda.current_device(), options]
-    for t in (q, k, cos, sin, cos_lo, sin_lo, positions, cu_seqlens, offsets):
+    # The current device: a recorded launch belongs to its context.
+    key = [torch._C._cuda_getDevice(), options]
+    for t in (q, k, cos, sin, cos_lo, sin_lo, positions, cu_seqlens):
         if t is None:
             key.append(None)
         elif isinstance(t, torch.Tensor):
             # get_device() (an int, -1 for the CPU) is cheaper than building a torch.device.
             key.append((t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() % 16))
-        elif type(t) is int:
-            # What Triton specializes an int on: == 1, divisible by 16, and i32 or i64.
-            key.append((t == 1, t % 16 == 0, t >= 2**31))
         else:
             return None
+    if offsets is None:
+        key.append(None)
+    elif type(offsets) is int:
+        # What Triton specializes an int on: == 1, divisible by 16, and i32 or i64.
+        key.append((offsets == 1, offsets % 16 == 0, offsets >= 2**31))
+    elif isinstance(offsets, torch.Tensor):
+        key.append((offsets.shape, offsets.stride(), offsets.dtype, offsets.get_device(), offsets.data_ptr() % 16))
+    else:
+        return None
     return tuple(key)

@@ -23,7 +23,7 @@ from torch.library import triton_op, wrap_triton
 from . import reference
 from ._checks import Problem, check
 from ._kernels import rotary_kernel
-from ._launch import LaunchPlans, launch, plan_key, tensor_args
+from ._launch import LaunchPlans, addresses, launch, plan_key
 
 # Replays of eager CUDA launches (see LaunchPlans): what keeps a decode step near the cost of a bare launch.
 PLANS = LaunchPlans()
@@ -58,17 +58,20 @@ def _run_reference(p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, o
 def replay(plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, *, inplace, offset=0):
     """Replay a recorded launch on new tensors of the same signature; None if the plan does not apply.
     ``offsets`` may be the int offset itself; otherwise ``offset`` is the scalar one."""
-    q_out = q if inplace else torch.empty_like(q)
-    k_out = None if k is None else (k if inplace else torch.empty_like(k))
     if type(offsets) is int:
         offset, offsets = offsets, None
-    # As in launch(): a k without heads is not passed (its pointer may be null).
-    has_k = k is not None and plan[4].heads_k > 0
-    tensors = tensor_args(
-        q, k if has_k else None, q_out, k_out if has_k else None, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens
-    )
-    if not PLANS.replay(plan, tensors, offset):
+    if not 0 <= offset <= plan.max_offset:
         return None
+    q_out = q if inplace else torch.empty_like(q)
+    k_out = None if k is None else (k if inplace else torch.empty_like(k))
+    # As in launch(): a k without heads is not passed (its pointer may be null).
+    has_k = k is not None and plan.problem.heads_k > 0
+    plan.launch(
+        addresses(
+            q, k if has_k else None, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens
+        ),
+        offset,
+    )
     return q_out, k_out
 
 

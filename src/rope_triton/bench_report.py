@@ -230,7 +230,8 @@ def metadata(argv: Sequence[str], options: dict, device: torch.device, timing, e
         "ulp_tolerance": ULP_TOLERANCE,
         "elapsed_s": round(elapsed_s, 2),
         "method": (
-            "device time: median of triton.testing.do_bench (CUDA events, L2 cleared per call) per repeat, "
+            "device time: median of CUDA-event timings of single calls (L2 cleared before each, as do_bench; "
+            "host share hidden behind a spin kernel queued first) per repeat, "
             "median over round-robin repeats; wall: back-to-back loop synchronised at both ends / calls; "
             "bytes = 2*(numel(q)+numel(k))*itemsize per pass; pct_copy = same-bytes copy_ time / time"
         ),

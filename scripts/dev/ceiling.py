@@ -1,0 +1,103 @@
+"""What limits the big shapes: our kernel's variants against copies of the same bytes, one run.
+
+Rows (each the median over 2 interleaved repeats of rope_triton.bench.cuda_device_time_us, 3 input sets):
+cudaMemcpy (copy_), torch elementwise copy (mul by 1), a flat Triton copy, our kernel with the default
+rule, with tables of row stride 0 (no table traffic beyond L1), persistent grids, other block shapes.
+Usage: PYTHONPATH=src python3 scripts/dev/ceiling.py [--shapes llama3-8b,fp32]
+"""
+
+import argparse
+import statistics
+
+import torch
+import triton
+import triton.language as tl
+
+from rope_triton._checks import check
+from rope_triton._kernels import rotary_kernel
+from rope_triton._launch import config, launch
+from rope_triton.bench import cuda_device_time_us
+
+SHAPES = {  # name: (B, S, Hq, Hk, D, dtype)
+    "llama3-8b": (4, 4096, 32, 8, 128, torch.bfloat16),
+    "llama2-7b": (4, 4096, 32, 32, 128, torch.bfloat16),
+    "long-32k": (1, 32768, 32, 8, 128, torch.bfloat16),
+    "fp32": (4, 4096, 32, 8, 128, torch.float32),
+    "d64": (8, 2048, 16, 16, 64, torch.bfloat16),
+}
+
+
+@triton.jit
+def _flat_copy(X, Y, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(Y + i, tl.load(X + i, mask=i < n), mask=i < n)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="llama3-8b,fp32,llama2-7b")
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for name in args.shapes.split(","):
+        b, s, hq, hk, d, dt = SHAPES[name]
+        sets = [(torch.randn(b, s, hq, d, device="cuda", dtype=dt), torch.randn(b, s, hk, d, device="cuda", dtype=dt))
+                for _ in range(3)]
+        outs = [(torch.empty_like(q), torch.empty_like(k)) for q, k in sets]
+        ang = torch.rand(s, d // 2, device="cuda", dtype=torch.float64) * 6.28
+        cos, sin = ang.cos().float(), ang.sin().float()
+        cos0, sin0 = cos[:1].expand(s, d // 2), sin[:1].expand(s, d // 2)
+        n = sets[0][0].numel() + sets[0][1].numel()
+        flats = [(torch.randn(n, device="cuda").to(dt), torch.empty(n, device="cuda", dtype=dt)) for _ in range(3)]
+        p = check(sets[0][0], sets[0][1], cos, sin, positions=None, offsets=None, cu_seqlens=None,
+                  max_seqlen=None, layout="bshd", rotary_dim=None, inplace=False)
+        base = config(p, sets[0][0].element_size())
+        half = base["BLOCK_HALF"]
+        variants = {"rule " + str(base): (dict(base), False)}
+        variants["rule, table row stride 0"] = (dict(base), True)
+        for progs in (4, 8):
+            for st in (1, 2, 3):
+                variants[f"rule, persistent {progs}/SM, stages {st}"] = (dict(base, PROGRAMS=progs * sms, STAGES=st), False)
+        for bt, bh, nw in ((8, 4, 8), (16, 2, 8), (4, 8, 4), (8, 4, 4), (1, 16, 2), (1, 32, 4), (2, 8, 4)):
+            variants[f"T{bt} H{bh} w{nw}"] = ({"BLOCK_HALF": half, "BLOCK_H": bh, "BLOCK_T": bt, "num_warps": nw}, False)
+
+        def cyc(calls):
+            i = [0]
+
+            def f():
+                i[0] = (i[0] + 1) % len(calls)
+                return calls[i[0]]()
+            return f
+
+        def ours(cfg, flat_table):
+            c, sn = (cos0, sin0) if flat_table else (cos, sin)
+            return cyc([lambda q=q, k=k, qo=qo, ko=ko: launch(
+                rotary_kernel, p, q, k, qo, ko, c, sn, None, None, None, None, None,
+                interleaved=False, conjugate=False, inplace=False, cfg=cfg) for (q, k), (qo, ko) in zip(sets, outs)])
+
+        jobs = {
+            "cudaMemcpy (copy_)": cyc([lambda x=x, y=y: y.copy_(x) for x, y in flats]),
+            "torch elementwise (mul 1)": cyc([lambda x=x, y=y: torch.mul(x, 1, out=y) for x, y in flats]),
+            "triton flat copy 8192/8w": cyc([lambda x=x, y=y: _flat_copy[(triton.cdiv(n, 8192),)](x, y, n, BLOCK=8192, num_warps=8)
+                                             for x, y in flats]),
+        }
+        for vname, (cfg, flat) in variants.items():
+            jobs[vname] = ours(cfg, flat)
+        for f in jobs.values():
+            f()
+        torch.cuda.synchronize()
+        times = {k: [] for k in jobs}
+        for r in range(args.repeats):
+            for key in list(jobs)[r:] + list(jobs)[:r]:
+                times[key].append(cuda_device_time_us(jobs[key]))
+        mem = statistics.median(times["cudaMemcpy (copy_)"])
+        gb = 2 * n * sets[0][0].element_size() / 1e9
+        print(f"== {name} ({gb * 1e3:.0f} MB moved)")
+        for key, ts in times.items():
+            t = statistics.median(ts)
+            print(f"   {key:48s} {t:8.1f} us  {gb / t * 1e3:5.2f} TB/s  {100 * mem / t:5.1f}% of copy_  "
+                  f"({' / '.join(f'{x:.1f}' for x in ts)})")
+
+
+if __name__ == "__main__":
+    main()
