@@ -252,3 +252,34 @@ def test_split_tables(layout, interleaved, device):
         assert_rotary_close(out, ref, x, layout=layout, rotary_dim=16, interleaved=interleaved, table_bound=2.0)
     # Position 2**20 is past the tables: NaN, never an out-of-bounds read.
     assert q_out.reshape(seqlen, -1)[-1].isnan().all() and not q_out.reshape(seqlen, -1)[:-1].isnan().any()
+
+
+_RULES = {
+    # The launcher's two rules on any size (tests are small: the decode rule would take them all), and
+    # the persistent grid that scripts/tune.py tries.
+    "decode-split": lambda cfg, p: dict(cfg, BLOCK_T=1, BLOCK_H=2, SPLIT_HEADS=True, num_warps=1),
+    "token-blocks": lambda cfg, p: dict(cfg, BLOCK_T=2, BLOCK_H=2, SPLIT_HEADS=False, num_warps=2),
+    "persistent": lambda cfg, p: dict(cfg, BLOCK_T=2, BLOCK_H=2, SPLIT_HEADS=False, PROGRAMS=2, num_warps=2),
+}
+
+
+@pytest.mark.parametrize("positions", ["default", "tensor-offset", "positions"])
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("rule", list(_RULES))
+def test_launch_rules(rule, layout, inplace, positions, device, monkeypatch):
+    # 3 q heads and 1 k head in chunks of 2: a partial chunk in each; 5 tokens in blocks of 2: a partial block.
+    if rule == "persistent" and device.type == "cpu":
+        pytest.skip("Triton 3.6's interpreter cannot loop from program_id (numpy 2); runs on the GPU")
+    from rope_triton import _launch, _ops
+
+    base = _launch.config
+    monkeypatch.setattr(_launch, "config", lambda p, itemsize=2: _RULES[rule](base(p, itemsize), p))
+    monkeypatch.setattr(_ops.PLANS, "_plans", {})  # no replay of a launch recorded under another rule
+    seqlen = 5
+    q, k = make_qk(layout, _batch(layout, 2), seqlen, 3, 1, 24, torch.bfloat16, device, "packed")
+    cos, sin = random_tables(seqlen + 4, 8, device)
+    kw = _position_kwargs(positions, layout, _batch(layout, 2), seqlen, seqlen + 4, device)
+    check_against_reference(
+        q, k, cos, sin, layout=layout, rotary_dim=16, inplace=inplace, **kw, **_thd_kwargs(layout, seqlen, device)
+    )

@@ -24,6 +24,8 @@ SHAPES = {  # name: (B, S, Hq, Hk, D, dtype)
     "long-32k": (1, 32768, 32, 8, 128, torch.bfloat16),
     "fp32": (4, 4096, 32, 8, 128, torch.float32),
     "d64": (8, 2048, 16, 16, 64, torch.bfloat16),
+    "decode": (64, 1, 32, 8, 128, torch.bfloat16),
+    "decode-1": (1, 1, 32, 8, 128, torch.bfloat16),
 }
 
 
@@ -35,7 +37,7 @@ def _flat_copy(X, Y, n, BLOCK: tl.constexpr):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shapes", default="llama3-8b,fp32,llama2-7b")
+    ap.add_argument("--shapes", default="llama3-8b,fp32,llama2-7b,decode,decode-1")
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -44,21 +46,29 @@ def main():
         sets = [(torch.randn(b, s, hq, d, device="cuda", dtype=dt), torch.randn(b, s, hk, d, device="cuda", dtype=dt))
                 for _ in range(3)]
         outs = [(torch.empty_like(q), torch.empty_like(k)) for q, k in sets]
-        ang = torch.rand(s, d // 2, device="cuda", dtype=torch.float64) * 6.28
+        decode = s == 1
+        rows = 8192 if decode else s
+        offsets = torch.randint(0, rows - 1, (b,), device="cuda") if decode else None
+        ang = torch.rand(rows, d // 2, device="cuda", dtype=torch.float64) * 6.28
         cos, sin = ang.cos().float(), ang.sin().float()
-        cos0, sin0 = cos[:1].expand(s, d // 2), sin[:1].expand(s, d // 2)
+        cos0, sin0 = cos[:1].expand(rows, d // 2), sin[:1].expand(rows, d // 2)
         n = sets[0][0].numel() + sets[0][1].numel()
         flats = [(torch.randn(n, device="cuda").to(dt), torch.empty(n, device="cuda", dtype=dt)) for _ in range(3)]
-        p = check(sets[0][0], sets[0][1], cos, sin, positions=None, offsets=None, cu_seqlens=None,
+        p = check(sets[0][0], sets[0][1], cos, sin, positions=None, offsets=offsets, cu_seqlens=None,
                   max_seqlen=None, layout="bshd", rotary_dim=None, inplace=False)
         base = config(p, sets[0][0].element_size())
         half = base["BLOCK_HALF"]
         variants = {"rule " + str(base): (dict(base), False)}
         variants["rule, table row stride 0"] = (dict(base), True)
-        for progs in (4, 8):
+        if decode:
+            variants["T1 H16 w8 (v0.3 rule)"] = ({"BLOCK_HALF": half, "BLOCK_H": 16, "BLOCK_T": 1, "num_warps": 8}, False)
+            for bh, nw in ((4, 1), (4, 2), (8, 1), (8, 2), (8, 4), (16, 2), (16, 4), (32, 4), (32, 8)):
+                variants[f"split H{bh} w{nw}"] = (
+                    {"BLOCK_HALF": half, "BLOCK_H": bh, "BLOCK_T": 1, "num_warps": nw, "SPLIT_HEADS": True}, False)
+        for progs in (() if decode else (4, 8)):
             for st in (1, 2, 3):
                 variants[f"rule, persistent {progs}/SM, stages {st}"] = (dict(base, PROGRAMS=progs * sms, STAGES=st), False)
-        for bt, bh, nw in ((8, 4, 8), (16, 2, 8), (4, 8, 4), (8, 4, 4), (1, 16, 2), (1, 32, 4), (2, 8, 4)):
+        for bt, bh, nw in () if decode else ((8, 4, 8), (16, 2, 8), (4, 8, 4), (8, 4, 4), (1, 16, 2), (1, 32, 4), (2, 8, 4)):
             variants[f"T{bt} H{bh} w{nw}"] = ({"BLOCK_HALF": half, "BLOCK_H": bh, "BLOCK_T": bt, "num_warps": nw}, False)
 
         def cyc(calls):
@@ -72,7 +82,7 @@ def main():
         def ours(cfg, flat_table):
             c, sn = (cos0, sin0) if flat_table else (cos, sin)
             return cyc([lambda q=q, k=k, qo=qo, ko=ko: launch(
-                rotary_kernel, p, q, k, qo, ko, c, sn, None, None, None, None, None,
+                rotary_kernel, p, q, k, qo, ko, c, sn, None, None, None, offsets, None,
                 interleaved=False, conjugate=False, inplace=False, cfg=cfg) for (q, k), (qo, ko) in zip(sets, outs)])
 
         jobs = {

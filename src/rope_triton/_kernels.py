@@ -34,7 +34,9 @@ def _rotate_heads(
     tok_ok,  # [BLOCK_T] token is in range
     cos,  # [BLOCK_T, BLOCK_HALF] fp32 (fp64 for fp64 data) cos of each token's angles (NaN for positions off the table)
     sin,  # the same for sin, already negated for the conjugate rotation
-    HEADS: tl.constexpr,  # heads of this tensor (constexpr: a loop bound, and exact masks)
+    h_first,  # first head of this call's span
+    HEADS: tl.constexpr,  # heads of this tensor (constexpr: exact masks)
+    STEPS: tl.constexpr,  # chunks of BLOCK_H heads from h_first
     sx_h,
     sx_d,
     sy_h,
@@ -52,8 +54,8 @@ def _rotate_heads(
     c = cos[:, None, :]
     s = sin[:, None, :]
     j = tl.arange(0, BLOCK_HALF).to(tl.int64)
-    for h0 in range(0, HEADS, BLOCK_H):
-        h = h0 + tl.arange(0, BLOCK_H).to(tl.int64)
+    for step in range(STEPS):
+        h = (h_first + step * BLOCK_H) + tl.arange(0, BLOCK_H).to(tl.int64)
         row_ok = tok_ok[:, None] & (h < HEADS)[None, :]  # [BLOCK_T, BLOCK_H]
         xh = x_row[:, None] + h[None, :] * sx_h
         yh = y_row[:, None] + h[None, :] * sy_h
@@ -126,6 +128,7 @@ def _rotate_block(
     SEARCH_STEPS: tl.constexpr,  # >= ceil(log2(n_seqs)): binary-search steps over cu_seqlens
     ROUND_BY_HAND: tl.constexpr,  # bfloat16 output under the CPU interpreter (see _to_storage)
     EVICT: tl.constexpr,
+    SPLIT_HEADS: tl.constexpr,
 ):
     tok = blk.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
     tok_ok = tok < n_tokens
@@ -177,17 +180,35 @@ def _rotate_block(
     if CONJUGATE:
         sin = -sin
 
-    _rotate_heads(
-        XQ, YQ, b * sxq_b + s * sxq_s, b * syq_b + s * syq_s, tok_ok, cos, sin,
-        HEADS_Q, sxq_h, sxq_d, syq_h, syq_d,
-        HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT,
-    )
-    if HAS_K:
+    q_chunks: tl.constexpr = (HEADS_Q + BLOCK_H - 1) // BLOCK_H
+    k_chunks: tl.constexpr = (HEADS_K + BLOCK_H - 1) // BLOCK_H
+    xq_row, yq_row = b * sxq_b + s * sxq_s, b * syq_b + s * syq_s
+    xk_row, yk_row = b * sxk_b + s * sxk_s, b * syk_b + s * syk_s
+    if SPLIT_HEADS:
+        # Few tokens (decode): grid axis 1 gives each program one chunk of BLOCK_H heads, q's chunks then
+        # k's, so that all chunks are in flight at once rather than one after another.
+        c = tl.program_id(1)
+        if c < q_chunks:
+            _rotate_heads(
+                XQ, YQ, xq_row, yq_row, tok_ok, cos, sin, c * BLOCK_H, HEADS_Q, 1, sxq_h, sxq_d, syq_h, syq_d,
+                HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT,
+            )
+        else:
+            _rotate_heads(
+                XK, YK, xk_row, yk_row, tok_ok, cos, sin, (c - q_chunks) * BLOCK_H, HEADS_K, 1,
+                sxk_h, sxk_d, syk_h, syk_d,
+                HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT,
+            )
+    else:
         _rotate_heads(
-            XK, YK, b * sxk_b + s * sxk_s, b * syk_b + s * syk_s, tok_ok, cos, sin,
-            HEADS_K, sxk_h, sxk_d, syk_h, syk_d,
+            XQ, YQ, xq_row, yq_row, tok_ok, cos, sin, 0, HEADS_Q, q_chunks, sxq_h, sxq_d, syq_h, syq_d,
             HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT,
         )
+        if HAS_K:
+            _rotate_heads(
+                XK, YK, xk_row, yk_row, tok_ok, cos, sin, 0, HEADS_K, k_chunks, sxk_h, sxk_d, syk_h, syk_d,
+                HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT,
+            )
 
 
 @triton.jit
@@ -227,17 +248,20 @@ def rotary_kernel(
     SEARCH_STEPS: tl.constexpr,  # >= ceil(log2(n_seqs)): binary-search steps over cu_seqlens
     ROUND_BY_HAND: tl.constexpr,  # bfloat16 output under the CPU interpreter (see _to_storage)
     EVICT: tl.constexpr = "",
+    SPLIT_HEADS: tl.constexpr = False,  # grid axis 1 splits the heads into chunks (few tokens)
     PERSISTENT: tl.constexpr = False,  # fewer programs than blocks: each loops over blocks
     STAGES: tl.constexpr = 1,  # software-pipelining depth of that loop (1: none)
 ):
     if PERSISTENT:
         for blk in tl.range(tl.program_id(0), tl.cdiv(n_tokens, BLOCK_T), tl.num_programs(0), num_stages=STAGES):
             _rotate_block(
+                blk,
                 XQ, XK, YQ, YK, COS, SIN, COS_LO, SIN_LO, POS, CU, n_tokens, seqlen, n_seqs, table_rows, offset,
                 sxq_b, sxq_s, sxq_h, sxq_d, sxk_b, sxk_s, sxk_h, sxk_d, syq_b, syq_s, syq_h, syq_d, syk_b, syk_s,
                 syk_h, syk_d, scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
                 HEADS_Q, HEADS_K, HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_T, BLOCK_H, INTERLEAVED, CONJUGATE,
-                HAS_K, COPY_TAIL, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, ROUND_BY_HAND, EVICT
+                HAS_K, COPY_TAIL, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, ROUND_BY_HAND, EVICT,
+                SPLIT_HEADS,
             )
     else:
         _rotate_block(
@@ -246,5 +270,6 @@ def rotary_kernel(
             sxq_b, sxq_s, sxq_h, sxq_d, sxk_b, sxk_s, sxk_h, sxk_d, syq_b, syq_s, syq_h, syq_d, syk_b, syk_s,
             syk_h, syk_d, scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
             HEADS_Q, HEADS_K, HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_T, BLOCK_H, INTERLEAVED, CONJUGATE,
-            HAS_K, COPY_TAIL, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, ROUND_BY_HAND, EVICT
+            HAS_K, COPY_TAIL, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, ROUND_BY_HAND, EVICT,
+            SPLIT_HEADS,
         )

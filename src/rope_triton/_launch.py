@@ -19,6 +19,11 @@ from ._kernels import rotary_kernel
 # Bytes of one half-tile (x1 or x2) a program moves per inner step. Measured on the H200 (scripts/tune.py,
 # NOTES.md v0.2): 2 KB per half with 8 warps beat 4 KB with 4 warps by 1-3 points of a same-bytes copy.
 _HALF_TILE_BYTES = 2048
+# At most this many tokens (a decode step), each program takes one token and one chunk of heads of about
+# _DECODE_CHUNK_BYTES per half, with _DECODE_WARPS warps: all chunks in flight at once.
+_FEW_TOKENS = 256
+_DECODE_CHUNK_BYTES = 1024
+_DECODE_WARPS = 2
 
 
 def bshd_strides(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
@@ -42,6 +47,15 @@ def config(p: Problem, itemsize: int = 2) -> dict[str, int]:
     heads = max(p.heads_q, p.heads_k)
     block_h = min(triton.next_power_of_2(heads), max(1, pairs // block_half))
     n_tokens = p.batch * p.seqlen
+    if n_tokens <= _FEW_TOKENS:
+        # Decode: one token per program and its heads split over grid axis 1 (SPLIT_HEADS), small chunks.
+        return {
+            "BLOCK_HALF": block_half,
+            "BLOCK_H": min(triton.next_power_of_2(heads), max(1, _DECODE_CHUNK_BYTES // (itemsize * block_half))),
+            "BLOCK_T": 1,
+            "num_warps": _DECODE_WARPS,
+            "SPLIT_HEADS": True,
+        }
     block_t = max(1, pairs // (block_h * block_half))
     # Keep the grid many waves deep: small programs balance the tail better than few large ones.
     block_t = min(block_t, max(1, triton.next_power_of_2(max(1, n_tokens // 2048))))
@@ -134,15 +148,17 @@ def launch(
         "ROUND_BY_HAND": q.device.type == "cpu" and q.dtype == torch.bfloat16,
         "EVICT": cfg.pop("EVICT", ""),
         "STAGES": cfg.pop("STAGES", 1),
+        "SPLIT_HEADS": cfg.pop("SPLIT_HEADS", False),
     }
     # A persistent grid (``PROGRAMS`` < blocks) is a tuning option; the rule launches one program per block.
     n_blocks = triton.cdiv(n_tokens, cfg["BLOCK_T"])
     programs = cfg.pop("PROGRAMS", None)
     consts["PERSISTENT"] = bool(programs) and programs < n_blocks
-    grid = (min(n_blocks, programs) if consts["PERSISTENT"] else n_blocks,)
+    chunks = triton.cdiv(p.heads_q, cfg["BLOCK_H"]) + (triton.cdiv(p.heads_k, cfg["BLOCK_H"]) if has_k else 0)
+    grid = (min(n_blocks, programs) if consts["PERSISTENT"] else n_blocks, chunks if consts["SPLIT_HEADS"] else 1)
     compiled = kernel[grid](*args, **consts, num_warps=cfg["num_warps"])
     if plans is not None and plan_key is not None:
-        plans.record(plan_key, compiled, grid[0], args, consts, p.max_offset, p)
+        plans.record(plan_key, compiled, grid, args, consts, p.max_offset, p)
     return compiled
 
 
@@ -193,7 +209,7 @@ class Plan:
 
     __slots__ = ("compiled", "grid", "head", "tail", "max_offset", "problem", "device", "entry", "fixed")
 
-    def __init__(self, compiled, grid: int, values: list, max_offset: float, problem, device: int) -> None:
+    def __init__(self, compiled, grid: tuple[int, int], values: list, max_offset: float, problem, device: int) -> None:
         self.compiled, self.grid, self.max_offset, self.problem, self.device = compiled, grid, max_offset, problem, device
         self.head = tuple(values[_N_TENSOR_ARGS:_OFFSET_ARG])
         self.tail = tuple(values[_OFFSET_ARG + 1:])
@@ -206,20 +222,20 @@ class Plan:
 
     def launch(self, pointers: tuple, offset: int) -> None:
         """Launch with new device addresses (see :func:`addresses`) and int offset."""
-        compiled, grid = self.compiled, self.grid
+        compiled, (gx, gy) = self.compiled, self.grid
         stream = torch._C._cuda_getCurrentRawStream(self.device)
         enter = knobs.runtime.launch_enter_hook
         if self.entry is not None and not getattr(enter, "calls", enter):
-            self.entry(grid, 1, 1, stream, compiled.function, *self.fixed, *pointers, *self.head, offset, *self.tail)
+            self.entry(gx, gy, 1, stream, compiled.function, *self.fixed, *pointers, *self.head, offset, *self.tail)
             return
         # Launch hooks installed (a profiler) or another Triton: the general entry, hooks honoured.
         values = (*pointers, *self.head, offset, *self.tail)
         leave = knobs.runtime.launch_exit_hook
         if enter is not None and getattr(enter, "calls", True):
-            meta = compiled.launch_metadata((grid, 1, 1), stream, *values)
+            meta = compiled.launch_metadata((gx, gy, 1), stream, *values)
         else:
             meta, enter, leave = None, None, None
-        compiled.run(grid, 1, 1, stream, compiled.function, compiled.packed_metadata, meta, enter, leave, *values)
+        compiled.run(gx, gy, 1, stream, compiled.function, compiled.packed_metadata, meta, enter, leave, *values)
 
 
 class LaunchPlans:
@@ -240,7 +256,7 @@ class LaunchPlans:
     def __len__(self) -> int:
         return len(self._plans)
 
-    def record(self, key, compiled, grid: int, args: list, consts: dict, max_offset: float, problem) -> None:
+    def record(self, key, compiled, grid: tuple[int, int], args: list, consts: dict, max_offset: float, problem) -> None:
         """Remember a launch; ``max_offset`` is the largest int offset the host check allows."""
         if knobs is None or not all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata")):
             return

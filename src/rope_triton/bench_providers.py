@@ -225,7 +225,12 @@ class AutogradImpl(Impl):
         if pass_ == "fwd":
             # Views taken here, not per call: what a decode step pays on the host is the provider's own.
             return partial(self.fn, self.to_native(q), self.to_native(k))
-        leaves = (_leaf(q), _leaf(k))
+        if pass_ == "bwd" and self.mutates_inputs:
+            # Liger's forward writes into its inputs and returns views of them: the recorded graph must
+            # own its memory, or the set's next in-place forward (same version counter) invalidates it.
+            leaves = (_leaf(q.clone()), _leaf(k.clone()))
+        else:
+            leaves = (_leaf(q), _leaf(k))
         outs = self._call(*leaves)
         grads = tuple(_normal_like(o, self.gen) for o in outs)
         if pass_ == "bwd":
