@@ -255,11 +255,9 @@ def test_split_tables(layout, interleaved, device):
 
 
 _RULES = {
-    # The launcher's two rules on any size (tests are small: the decode rule would take them all), and
-    # the persistent grid that scripts/tune.py tries.
+    # The launcher's two rules on any size (tests are small: the decode rule would take them all).
     "decode-split": lambda cfg, p: dict(cfg, BLOCK_T=1, BLOCK_H=2, SPLIT_HEADS=True, num_warps=1),
     "token-blocks": lambda cfg, p: dict(cfg, BLOCK_T=2, BLOCK_H=2, SPLIT_HEADS=False, num_warps=2),
-    "persistent": lambda cfg, p: dict(cfg, BLOCK_T=2, BLOCK_H=2, SPLIT_HEADS=False, PROGRAMS=2, num_warps=2),
 }
 
 
@@ -269,8 +267,6 @@ _RULES = {
 @pytest.mark.parametrize("rule", list(_RULES))
 def test_launch_rules(rule, layout, inplace, positions, device, monkeypatch):
     # 3 q heads and 1 k head in chunks of 2: a partial chunk in each; 5 tokens in blocks of 2: a partial block.
-    if rule == "persistent" and device.type == "cpu":
-        pytest.skip("Triton 3.6's interpreter cannot loop from program_id (numpy 2); runs on the GPU")
     from rope_triton import _launch, _ops
 
     base = _launch.config

@@ -2,7 +2,8 @@
 
 Rows (each the median over 2 interleaved repeats of rope_triton.bench.cuda_device_time_us, 3 input sets):
 cudaMemcpy (copy_), torch elementwise copy (mul by 1), a flat Triton copy, our kernel with the default
-rule, with tables of row stride 0 (no table traffic beyond L1), persistent grids, other block shapes.
+rule, with tables of row stride 0 (no table traffic beyond L1), other block shapes. (A persistent grid,
+tried in session 2 at 4 and 8 programs per SM with 1-3 pipeline stages, ran at 81-88%: removed.)
 Usage: PYTHONPATH=src python3 scripts/dev/ceiling.py [--shapes llama3-8b,fp32]
 """
 
@@ -65,9 +66,6 @@ def main():
             for bh, nw in ((4, 1), (4, 2), (8, 1), (8, 2), (8, 4), (16, 2), (16, 4), (32, 4), (32, 8)):
                 variants[f"split H{bh} w{nw}"] = (
                     {"BLOCK_HALF": half, "BLOCK_H": bh, "BLOCK_T": 1, "num_warps": nw, "SPLIT_HEADS": True}, False)
-        for progs in (() if decode else (4, 8)):
-            for st in (1, 2, 3):
-                variants[f"rule, persistent {progs}/SM, stages {st}"] = (dict(base, PROGRAMS=progs * sms, STAGES=st), False)
         for bt, bh, nw in () if decode else ((8, 4, 8), (16, 2, 8), (4, 8, 4), (8, 4, 4), (1, 16, 2), (1, 32, 4), (2, 8, 4)):
             variants[f"T{bt} H{bh} w{nw}"] = ({"BLOCK_HALF": half, "BLOCK_H": bh, "BLOCK_T": bt, "num_warps": nw}, False)
 

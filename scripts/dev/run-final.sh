@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Final device call: the whole suite on CUDA, host probes, quick benchmark.
+# Final device call of a session: whole suite on CUDA and the full benchmark (carry .whl for Liger),
+# then the decode host-overhead parts. gpu-check writes under $OUT.
 export PYTHONUNBUFFERED=1
-scripts/gpu-check --tests-only > $OUT/gpu-check.txt 2>&1
-cp out/pytest.log out/junit.xml $OUT/ 2>/dev/null
-grep -E "^(FAILED|ERROR)" out/pytest.log | head -30
-tail -1 out/pytest.log
-export PYTHONPATH=src
-python3 scripts/dev/bwd_probe.py 2>&1 | tee $OUT/bwd_probe.txt
-python3 scripts/dev/overhead.py 2>&1 | grep -v part | tee $OUT/overhead.txt | tail -10
-python3 -m rope_triton.bench --quick --out $OUT/bench > $OUT/bench.log 2>&1; tail -45 $OUT/bench.log
+OUT=${OUT:-out}; export OUT
+scripts/gpu-check --full > $OUT/gpu-check.txt 2>&1
+grep -E "^(FAILED|ERROR)" $OUT/pytest.log | head -30
+tail -1 $OUT/pytest.log
+PYTHONPATH=src python3 scripts/dev/overhead.py > $OUT/overhead.txt 2>&1
+grep -E "^batch  64" $OUT/overhead.txt | tail -11
+grep -E "^│ [a-z0-9-]+ +│ [a-z0-9]+ +│ (rope-triton|liger|torch-compile|copy)" $OUT/gpu-check.txt | cut -c1-120 | awk 'NR%1==0' | head -120
+tail -8 $OUT/gpu-check.txt

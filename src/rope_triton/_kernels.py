@@ -91,8 +91,7 @@ def _rotate_heads(
 
 
 @triton.jit
-def _rotate_block(
-    blk,  # index of the block of BLOCK_T tokens
+def rotary_kernel(
     XQ, XK, YQ, YK,  # q, k in; q, k out (out may be in: in place). XK/YK unused without HAS_K
     COS, SIN,  # tables (rows, >= HALF), any strides; with LO_BITS, the tables of the high position bits
     COS_LO, SIN_LO,  # with LO_BITS: tables (2**LO_BITS, >= HALF) of the low position bits
@@ -127,9 +126,10 @@ def _rotate_block(
     VARLEN: tl.constexpr,
     SEARCH_STEPS: tl.constexpr,  # >= ceil(log2(n_seqs)): binary-search steps over cu_seqlens
     ROUND_BY_HAND: tl.constexpr,  # bfloat16 output under the CPU interpreter (see _to_storage)
-    EVICT: tl.constexpr,
-    SPLIT_HEADS: tl.constexpr,
+    EVICT: tl.constexpr = "",
+    SPLIT_HEADS: tl.constexpr = False,  # grid axis 1 splits the heads into chunks (few tokens)
 ):
+    blk = tl.program_id(0)
     tok = blk.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
     tok_ok = tok < n_tokens
     if VARLEN:
@@ -209,67 +209,3 @@ def _rotate_block(
                 XK, YK, xk_row, yk_row, tok_ok, cos, sin, 0, HEADS_K, k_chunks, sxk_h, sxk_d, syk_h, syk_d,
                 HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT,
             )
-
-
-@triton.jit
-def rotary_kernel(
-    XQ, XK, YQ, YK,  # q, k in; q, k out (out may be in: in place). XK/YK unused without HAS_K
-    COS, SIN,  # tables (rows, >= HALF), any strides; with LO_BITS, the tables of the high position bits
-    COS_LO, SIN_LO,  # with LO_BITS: tables (2**LO_BITS, >= HALF) of the low position bits
-    POS,  # positions (mode 2) or per-sequence offsets (mode 1); unused in mode 0
-    CU,  # cu_seqlens (n_seqs + 1,), only with VARLEN
-    n_tokens,  # batch * seqlen (thd: total tokens)
-    seqlen,  # tokens per batch row (thd: total tokens)
-    n_seqs,  # thd: number of packed sequences
-    table_rows,  # positions the tables cover; positions at or past it read NaN
-    offset,  # scalar position offset (mode 0)
-    sxq_b, sxq_s, sxq_h, sxq_d,
-    sxk_b, sxk_s, sxk_h, sxk_d,
-    syq_b, syq_s, syq_h, syq_d,
-    syk_b, syk_s, syk_h, syk_d,
-    scos_r, scos_c, ssin_r, ssin_c,
-    slcos_r, slcos_c, slsin_r, slsin_c,
-    spos_b, spos_s,  # POS strides: (batch, seq) for positions, (seq,) for offsets in spos_b
-    HEADS_Q: tl.constexpr,
-    HEADS_K: tl.constexpr,
-    HALF: tl.constexpr,
-    BLOCK_HALF: tl.constexpr,
-    TAIL: tl.constexpr,
-    BLOCK_TAIL: tl.constexpr,
-    BLOCK_T: tl.constexpr,  # tokens per program
-    BLOCK_H: tl.constexpr,  # heads per inner step
-    INTERLEAVED: tl.constexpr,
-    CONJUGATE: tl.constexpr,
-    HAS_K: tl.constexpr,
-    COPY_TAIL: tl.constexpr,
-    POS_MODE: tl.constexpr,
-    LO_BITS: tl.constexpr,  # 0: one table row per position; else split tables (exact angles, small)
-    VARLEN: tl.constexpr,
-    SEARCH_STEPS: tl.constexpr,  # >= ceil(log2(n_seqs)): binary-search steps over cu_seqlens
-    ROUND_BY_HAND: tl.constexpr,  # bfloat16 output under the CPU interpreter (see _to_storage)
-    EVICT: tl.constexpr = "",
-    SPLIT_HEADS: tl.constexpr = False,  # grid axis 1 splits the heads into chunks (few tokens)
-    PERSISTENT: tl.constexpr = False,  # fewer programs than blocks: each loops over blocks
-    STAGES: tl.constexpr = 1,  # software-pipelining depth of that loop (1: none)
-):
-    if PERSISTENT:
-        for blk in tl.range(tl.program_id(0), tl.cdiv(n_tokens, BLOCK_T), tl.num_programs(0), num_stages=STAGES):
-            _rotate_block(
-                blk,
-                XQ, XK, YQ, YK, COS, SIN, COS_LO, SIN_LO, POS, CU, n_tokens, seqlen, n_seqs, table_rows, offset,
-                sxq_b, sxq_s, sxq_h, sxq_d, sxk_b, sxk_s, sxk_h, sxk_d, syq_b, syq_s, syq_h, syq_d, syk_b, syk_s,
-                syk_h, syk_d, scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
-                HEADS_Q, HEADS_K, HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_T, BLOCK_H, INTERLEAVED, CONJUGATE,
-                HAS_K, COPY_TAIL, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, ROUND_BY_HAND, EVICT,
-                SPLIT_HEADS,
-            )
-    else:
-        _rotate_block(
-            tl.program_id(0),
-            XQ, XK, YQ, YK, COS, SIN, COS_LO, SIN_LO, POS, CU, n_tokens, seqlen, n_seqs, table_rows, offset,
-            sxq_b, sxq_s, sxq_h, sxq_d, sxk_b, sxk_s, sxk_h, sxk_d, syq_b, syq_s, syq_h, syq_d, syk_b, syk_s,
-            syk_h, syk_d, scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
-            HEADS_Q, HEADS_K, HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_T, BLOCK_H, INTERLEAVED, CONJUGATE,
-            HAS_K, COPY_TAIL, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, ROUND_BY_HAND, EVICT,
-            SPLIT_HEADS,
-        )

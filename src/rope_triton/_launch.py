@@ -23,7 +23,7 @@ _HALF_TILE_BYTES = 2048
 # _DECODE_CHUNK_BYTES per half, with _DECODE_WARPS warps: all chunks in flight at once.
 _FEW_TOKENS = 256
 _DECODE_CHUNK_BYTES = 1024
-_DECODE_WARPS = 2
+_DECODE_WARPS = 4
 
 
 def bshd_strides(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
@@ -147,15 +147,11 @@ def launch(
         "SEARCH_STEPS": max(1, (p.n_seqs - 1).bit_length()) if varlen else 1,
         "ROUND_BY_HAND": q.device.type == "cpu" and q.dtype == torch.bfloat16,
         "EVICT": cfg.pop("EVICT", ""),
-        "STAGES": cfg.pop("STAGES", 1),
         "SPLIT_HEADS": cfg.pop("SPLIT_HEADS", False),
     }
-    # A persistent grid (``PROGRAMS`` < blocks) is a tuning option; the rule launches one program per block.
     n_blocks = triton.cdiv(n_tokens, cfg["BLOCK_T"])
-    programs = cfg.pop("PROGRAMS", None)
-    consts["PERSISTENT"] = bool(programs) and programs < n_blocks
     chunks = triton.cdiv(p.heads_q, cfg["BLOCK_H"]) + (triton.cdiv(p.heads_k, cfg["BLOCK_H"]) if has_k else 0)
-    grid = (min(n_blocks, programs) if consts["PERSISTENT"] else n_blocks, chunks if consts["SPLIT_HEADS"] else 1)
+    grid = (n_blocks, chunks if consts["SPLIT_HEADS"] else 1)
     compiled = kernel[grid](*args, **consts, num_warps=cfg["num_warps"])
     if plans is not None and plan_key is not None:
         plans.record(plan_key, compiled, grid, args, consts, p.max_offset, p)
