@@ -18,16 +18,12 @@ from rope_triton._checks import check
 from rope_triton._kernels import rotary_kernel
 from rope_triton._launch import config, launch
 from rope_triton.bench import cuda_device_time_us
+from rope_triton.bench_shapes import SHAPES as BENCH_SHAPES
 
-SHAPES = {  # name: (B, S, Hq, Hk, D, dtype)
-    "llama3-8b": (4, 4096, 32, 8, 128, torch.bfloat16),
-    "llama2-7b": (4, 4096, 32, 32, 128, torch.bfloat16),
-    "long-32k": (1, 32768, 32, 8, 128, torch.bfloat16),
-    "fp32": (4, 4096, 32, 8, 128, torch.float32),
-    "d64": (8, 2048, 16, 16, 64, torch.bfloat16),
-    "decode": (64, 1, 32, 8, 128, torch.bfloat16),
-    "decode-1": (1, 1, 32, 8, 128, torch.bfloat16),
-}
+# (B, S, Hq, Hk, D, dtype) of the benchmark's shapes; "fp32-b4" is llama3-8b itself in float32.
+SHAPES = {n: (v.batch, v.seqlen, v.heads_q, v.heads_k, v.head_dim, v.dtype) for n, v in BENCH_SHAPES.items()
+          if v.kind != "varlen"}
+SHAPES["fp32-b4"] = (4, 4096, 32, 8, 128, torch.float32)
 
 
 @triton.jit
@@ -38,7 +34,7 @@ def _flat_copy(X, Y, n, BLOCK: tl.constexpr):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shapes", default="llama3-8b,fp32,llama2-7b,decode,decode-1")
+    ap.add_argument("--shapes", default="llama3-8b,fp32-b4,llama2-7b,decode,decode-1")
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
