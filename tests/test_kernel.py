@@ -258,6 +258,9 @@ _RULES = {
     # The launcher's two rules on any size (tests are small: the decode rule would take them all).
     "decode-split": lambda cfg, p: dict(cfg, BLOCK_T=1, BLOCK_H=2, SPLIT_HEADS=True, num_warps=1),
     "token-blocks": lambda cfg, p: dict(cfg, BLOCK_T=2, BLOCK_H=2, SPLIT_HEADS=False, num_warps=2),
+    # Split programs over blocks of 2 tokens (the last one partial), table loads with an eviction hint.
+    "split-blocks": lambda cfg, p: dict(cfg, BLOCK_T=2, BLOCK_H=2, SPLIT_HEADS=True, TABLE_EVICT="evict_last",
+                                        num_warps=1),
 }
 
 

@@ -1,9 +1,11 @@
 """What limits the big shapes: our kernel's variants against copies of the same bytes, one run.
 
 Rows (each the median over 2 interleaved repeats of rope_triton.bench.cuda_device_time_us, 3 input sets):
-cudaMemcpy (copy_), torch elementwise copy (mul by 1), a flat Triton copy, our kernel with the default
-rule, with tables of row stride 0 (no table traffic beyond L1), other block shapes. (A persistent grid,
-tried in session 2 at 4 and 8 programs per SM with 1-3 pipeline stages, ran at 81-88%: removed.)
+cudaMemcpy (copy_), torch elementwise copy (mul by 1), flat Triton copies (16 KB and 4 KB programs), our
+kernel at the launcher's rule, with tables of row stride 0 (no table traffic beyond L1: a bound, not a
+fix), with the module's split tables, without the table eviction hint, session 2's whole-token rule, and
+other program shapes. Session 2 also tried persistent grids (81-88%, removed); session 3 tried (seq, batch)
+token order (0.5-6 points slower: it trades the table's reuse for DRAM locality; removed).
 Usage: PYTHONPATH=src python3 scripts/dev/ceiling.py [--shapes llama3-8b,fp32]
 """
 
@@ -13,12 +15,14 @@ import statistics
 import torch
 import triton
 import triton.language as tl
+from copy_sweep import cyc
 
 from rope_triton._checks import check
 from rope_triton._kernels import rotary_kernel
 from rope_triton._launch import config, launch
 from rope_triton.bench import cuda_device_time_us
 from rope_triton.bench_shapes import SHAPES as BENCH_SHAPES
+from rope_triton.freqs import default_low_bits, split_tables
 
 # (B, S, Hq, Hk, D, dtype) of the benchmark's shapes; "fp32-b4" is llama3-8b itself in float32.
 SHAPES = {n: (v.batch, v.seqlen, v.heads_q, v.heads_k, v.head_dim, v.dtype) for n, v in BENCH_SHAPES.items()
@@ -32,12 +36,23 @@ def _flat_copy(X, Y, n, BLOCK: tl.constexpr):
     tl.store(Y + i, tl.load(X + i, mask=i < n), mask=i < n)
 
 
+def _v04_rule(p, itemsize):
+    """Session 2's rule for large shapes: whole-token programs, 2 KB half-tiles, 8 warps from 64 pairs."""
+    block_half = triton.next_power_of_2(p.rotary_dim // 2)
+    pairs = max(block_half, 2048 // itemsize)
+    block_h = min(triton.next_power_of_2(max(p.heads_q, p.heads_k)), max(1, pairs // block_half))
+    block_t = min(max(1, pairs // (block_h * block_half)),
+                  max(1, triton.next_power_of_2(max(1, p.batch * p.seqlen // 2048))))
+    tile = block_t * block_h * block_half
+    return {"BLOCK_HALF": block_half, "BLOCK_H": block_h, "BLOCK_T": block_t,
+            "num_warps": 8 if tile * itemsize >= 2048 and block_half >= 64 else 4}
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shapes", default="llama3-8b,fp32-b4,llama2-7b,decode,decode-1")
+    ap.add_argument("--shapes", default="llama3-8b,llama2-7b,long-32k,d64,fp32,fp32-b4,decode,decode-1")
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
     for name in args.shapes.split(","):
         b, s, hq, hk, d, dt = SHAPES[name]
         sets = [(torch.randn(b, s, hq, d, device="cuda", dtype=dt), torch.randn(b, s, hk, d, device="cuda", dtype=dt))
@@ -55,34 +70,49 @@ def main():
                   max_seqlen=None, layout="bshd", rotary_dim=None, inplace=False)
         base = config(p, sets[0][0].element_size())
         half = base["BLOCK_HALF"]
-        variants = {"rule " + str(base): (dict(base), False)}
-        variants["rule, table row stride 0"] = (dict(base), True)
-        if decode:
-            variants["T1 H16 w8 (v0.3 rule)"] = ({"BLOCK_HALF": half, "BLOCK_H": 16, "BLOCK_T": 1, "num_warps": 8}, False)
-            for bh, nw in ((4, 1), (4, 2), (8, 1), (8, 2), (8, 4), (16, 2), (16, 4), (32, 4), (32, 8)):
-                variants[f"split H{bh} w{nw}"] = (
-                    {"BLOCK_HALF": half, "BLOCK_H": bh, "BLOCK_T": 1, "num_warps": nw, "SPLIT_HEADS": True}, False)
-        for bt, bh, nw in () if decode else ((8, 4, 8), (16, 2, 8), (4, 8, 4), (8, 4, 4), (1, 16, 2), (1, 32, 4), (2, 8, 4)):
-            variants[f"T{bt} H{bh} w{nw}"] = ({"BLOCK_HALF": half, "BLOCK_H": bh, "BLOCK_T": bt, "num_warps": nw}, False)
+        itemsize = sets[0][0].element_size()
+        variants = {"rule " + str(base): (dict(base), "full")}
+        variants["rule, table row stride 0"] = (dict(base), "flat")
+        variants["rule, split tables (module's)"] = (dict(base), "split")
+        variants["rule without table evict_last"] = ({**base, "TABLE_EVICT": ""}, "full")
+        if not decode:
+            variants["v0.4 rule (whole tokens, 2 KB halves)"] = (_v04_rule(p, itemsize), "full")
+            # Whole-token programs (q's chunks then k's in one program), 16 bytes per thread.
+            for bh in (8, 16):
+                if bh <= max(hq, hk):
+                    nw = max(1, bh * half * itemsize // 512)
+                    variants[f"whole tokens T1 H{bh} w{nw} + table evict_last"] = (
+                        {"BLOCK_HALF": half, "BLOCK_H": bh, "BLOCK_T": 1, "num_warps": nw, "TABLE_EVICT": "evict_last"},
+                        "full")
+            # Split programs of 2 and 8 KB.
+            head_bytes = 2 * half * itemsize
+            for kb in (2, 8):
+                heads = kb * 1024 // head_bytes
+                bt, bh = max(1, heads // max(hq, hk)), min(heads, triton.next_power_of_2(max(hq, hk)))
+                nw = max(1, bt * bh * half * itemsize // 512)
+                variants[f"split T{bt} H{bh} w{nw} ({kb} KB) + table evict_last"] = (
+                    {"BLOCK_HALF": half, "BLOCK_H": bh, "BLOCK_T": bt, "num_warps": nw, "SPLIT_HEADS": True,
+                     "TABLE_EVICT": "evict_last"}, "full")
 
-        def cyc(calls):
-            i = [0]
+        lo_bits = default_low_bits(rows)
+        split = tuple(t.cuda() for t in split_tables(
+            1.0 / 10000.0 ** (torch.arange(0, d, 2, dtype=torch.float64) / d), rows, low_bits=lo_bits))
+        p_split = check(sets[0][0], sets[0][1], split[0], split[1], positions=None, offsets=offsets, cu_seqlens=None,
+                        max_seqlen=None, layout="bshd", rotary_dim=None, inplace=False, cos_lo=split[2], sin_lo=split[3])
 
-            def f():
-                i[0] = (i[0] + 1) % len(calls)
-                return calls[i[0]]()
-            return f
-
-        def ours(cfg, flat_table):
-            c, sn = (cos0, sin0) if flat_table else (cos, sin)
+        def ours(cfg, tables):
+            c, sn, cl, sl = {"full": (cos, sin, None, None), "flat": (cos0, sin0, None, None), "split": split}[tables]
+            pp = p_split if tables == "split" else p
             return cyc([lambda q=q, k=k, qo=qo, ko=ko: launch(
-                rotary_kernel, p, q, k, qo, ko, c, sn, None, None, None, offsets, None,
+                rotary_kernel, pp, q, k, qo, ko, c, sn, cl, sl, None, offsets, None,
                 interleaved=False, conjugate=False, inplace=False, cfg=cfg) for (q, k), (qo, ko) in zip(sets, outs)])
 
         jobs = {
             "cudaMemcpy (copy_)": cyc([lambda x=x, y=y: y.copy_(x) for x, y in flats]),
             "torch elementwise (mul 1)": cyc([lambda x=x, y=y: torch.mul(x, 1, out=y) for x, y in flats]),
             "triton flat copy 8192/8w": cyc([lambda x=x, y=y: _flat_copy[(triton.cdiv(n, 8192),)](x, y, n, BLOCK=8192, num_warps=8)
+                                             for x, y in flats]),
+            "triton flat copy 2048/8w": cyc([lambda x=x, y=y: _flat_copy[(triton.cdiv(n, 2048),)](x, y, n, BLOCK=2048, num_warps=8)
                                              for x, y in flats]),
         }
         for vname, (cfg, flat) in variants.items():

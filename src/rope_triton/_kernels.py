@@ -1,4 +1,7 @@
-"""The Triton kernel: rotate q and k (all heads of a block of tokens) in one launch.
+"""The Triton kernel: rotate q and k in one launch.
+
+A program takes a block of tokens and either one chunk of their heads (``SPLIT_HEADS``: the launcher's
+rule, programs of a few KB like the fastest copies) or all of their q and k heads, chunk after chunk.
 
 Every tensor is addressed as a strided (batch, seq, head, dim) view; ``thd`` is batch 1. All index
 arithmetic is int64, so tensors past 2**31 elements and strides past 2**31 are safe. The backward pass
@@ -127,9 +130,20 @@ def rotary_kernel(
     SEARCH_STEPS: tl.constexpr,  # >= ceil(log2(n_seqs)): binary-search steps over cu_seqlens
     ROUND_BY_HAND: tl.constexpr,  # bfloat16 output under the CPU interpreter (see _to_storage)
     EVICT: tl.constexpr = "",
-    SPLIT_HEADS: tl.constexpr = False,  # grid axis 1 splits the heads into chunks (few tokens)
+    SPLIT_HEADS: tl.constexpr = False,  # one program per (token block, chunk of BLOCK_H heads)
+    TABLE_EVICT: tl.constexpr = "",  # eviction hint for cos/sin loads ("" or "evict_last": reused)
 ):
-    blk = tl.program_id(0)
+    q_chunks: tl.constexpr = (HEADS_Q + BLOCK_H - 1) // BLOCK_H
+    k_chunks: tl.constexpr = (HEADS_K + BLOCK_H - 1) // BLOCK_H
+    if SPLIT_HEADS:
+        # One program per (token block, chunk of BLOCK_H heads), the chunks of a token block adjacent in
+        # the grid: programs that run together touch neighbouring memory, as a copy's do.
+        pid = tl.program_id(0)
+        blk = pid // (q_chunks + k_chunks)
+        chunk = pid % (q_chunks + k_chunks)
+    else:
+        blk = tl.program_id(0)
+        chunk = 0
     tok = blk.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
     tok_ok = tok < n_tokens
     if VARLEN:
@@ -168,26 +182,28 @@ def rotary_kernel(
     # float32 math (float64 for float64 data): never the storage dtype of bf16/fp16 inputs.
     ct: tl.constexpr = tl.float64 if XQ.dtype.element_ty == tl.float64 else tl.float32
     row = pos >> LO_BITS
-    cos = tl.load(COS + row[:, None] * scos_r + j[None, :] * scos_c, mask=mc, other=float("nan")).to(ct)
-    sin = tl.load(SIN + row[:, None] * ssin_r + j[None, :] * ssin_c, mask=mc, other=float("nan")).to(ct)
+    cos = tl.load(COS + row[:, None] * scos_r + j[None, :] * scos_c, mask=mc, other=float("nan"),
+                  eviction_policy=TABLE_EVICT).to(ct)
+    sin = tl.load(SIN + row[:, None] * ssin_r + j[None, :] * ssin_c, mask=mc, other=float("nan"),
+                  eviction_policy=TABLE_EVICT).to(ct)
     if LO_BITS > 0:
         # angle(p) = angle(high bits) + angle(low bits): both tables were built from float64 angles, so
         # the angle-addition formulas give cos/sin within a few float32 ulps at any position.
         low = pos & ((1 << LO_BITS) - 1)
-        cl = tl.load(COS_LO + low[:, None] * slcos_r + j[None, :] * slcos_c, mask=mc, other=0.0).to(ct)
-        sl = tl.load(SIN_LO + low[:, None] * slsin_r + j[None, :] * slsin_c, mask=mc, other=0.0).to(ct)
+        cl = tl.load(COS_LO + low[:, None] * slcos_r + j[None, :] * slcos_c, mask=mc, other=0.0,
+                     eviction_policy=TABLE_EVICT).to(ct)
+        sl = tl.load(SIN_LO + low[:, None] * slsin_r + j[None, :] * slsin_c, mask=mc, other=0.0,
+                     eviction_policy=TABLE_EVICT).to(ct)
         cos, sin = cos * cl - sin * sl, sin * cl + cos * sl
     if CONJUGATE:
         sin = -sin
 
-    q_chunks: tl.constexpr = (HEADS_Q + BLOCK_H - 1) // BLOCK_H
-    k_chunks: tl.constexpr = (HEADS_K + BLOCK_H - 1) // BLOCK_H
     xq_row, yq_row = b * sxq_b + s * sxq_s, b * syq_b + s * syq_s
     xk_row, yk_row = b * sxk_b + s * sxk_s, b * syk_b + s * syk_s
     if SPLIT_HEADS:
-        # Few tokens (decode): grid axis 1 gives each program one chunk of BLOCK_H heads, q's chunks then
-        # k's, so that all chunks are in flight at once rather than one after another.
-        c = tl.program_id(1)
+        # Each program one chunk of BLOCK_H heads, q's chunks then k's: all chunks in flight at once
+        # rather than one after another, and programs small enough to balance the grid's tail.
+        c = chunk
         if c < q_chunks:
             _rotate_heads(
                 XQ, YQ, xq_row, yq_row, tok_ok, cos, sin, c * BLOCK_H, HEADS_Q, 1, sxq_h, sxq_d, syq_h, syq_d,

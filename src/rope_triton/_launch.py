@@ -16,12 +16,14 @@ except ImportError:  # pragma: no cover
 from ._checks import POS_EXPLICIT, POS_OFFSETS, Problem
 from ._kernels import rotary_kernel
 
-# Bytes of one half-tile (x1 or x2) a program moves per inner step. Measured on the H200 (scripts/tune.py,
-# NOTES.md v0.2): 2 KB per half with 8 warps beat 4 KB with 4 warps by 1-3 points of a same-bytes copy.
-_HALF_TILE_BYTES = 2048
+# q/k bytes one program reads (both halves of BLOCK_T x BLOCK_H heads), one 16-byte vector per thread and
+# half: the shape of the fastest flat Triton copies on the H200 (2-4 KB per program at 16 B per thread run at
+# 99.7-100.4% of cudaMemcpy, 16 KB programs at 95%; scripts/dev/copy_sweep.py, NOTES.md v0.5).
+_PROGRAM_BYTES = 4096
 # At most this many tokens (a decode step), each program takes one token and one chunk of heads of about
 # _DECODE_CHUNK_BYTES per half, with _DECODE_WARPS warps: all chunks in flight at once.
 _FEW_TOKENS = 256
+_THD_TOKENS = 4
 _DECODE_CHUNK_BYTES = 1024
 _DECODE_WARPS = 4
 
@@ -41,14 +43,11 @@ def bshd_strides(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
 def config(p: Problem, itemsize: int = 2) -> dict[str, int]:
     """Block sizes and warps for a problem: a fixed rule measured on the H200, no autotuning
     (deterministic, and no seconds of benchmarking at the first call)."""
-    half = p.rotary_dim // 2
-    block_half = triton.next_power_of_2(half)
-    pairs = max(block_half, _HALF_TILE_BYTES // itemsize)
+    block_half = triton.next_power_of_2(p.rotary_dim // 2)
     heads = max(p.heads_q, p.heads_k)
-    block_h = min(triton.next_power_of_2(heads), max(1, pairs // block_half))
     n_tokens = p.batch * p.seqlen
     if n_tokens <= _FEW_TOKENS:
-        # Decode: one token per program and its heads split over grid axis 1 (SPLIT_HEADS), small chunks.
+        # Decode: one token per program, small chunks of heads (a single wave: latency, not bandwidth).
         return {
             "BLOCK_HALF": block_half,
             "BLOCK_H": min(triton.next_power_of_2(heads), max(1, _DECODE_CHUNK_BYTES // (itemsize * block_half))),
@@ -56,15 +55,29 @@ def config(p: Problem, itemsize: int = 2) -> dict[str, int]:
             "num_warps": _DECODE_WARPS,
             "SPLIT_HEADS": True,
         }
-    block_t = max(1, pairs // (block_h * block_half))
-    # Keep the grid many waves deep: small programs balance the tail better than few large ones.
+    # Split programs (one chunk of heads of a block of tokens each, the chunks of a token block adjacent
+    # in the grid) of about _PROGRAM_BYTES, and 16 bytes per thread in each half-tile.
+    per_program = max(1, _PROGRAM_BYTES // (2 * block_half * itemsize))
+    if p.layout == "thd":
+        # Packed sequences: blocks of _THD_TOKENS tokens, fewer heads each (varlen 98.4-98.7% of a copy
+        # against 94.7-96.9% for one token and 16 heads; scripts/dev/probe_s3.py --sweep, NOTES.md v0.5).
+        block_t = min(_THD_TOKENS, per_program)
+        block_h = min(triton.next_power_of_2(heads), max(1, per_program // block_t))
+    else:
+        # Dense: all heads of a token first, then more tokens (measured best on llama3-8b, llama2-7b,
+        # d64 and fp32).
+        block_h = min(triton.next_power_of_2(heads), per_program)
+        block_t = max(1, per_program // block_h)
+    # Keep the grid many waves deep when tokens are few.
     block_t = min(block_t, max(1, triton.next_power_of_2(max(1, n_tokens // 2048))))
-    tile = block_t * block_h * block_half
     return {
         "BLOCK_HALF": block_half,
         "BLOCK_H": block_h,
         "BLOCK_T": block_t,
-        "num_warps": 8 if tile * itemsize >= 2048 and block_half >= 64 else 4,
+        "num_warps": max(1, min(8, block_t * block_h * block_half * itemsize // 512)),
+        "SPLIT_HEADS": True,
+        # The cos/sin rows come back for every chunk and batch row: keep them in the L2 (+0.1-0.5 points).
+        "TABLE_EVICT": "evict_last",
     }
 
 
@@ -148,10 +161,11 @@ def launch(
         "ROUND_BY_HAND": q.device.type == "cpu" and q.dtype == torch.bfloat16,
         "EVICT": cfg.pop("EVICT", ""),
         "SPLIT_HEADS": cfg.pop("SPLIT_HEADS", False),
+        "TABLE_EVICT": cfg.pop("TABLE_EVICT", ""),
     }
     n_blocks = triton.cdiv(n_tokens, cfg["BLOCK_T"])
     chunks = triton.cdiv(p.heads_q, cfg["BLOCK_H"]) + (triton.cdiv(p.heads_k, cfg["BLOCK_H"]) if has_k else 0)
-    grid = (n_blocks, chunks if consts["SPLIT_HEADS"] else 1)
+    grid = (n_blocks * chunks if consts["SPLIT_HEADS"] else n_blocks, 1)
     compiled = kernel[grid](*args, **consts, num_warps=cfg["num_warps"])
     if plans is not None and plan_key is not None:
         plans.record(plan_key, compiled, grid, args, consts, p.max_offset, p)
