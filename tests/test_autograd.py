@@ -131,3 +131,32 @@ def test_inplace_under_no_grad_after_save_is_caught(device):
         rope_triton.apply_rotary(q, None, cos, sin, inplace=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         q.sum().backward()
+
+
+@pytest.mark.parametrize("which", ["q", "k"])
+def test_only_requested_gradients_are_rotated(which, device, monkeypatch):
+    # LoRA on q_proj alone leaves k without grad: its gradient is neither computed nor its bytes moved.
+    from rope_triton import _ops
+
+    q, k = make_qk("bshd", 2, 5, 3, 1, 16, torch.float32, device)
+    cos, sin = random_tables(5, 8, device)
+    q_leaf, k_leaf = q.clone().requires_grad_(which == "q"), k.clone().requires_grad_(which == "k")
+    rotated = []
+    real_run = _ops.run
+
+    def spy(p, q, k, *args, **kwargs):
+        rotated.append((tuple(q.shape), None if k is None else tuple(k.shape)))
+        return real_run(p, q, k, *args, **kwargs)
+
+    monkeypatch.setattr(_ops, "run", spy)
+    outs = rope_triton.apply_rotary(q_leaf, k_leaf, cos, sin)
+    grads = [torch.randn_like(o) for o in outs]
+    leaf = q_leaf if which == "q" else k_leaf
+    (got,) = torch.autograd.grad(outs, [leaf], grads)
+    assert rotated == [(tuple(q.shape), tuple(k.shape)), (tuple(leaf.shape), None)]
+
+    i = 0 if which == "q" else 1
+    ref_in = [t.detach().double().requires_grad_(t is leaf) for t in (q_leaf, k_leaf)]
+    ref_out = ref64(*ref_in, cos, sin, layout="bshd")
+    (want,) = torch.autograd.grad(ref_out[i], ref_in[i], grads[i].double())
+    assert_rotary_close(got, want, grads[i], layout="bshd", rotary_dim=16, interleaved=False)

@@ -719,6 +719,29 @@ def test_exact_angles_at_a_million_positions(device):
     assert hf_rel > 1e-6 and hf_rel_max > 1e-6
 
 
+@pytest.mark.parametrize("budget", [64 * 2**20, 0], ids=["full", "split"])
+def test_full_tables_within_the_budget_split_beyond(budget, device):
+    positions = 3000
+    rope = RotaryEmbedding(64, base=10000.0, max_positions=positions, max_table_bytes=budget, device=device)
+    if budget:
+        # 2 x 3000 x 32 x 4 bytes fit: one row per position, no low table in use.
+        assert rope.cos_hi.shape[0] == positions and rope.cos_lo.shape[0] == 1
+    else:
+        assert 1 < rope.cos_lo.shape[0] < positions and rope.cos_hi.shape[0] * rope.cos_lo.shape[0] >= positions
+    pos = torch.tensor([0, 1, 1023, 1024, 2047, 2999], device=device)
+    x = torch.randn(1, 2, pos.numel(), 64, device=device)
+    out, _ = rope(x, positions=pos, layout="bhsd")
+    ref = exact_rotary(x, pos[None], 10000.0 ** (-torch.arange(0, 64, 2, dtype=torch.float64) / 64), 1.0)
+    rel, rel_max = _rel_errors(out, ref)
+    assert rel <= 1e-6 and rel_max <= 1e-6, (rel, rel_max)
+
+
+def test_max_table_bytes_is_validated():
+    for bad in (-1, 1.5, True, "64"):
+        with pytest.raises(ValueError, match="max_table_bytes"):
+            RotaryEmbedding(64, max_table_bytes=bad)
+
+
 def test_module_edge_cases():
     # Empty input through a length-dependent type, GPT-J pairing from its config, default coverage of a
     # scaled model, and a bad max_positions.

@@ -11,7 +11,8 @@ from typing import NamedTuple
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
-LAYOUTS = ("bshd", "bhsd", "sbhd", "thd")
+from .reference import BSHD_AXES, LAYOUTS
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 INDEX_DTYPES = (torch.int32, torch.int64)
 
@@ -42,13 +43,8 @@ def _shape(t: torch.Tensor) -> str:
 
 
 def _bshd_sizes(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
-    if layout == "bshd":
-        return x.shape[0], x.shape[1], x.shape[2], x.shape[3]
-    if layout == "bhsd":
-        return x.shape[0], x.shape[2], x.shape[1], x.shape[3]
-    if layout == "sbhd":
-        return x.shape[1], x.shape[0], x.shape[2], x.shape[3]
-    return 1, x.shape[0], x.shape[1], x.shape[2]
+    shape = x.shape
+    return tuple(1 if axis is None else shape[axis] for axis in BSHD_AXES[layout])
 
 
 def _check_qk(name: str, x: object, layout: str) -> None:

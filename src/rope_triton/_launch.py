@@ -15,6 +15,7 @@ except ImportError:  # pragma: no cover
 
 from ._checks import POS_EXPLICIT, POS_OFFSETS, Problem
 from ._kernels import rotary_kernel
+from .reference import BSHD_AXES
 
 # q/k bytes one program reads (both halves of BLOCK_T x BLOCK_H heads), one 16-byte vector per thread and
 # half: the shape of the fastest flat Triton copies on the H200 (2-4 KB per program at 16 B per thread run at
@@ -31,13 +32,7 @@ _DECODE_WARPS = 4
 def bshd_strides(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
     """Strides of ``x`` in (batch, seq, head, dim) order; ``thd`` has batch stride 0."""
     st = x.stride()
-    if layout == "bshd":
-        return st[0], st[1], st[2], st[3]
-    if layout == "bhsd":
-        return st[0], st[2], st[1], st[3]
-    if layout == "sbhd":
-        return st[1], st[0], st[2], st[3]
-    return 0, st[0], st[1], st[2]
+    return tuple(0 if axis is None else st[axis] for axis in BSHD_AXES[layout])
 
 
 def config(p: Problem, itemsize: int = 2) -> dict[str, int]:

@@ -152,9 +152,16 @@ class RotaryFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_q, grad_k):
         cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens = ctx.saved_tensors
-        if not ctx.has_k:
+        need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1] and ctx.has_k
+        # Only the gradients autograd asks for are rotated (LoRA on q alone: k's bytes are not moved).
+        if not need_k:
             grad_k = None
         p = ctx.p
+        if not need_q:
+            if grad_k is None:
+                return (None,) * 14
+            # k's gradient alone, rotated as the first tensor of a problem without k.
+            grad_q, grad_k, p = grad_k, None, p._replace(heads_q=p.heads_k, heads_k=0)
         key = None
         if grad_q.is_cuda and not torch.compiler.is_compiling():
             # The backward launch of a training step repeats too: replay it like the forward's.
@@ -167,6 +174,8 @@ class RotaryFunction(torch.autograd.Function):
             grad_q, grad_k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
             p, ctx.interleaved, not ctx.conjugate, False, key,
         )
+        if not need_q:
+            return None, gq, *([None] * 12)
         return gq, gk, *([None] * 12)
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from . import freqs
 from .functional import apply_rotary
+from .reference import BSHD_AXES
 
 _TABLES = ("cos_hi", "sin_hi", "cos_lo", "sin_lo")
 
@@ -32,10 +33,12 @@ def _mark_tables_after_apply(module: nn.Module, names: tuple[str, ...], was_meta
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding for a model family, applied by the fused rope-triton kernel.
 
-    Angles are exact at any context length: the tables hold float64-built cos/sin of the high and the
-    low bits of a position (a few MB at a million positions), and the kernel combines them with the
-    angle-addition formulas, instead of the float32 ``position * inv_freq`` product whose error
-    reaches 0.06 rad at 1M positions.
+    Angles are exact at any context length: the tables hold cos/sin built from float64 angles, never the
+    float32 ``position * inv_freq`` product whose error reaches 0.06 rad at 1M positions. Up to
+    ``max_table_bytes`` they hold every position (one row per position: the fastest kernel); beyond, the
+    cos/sin of the high and of the low bits of a position (a few MB at a million positions), which the
+    kernel combines with the angle-addition formulas (measured on the H200: 1-13 points of a same-bytes
+    copy slower on large shapes, docs/performance.md).
 
     Parameters
     ----------
@@ -57,6 +60,9 @@ class RotaryEmbedding(nn.Module):
         The model's ``max_position_embeddings`` (used by ``dynamic``, ``longrope`` and some ``yarn``).
     device : torch.device, optional
         Where to build the tables (``"meta"`` works: they are built on first use).
+    max_table_bytes : int
+        Largest size of full cos/sin tables (float32, ``2 * positions * rotary_dim / 2 * 4`` bytes;
+        default 64 MiB: 131072 positions at rotary_dim 128); larger ones are split (see above).
 
     Examples
     --------
@@ -77,8 +83,12 @@ class RotaryEmbedding(nn.Module):
         interleaved: bool = False,
         max_position_embeddings: int | None = None,
         device: torch.device | str | None = None,
+        max_table_bytes: int = 64 * 2**20,
     ) -> None:
         super().__init__()
+        if isinstance(max_table_bytes, bool) or not isinstance(max_table_bytes, int) or max_table_bytes < 0:
+            raise ValueError(f"max_table_bytes: expected a non-negative int, got {max_table_bytes!r}")
+        self.max_table_bytes = max_table_bytes
         self.head_dim = head_dim
         self.base = base
         self.scaling = dict(scaling) if scaling else None
@@ -167,7 +177,9 @@ class RotaryEmbedding(nn.Module):
         if device.type == "meta":
             self._tables_valid = False
             return
-        low_bits = freqs.default_low_bits(self.max_positions)
+        full_bytes = 2 * self.max_positions * self._inv_freq.numel() * 4
+        # low_bits 0: one row per position, and a one-row low table (angle 0) that is not passed on.
+        low_bits = 0 if full_bytes <= self.max_table_bytes else freqs.default_low_bits(self.max_positions)
         tables = freqs.split_tables(
             self._inv_freq, self.max_positions, low_bits=low_bits,
             attention_factor=self.attention_factor, device=device,
@@ -213,8 +225,7 @@ class RotaryEmbedding(nn.Module):
             return None
         if layout == "thd":
             return None if max_seqlen is None else max_seqlen + (offsets or 0)
-        seqlen = q.shape[2] if layout == "bhsd" else q.shape[0] if layout == "sbhd" else q.shape[1]
-        return seqlen + (offsets or 0)
+        return q.shape[BSHD_AXES[layout][1]] + (offsets or 0)
 
     def forward(
         self,
@@ -245,8 +256,8 @@ class RotaryEmbedding(nn.Module):
             self._build_tables(length or 0, q.device)
         return apply_rotary(
             q, k, self.cos_hi, self.sin_hi,
-            cos_lo=self.cos_lo,
-            sin_lo=self.sin_lo,
+            cos_lo=self.cos_lo if self.cos_lo.shape[0] > 1 else None,
+            sin_lo=self.sin_lo if self.sin_lo.shape[0] > 1 else None,
             positions=positions,
             offsets=offsets,
             cu_seqlens=cu_seqlens,
@@ -265,7 +276,7 @@ class RotaryEmbedding(nn.Module):
         if layout == "thd":
             longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item())
         else:
-            longest = q.shape[2] if layout == "bhsd" else q.shape[0] if layout == "sbhd" else q.shape[1]
+            longest = q.shape[BSHD_AXES[layout][1]]
         return longest + int(offsets.max().item() if isinstance(offsets, torch.Tensor) else offsets or 0)
 
     def extra_repr(self) -> str:

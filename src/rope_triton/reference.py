@@ -12,6 +12,9 @@ from __future__ import annotations
 import torch
 
 LAYOUTS = ("bshd", "bhsd", "sbhd", "thd")
+# Which axis of a tensor in each layout is batch, seq, head and dim (thd: no batch axis). The one
+# place the layouts are spelled out: validation, the launcher's strides and the module read it.
+BSHD_AXES = {"bshd": (0, 1, 2, 3), "bhsd": (0, 2, 1, 3), "sbhd": (1, 0, 2, 3), "thd": (None, 0, 1, 2)}
 
 
 def to_bshd(x: torch.Tensor, layout: str) -> torch.Tensor:
