@@ -1,0 +1,57 @@
+"""The launcher's rule (block sizes, warps) for the benchmark's shapes: the measured program shapes of
+docs/performance.md, pinned so that a change to the rule is a decision, not an accident."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rope_triton._checks import check
+from rope_triton._launch import _PROGRAM_BYTES, config
+
+# name: (layout, batch, seqlen, heads_q, heads_k, head_dim, dtype), and the rule's answer.
+CASES = {
+    "llama3-8b": (("bshd", 4, 4096, 32, 8, 128, torch.bfloat16), dict(BLOCK_T=1, BLOCK_H=16, num_warps=4)),
+    "llama2-7b": (("bshd", 4, 4096, 32, 32, 128, torch.bfloat16), dict(BLOCK_T=1, BLOCK_H=16, num_warps=4)),
+    "long-32k": (("bshd", 1, 32768, 32, 8, 128, torch.bfloat16), dict(BLOCK_T=1, BLOCK_H=16, num_warps=4)),
+    "d64": (("bshd", 8, 2048, 16, 16, 64, torch.bfloat16), dict(BLOCK_T=2, BLOCK_H=16, num_warps=4)),
+    "fp32": (("bshd", 2, 4096, 32, 8, 128, torch.float32), dict(BLOCK_T=1, BLOCK_H=8, num_warps=4)),
+    "varlen": (("thd", 1, 131072, 32, 8, 128, torch.bfloat16), dict(BLOCK_T=4, BLOCK_H=4, num_warps=4)),
+    "decode": (("bshd", 64, 1, 32, 8, 128, torch.bfloat16), dict(BLOCK_T=1, BLOCK_H=8, num_warps=4)),
+}
+
+
+def _problem(layout, batch, seqlen, hq, hk, d, dtype):
+    # The validated Problem of full-size CPU tensors (never written: their pages are not touched).
+    shape = (seqlen,) if layout == "thd" else (batch, seqlen)
+    q = torch.empty(*shape, hq, d, dtype=dtype)
+    k = torch.empty(*shape, hk, d, dtype=dtype)
+    cos = torch.empty(seqlen, d // 2)
+    cu = torch.tensor([0, seqlen], dtype=torch.int32) if layout == "thd" else None
+    return check(q, k, cos, cos.clone(), positions=None, offsets=None, cu_seqlens=cu, max_seqlen=None,
+                 layout=layout, rotary_dim=None, inplace=False)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_rule_for_benchmark_shapes(name):
+    dims, want = CASES[name]
+    p = _problem(*dims)
+    itemsize = torch.empty((), dtype=dims[-1]).element_size()
+    cfg = config(p, itemsize)
+    assert {k: cfg[k] for k in want} == want
+    assert cfg.get("SPLIT_HEADS") is True
+    if name != "decode":  # decode: one token, 1 KB chunks (latency-bound, its own rule)
+        # About _PROGRAM_BYTES of q/k per program, one 16-byte vector per thread and half-tile.
+        half_tile = cfg["BLOCK_T"] * cfg["BLOCK_H"] * cfg["BLOCK_HALF"] * itemsize
+        assert 2 * half_tile == _PROGRAM_BYTES
+        assert half_tile == 16 * 32 * cfg["num_warps"]
+        assert cfg["TABLE_EVICT"] == "evict_last"
+
+
+@pytest.mark.parametrize("heads_q,heads_k,head_dim", [(1, 1, 128), (2, 1, 32), (48, 8, 256), (3, 0, 96)])
+def test_rule_stays_in_bounds_for_odd_shapes(heads_q, heads_k, head_dim):
+    p = _problem("bshd", 2, 5000, heads_q, heads_k, head_dim, torch.bfloat16)
+    cfg = config(p, 2)
+    assert 1 <= cfg["num_warps"] <= 8 and cfg["BLOCK_T"] >= 1 and cfg["BLOCK_H"] >= 1
+    assert cfg["BLOCK_HALF"] >= head_dim // 2
+    assert cfg["BLOCK_H"] <= max(1, 2 * max(heads_q, heads_k))
