@@ -29,14 +29,35 @@ def _to_storage(y, Y, ROUND_BY_HAND: tl.constexpr):
 
 
 @triton.jit
+def _angle_sum(cos, sin, cos_lo, sin_lo, LO_BITS: tl.constexpr):
+    """cos and sin of each token's angle; with split tables, angle(p) = angle(high bits) + angle(low bits):
+    both tables were built from float64 angles, so the angle-addition formulas give cos/sin within a few
+    float32 ulps at any position."""
+    if LO_BITS > 0:
+        return cos * cos_lo - sin * sin_lo, sin * cos_lo + cos * sin_lo
+    return cos, sin
+
+
+@triton.jit
+def _rotate_pair(x1, x2, c, s, CONJUGATE: tl.constexpr):
+    """(x1 c - x2 s, x2 c + x1 s); the conjugate rotation flips the signs of the s terms (not of s
+    itself: an instruction on a loaded value before the q/k loads are issued would stall them)."""
+    if CONJUGATE:
+        return x1 * c + x2 * s, x2 * c - x1 * s
+    return x1 * c - x2 * s, x2 * c + x1 * s
+
+
+@triton.jit
 def _rotate_heads(
     X,  # input of one tensor (q or k), pointer at element (0, 0, 0, 0)
     Y,  # output, may equal X (in place)
     x_row,  # [BLOCK_T] int64 element offset of each token's (head 0, dim 0) in X
     y_row,  # the same in Y
     tok_ok,  # [BLOCK_T] token is in range
-    cos,  # [BLOCK_T, BLOCK_HALF] fp32 (fp64 for fp64 data) cos of each token's angles (NaN for positions off the table)
-    sin,  # the same for sin, already negated for the conjugate rotation
+    cos,  # [BLOCK_T, BLOCK_HALF] fp32 (fp64 for fp64 data) cos of each token's angles (NaN for positions off
+    sin,  # the table), or of their high bits with split tables; the same for sin
+    cos_lo,  # split tables: cos / sin of the low bits (unused otherwise)
+    sin_lo,
     h_first,  # first head of this call's span
     HEADS: tl.constexpr,  # heads of this tensor (constexpr: exact masks)
     STEPS: tl.constexpr,  # chunks of BLOCK_H heads from h_first
@@ -53,9 +74,12 @@ def _rotate_heads(
     COPY_TAIL: tl.constexpr,  # out of place with a pass-through tail: copy it
     ROUND_BY_HAND: tl.constexpr,
     EVICT: tl.constexpr,  # eviction hint for q/k loads ("" or "evict_first": touched once)
+    LO_BITS: tl.constexpr,
+    CONJUGATE: tl.constexpr,
 ):
-    c = cos[:, None, :]
-    s = sin[:, None, :]
+    # Nothing may use a loaded table value before the q/k loads below are issued: a warp issues in order,
+    # so such an instruction would wait for the table load (DRAM latency for long sequences' rows) and
+    # hold the q/k loads back with it. Hence the angle sum and the sign live after the loads.
     j = tl.arange(0, BLOCK_HALF).to(tl.int64)
     for step in range(STEPS):
         h = (h_first + step * BLOCK_H) + tl.arange(0, BLOCK_H).to(tl.int64)
@@ -67,9 +91,11 @@ def _rotate_heads(
             jj = tl.arange(0, 2 * BLOCK_HALF).to(tl.int64)
             m = row_ok[:, :, None] & (jj < 2 * HALF)[None, None, :]
             x = tl.load(X + xh[:, :, None] + jj[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy=EVICT)
+            ca, sa = _angle_sum(cos, sin, cos_lo, sin_lo, LO_BITS)
+            c = ca[:, None, :]
+            s = sa[:, None, :]
             x1, x2 = tl.split(tl.reshape(x.to(c.dtype), (x.shape[0], x.shape[1], BLOCK_HALF, 2)))
-            y1 = x1 * c - x2 * s
-            y2 = x2 * c + x1 * s
+            y1, y2 = _rotate_pair(x1, x2, c, s, CONJUGATE)
             y = tl.reshape(tl.join(y1, y2), (x.shape[0], x.shape[1], 2 * BLOCK_HALF))
             tl.store(Y + yh[:, :, None] + jj[None, None, :] * sy_d, _to_storage(y, Y, ROUND_BY_HAND), mask=m)
         else:
@@ -78,10 +104,10 @@ def _rotate_heads(
             x2 = tl.load(
                 X + xh[:, :, None] + (j + HALF)[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy=EVICT
             )
-            x1 = x1.to(c.dtype)
-            x2 = x2.to(c.dtype)
-            y1 = x1 * c - x2 * s
-            y2 = x2 * c + x1 * s
+            ca, sa = _angle_sum(cos, sin, cos_lo, sin_lo, LO_BITS)
+            c = ca[:, None, :]
+            s = sa[:, None, :]
+            y1, y2 = _rotate_pair(x1.to(c.dtype), x2.to(c.dtype), c, s, CONJUGATE)
             tl.store(Y + yh[:, :, None] + j[None, None, :] * sy_d, _to_storage(y1, Y, ROUND_BY_HAND), mask=m)
             tl.store(
                 Y + yh[:, :, None] + (j + HALF)[None, None, :] * sy_d, _to_storage(y2, Y, ROUND_BY_HAND), mask=m
@@ -187,16 +213,14 @@ def rotary_kernel(
     sin = tl.load(SIN + row[:, None] * ssin_r + j[None, :] * ssin_c, mask=mc, other=float("nan"),
                   eviction_policy=TABLE_EVICT).to(ct)
     if LO_BITS > 0:
-        # angle(p) = angle(high bits) + angle(low bits): both tables were built from float64 angles, so
-        # the angle-addition formulas give cos/sin within a few float32 ulps at any position.
+        # Combined with the high bits' rows in _rotate_heads (_angle_sum), after the q/k loads.
         low = pos & ((1 << LO_BITS) - 1)
         cl = tl.load(COS_LO + low[:, None] * slcos_r + j[None, :] * slcos_c, mask=mc, other=0.0,
                      eviction_policy=TABLE_EVICT).to(ct)
         sl = tl.load(SIN_LO + low[:, None] * slsin_r + j[None, :] * slsin_c, mask=mc, other=0.0,
                      eviction_policy=TABLE_EVICT).to(ct)
-        cos, sin = cos * cl - sin * sl, sin * cl + cos * sl
-    if CONJUGATE:
-        sin = -sin
+    else:
+        cl, sl = cos, sin
 
     xq_row, yq_row = b * sxq_b + s * sxq_s, b * syq_b + s * syq_s
     xk_row, yk_row = b * sxk_b + s * sxk_s, b * syk_b + s * syk_s
@@ -206,22 +230,22 @@ def rotary_kernel(
         c = chunk
         if c < q_chunks:
             _rotate_heads(
-                XQ, YQ, xq_row, yq_row, tok_ok, cos, sin, c * BLOCK_H, HEADS_Q, 1, sxq_h, sxq_d, syq_h, syq_d,
-                HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT,
+                XQ, YQ, xq_row, yq_row, tok_ok, cos, sin, cl, sl, c * BLOCK_H, HEADS_Q, 1, sxq_h, sxq_d, syq_h, syq_d,
+                HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT, LO_BITS, CONJUGATE,
             )
         else:
             _rotate_heads(
-                XK, YK, xk_row, yk_row, tok_ok, cos, sin, (c - q_chunks) * BLOCK_H, HEADS_K, 1,
+                XK, YK, xk_row, yk_row, tok_ok, cos, sin, cl, sl, (c - q_chunks) * BLOCK_H, HEADS_K, 1,
                 sxk_h, sxk_d, syk_h, syk_d,
-                HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT,
+                HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT, LO_BITS, CONJUGATE,
             )
     else:
         _rotate_heads(
-            XQ, YQ, xq_row, yq_row, tok_ok, cos, sin, 0, HEADS_Q, q_chunks, sxq_h, sxq_d, syq_h, syq_d,
-            HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT,
+            XQ, YQ, xq_row, yq_row, tok_ok, cos, sin, cl, sl, 0, HEADS_Q, q_chunks, sxq_h, sxq_d, syq_h, syq_d,
+            HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT, LO_BITS, CONJUGATE,
         )
         if HAS_K:
             _rotate_heads(
-                XK, YK, xk_row, yk_row, tok_ok, cos, sin, 0, HEADS_K, k_chunks, sxk_h, sxk_d, syk_h, syk_d,
-                HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT,
+                XK, YK, xk_row, yk_row, tok_ok, cos, sin, cl, sl, 0, HEADS_K, k_chunks, sxk_h, sxk_d, syk_h, syk_d,
+                HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT, LO_BITS, CONJUGATE,
             )
