@@ -23,18 +23,20 @@ def _thd_kwargs(layout: str, seqlen: int, device, lengths=None) -> dict:
     return {"cu_seqlens": cu, "max_seqlen": max(lengths)}
 
 
-def check_against_reference(q, k, cos, sin, *, layout, inplace=False, **kw):
-    """Run apply_rotary, compare with the float64 oracle, and check input handling (untouched/aliased)."""
+def check_against_reference(q, k, cos, sin, *, layout, inplace=False, table_bound=1.0, **kw):
+    """Run apply_rotary, compare with the float64 oracle, and check input handling (untouched/aliased).
+    ``table_bound``: see assert_rotary_close (2 for split tables)."""
     q0, k0 = q.clone(), (k.clone() if k is not None else None)
     rq, rk = ref64(q0, k0, cos, sin, layout=layout, **kw)
     q_out, k_out = rope_triton.apply_rotary(q, k, cos, sin, layout=layout, inplace=inplace, **kw)
     rotary_dim = kw.get("rotary_dim") or 2 * cos.shape[1]
     interleaved = kw.get("interleaved", False)
-    assert_rotary_close(q_out, rq, q0, layout=layout, rotary_dim=rotary_dim, interleaved=interleaved)
+    close = dict(layout=layout, rotary_dim=rotary_dim, interleaved=interleaved, table_bound=table_bound)
+    assert_rotary_close(q_out, rq, q0, **close)
     if k is None:
         assert k_out is None
     else:
-        assert_rotary_close(k_out, rk, k0, layout=layout, rotary_dim=rotary_dim, interleaved=interleaved)
+        assert_rotary_close(k_out, rk, k0, **close)
     if inplace:
         assert q_out is q and (k is None or k_out is k)
     else:
@@ -256,25 +258,31 @@ def test_split_tables(layout, interleaved, device):
 
 _RULES = {
     # The launcher's two rules on any size (tests are small: the decode rule would take them all).
-    "decode-split": lambda cfg, p: dict(cfg, BLOCK_T=1, BLOCK_H=2, SPLIT_HEADS=True, num_warps=1),
+    "decode-split": lambda cfg, p: dict(cfg, BLOCK_T=1, BLOCK_H=2, SPLIT_HEADS=True, LOADS_FIRST=True, num_warps=1),
     "token-blocks": lambda cfg, p: dict(cfg, BLOCK_T=2, BLOCK_H=2, SPLIT_HEADS=False, num_warps=2),
-    # Split programs over blocks of 2 tokens (the last one partial), table loads with an eviction hint.
-    "split-blocks": lambda cfg, p: dict(cfg, BLOCK_T=2, BLOCK_H=2, SPLIT_HEADS=True, TABLE_EVICT="evict_last",
-                                        num_warps=1),
+    # Split programs over blocks of 2 tokens (the last one partial), table rows loaded first with an
+    # eviction hint (the rule for large problems).
+    "split-blocks": lambda cfg, p: dict(cfg, BLOCK_T=2, BLOCK_H=2, SPLIT_HEADS=True, LOADS_FIRST=False,
+                                        TABLE_EVICT="evict_last", num_warps=1),
 }
+
+
+@pytest.fixture(params=list(_RULES))
+def rule(request, monkeypatch):
+    """Every launch under one of _RULES instead of the launcher's choice."""
+    from rope_triton import _launch, _ops
+
+    base = _launch.config
+    monkeypatch.setattr(_launch, "config", lambda p, itemsize=2: _RULES[request.param](base(p, itemsize), p))
+    monkeypatch.setattr(_ops.PLANS, "_plans", {})  # no replay of a launch recorded under another rule
+    return request.param
 
 
 @pytest.mark.parametrize("positions", ["default", "tensor-offset", "positions"])
 @pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("rule", list(_RULES))
-def test_launch_rules(rule, layout, inplace, positions, device, monkeypatch):
+def test_launch_rules(rule, layout, inplace, positions, device):
     # 3 q heads and 1 k head in chunks of 2: a partial chunk in each; 5 tokens in blocks of 2: a partial block.
-    from rope_triton import _launch, _ops
-
-    base = _launch.config
-    monkeypatch.setattr(_launch, "config", lambda p, itemsize=2: _RULES[rule](base(p, itemsize), p))
-    monkeypatch.setattr(_ops.PLANS, "_plans", {})  # no replay of a launch recorded under another rule
     seqlen = 5
     q, k = make_qk(layout, _batch(layout, 2), seqlen, 3, 1, 24, torch.bfloat16, device, "packed")
     cos, sin = random_tables(seqlen + 4, 8, device)
@@ -282,3 +290,16 @@ def test_launch_rules(rule, layout, inplace, positions, device, monkeypatch):
     check_against_reference(
         q, k, cos, sin, layout=layout, rotary_dim=16, inplace=inplace, **kw, **_thd_kwargs(layout, seqlen, device)
     )
+
+
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
+def test_launch_rules_split_tables(rule, interleaved, device):
+    # The other code paths of each rule: interleaved pairs and split tables (two more table loads).
+    from rope_triton import freqs
+
+    inv_freq, _ = freqs.inv_freq_and_scale(16, base=10000.0)
+    ch, sh, cl, sl = (t.to(device) for t in freqs.split_tables(inv_freq, 4096, low_bits=4))
+    q, k = make_qk("bshd", 2, 5, 3, 1, 16, torch.float32, device, "packed")
+    positions = torch.tensor([[0, 15, 16, 4095, 777], [1, 2, 3, 2048, 31]], device=device)
+    check_against_reference(q, k, ch, sh, cos_lo=cl, sin_lo=sl, positions=positions, layout="bshd",
+                            interleaved=interleaved, table_bound=2.0)

@@ -58,6 +58,21 @@ def main():
             "  part: compiled.run (general entry)": lambda: run_general(plan, ptrs),
             "  part: empty_like q,k": lambda: (torch.empty_like(q), torch.empty_like(k)),
             "  part: is_compiling+grad": lambda: (torch.compiler.is_compiling(), torch.is_grad_enabled()),
+            # Single tensor queries and allocations, to see what a key or an output costs on this host.
+            "  one: q.shape": lambda: q.shape,
+            "  one: q.stride()": lambda: q.stride(),
+            "  one: q.dtype": lambda: q.dtype,
+            "  one: q.get_device()": lambda: q.get_device(),
+            "  one: q.data_ptr()": lambda: q.data_ptr(),
+            "  one: q.is_cuda": lambda: q.is_cuda,
+            "  one: q.requires_grad": lambda: q.requires_grad,
+            "  one: empty_like(q)": lambda: torch.empty_like(q),
+            "  one: q.new_empty(shape)": lambda: q.new_empty(q.shape),
+            "  one: empty(shape, dtype, device)": lambda: torch.empty(q.shape, dtype=q.dtype, device=q.device),
+            "  one: empty_strided": lambda: torch.empty_strided(q.shape, q.stride(), dtype=q.dtype, device=q.device),
+            "  one: _cuda_getDevice": lambda: torch._C._cuda_getDevice(),
+            "  one: raw stream": lambda: torch._C._cuda_getCurrentRawStream(0),
+            "  one: increment_version": lambda: torch.autograd.graph.increment_version([q, k]),
         }
         with torch.no_grad():
             for _ in range(2):

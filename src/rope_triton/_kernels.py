@@ -48,75 +48,123 @@ def _rotate_pair(x1, x2, c, s, CONJUGATE: tl.constexpr):
 
 
 @triton.jit
-def _rotate_heads(
-    X,  # input of one tensor (q or k), pointer at element (0, 0, 0, 0)
-    Y,  # output, may equal X (in place)
-    x_row,  # [BLOCK_T] int64 element offset of each token's (head 0, dim 0) in X
-    y_row,  # the same in Y
-    tok_ok,  # [BLOCK_T] token is in range
-    cos,  # [BLOCK_T, BLOCK_HALF] fp32 (fp64 for fp64 data) cos of each token's angles (NaN for positions off
-    sin,  # the table), or of their high bits with split tables; the same for sin
-    cos_lo,  # split tables: cos / sin of the low bits (unused otherwise)
-    sin_lo,
-    h_first,  # first head of this call's span
-    HEADS: tl.constexpr,  # heads of this tensor (constexpr: exact masks)
-    STEPS: tl.constexpr,  # chunks of BLOCK_H heads from h_first
-    sx_h,
-    sx_d,
-    sy_h,
-    sy_d,
-    HALF: tl.constexpr,  # rotary_dim // 2
-    BLOCK_HALF: tl.constexpr,  # next power of two of HALF
-    TAIL: tl.constexpr,  # head_dim - rotary_dim: dims that pass through
-    BLOCK_TAIL: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    INTERLEAVED: tl.constexpr,
-    COPY_TAIL: tl.constexpr,  # out of place with a pass-through tail: copy it
-    ROUND_BY_HAND: tl.constexpr,
-    EVICT: tl.constexpr,  # eviction hint for q/k loads ("" or "evict_first": touched once)
-    LO_BITS: tl.constexpr,
-    CONJUGATE: tl.constexpr,
+def _chunk(x_row, y_row, tok_ok, h_first, n_heads, sx_h, sy_h, BLOCK_H: tl.constexpr):
+    """Element offsets of heads h_first .. h_first + BLOCK_H - 1 of each token in X and Y, and which
+    (token, head) pairs exist: ([BLOCK_T, BLOCK_H] int64, int64, bool)."""
+    h = h_first + tl.arange(0, BLOCK_H).to(tl.int64)
+    ok = tok_ok[:, None] & (h < n_heads)[None, :]
+    return x_row[:, None] + h[None, :] * sx_h, y_row[:, None] + h[None, :] * sy_h, ok
+
+
+@triton.jit
+def _load_chunk(
+    X, xh, ok, sx_d,
+    HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, INTERLEAVED: tl.constexpr, EVICT: tl.constexpr,
 ):
-    # Nothing may use a loaded table value before the q/k loads below are issued: a warp issues in order,
-    # so such an instruction would wait for the table load (DRAM latency for long sequences' rows) and
-    # hold the q/k loads back with it. Hence the angle sum and the sign live after the loads.
-    j = tl.arange(0, BLOCK_HALF).to(tl.int64)
-    for step in range(STEPS):
-        h = (h_first + step * BLOCK_H) + tl.arange(0, BLOCK_H).to(tl.int64)
-        row_ok = tok_ok[:, None] & (h < HEADS)[None, :]  # [BLOCK_T, BLOCK_H]
-        xh = x_row[:, None] + h[None, :] * sx_h
-        yh = y_row[:, None] + h[None, :] * sy_h
-        if INTERLEAVED:
-            # Load the rotary span in one contiguous piece (wide loads), then split even/odd lanes.
-            jj = tl.arange(0, 2 * BLOCK_HALF).to(tl.int64)
-            m = row_ok[:, :, None] & (jj < 2 * HALF)[None, None, :]
-            x = tl.load(X + xh[:, :, None] + jj[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy=EVICT)
-            ca, sa = _angle_sum(cos, sin, cos_lo, sin_lo, LO_BITS)
-            c = ca[:, None, :]
-            s = sa[:, None, :]
-            x1, x2 = tl.split(tl.reshape(x.to(c.dtype), (x.shape[0], x.shape[1], BLOCK_HALF, 2)))
-            y1, y2 = _rotate_pair(x1, x2, c, s, CONJUGATE)
-            y = tl.reshape(tl.join(y1, y2), (x.shape[0], x.shape[1], 2 * BLOCK_HALF))
-            tl.store(Y + yh[:, :, None] + jj[None, None, :] * sy_d, _to_storage(y, Y, ROUND_BY_HAND), mask=m)
+    """Issue one chunk's loads, in the storage dtype: the (x1, x2) halves, or the interleaved span twice
+    (split into even/odd lanes by _finish_chunk)."""
+    if INTERLEAVED:
+        jj = tl.arange(0, 2 * BLOCK_HALF).to(tl.int64)
+        m = ok[:, :, None] & (jj < 2 * HALF)[None, None, :]
+        xa = tl.load(X + xh[:, :, None] + jj[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy=EVICT)
+        xb = xa
+    else:
+        j = tl.arange(0, BLOCK_HALF).to(tl.int64)
+        m = ok[:, :, None] & (j < HALF)[None, None, :]
+        xa = tl.load(X + xh[:, :, None] + j[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy=EVICT)
+        xb = tl.load(X + xh[:, :, None] + (j + HALF)[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy=EVICT)
+    return xa, xb
+
+
+@triton.jit
+def _finish_chunk(
+    X, Y, xh, yh, ok, xa, xb,
+    cos, sin, cos_lo, sin_lo,  # [BLOCK_T, BLOCK_HALF] as loaded by _tables
+    sx_d, sy_d,
+    HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, TAIL: tl.constexpr, BLOCK_TAIL: tl.constexpr,
+    INTERLEAVED: tl.constexpr, COPY_TAIL: tl.constexpr, ROUND_BY_HAND: tl.constexpr,
+    LO_BITS: tl.constexpr, CONJUGATE: tl.constexpr,
+):
+    """Rotate a chunk loaded by _load_chunk and store it (and copy its pass-through tail)."""
+    ca, sa = _angle_sum(cos, sin, cos_lo, sin_lo, LO_BITS)
+    c = ca[:, None, :]
+    s = sa[:, None, :]
+    if INTERLEAVED:
+        jj = tl.arange(0, 2 * BLOCK_HALF).to(tl.int64)
+        m = ok[:, :, None] & (jj < 2 * HALF)[None, None, :]
+        x1, x2 = tl.split(tl.reshape(xa.to(c.dtype), (xa.shape[0], xa.shape[1], BLOCK_HALF, 2)))
+        y1, y2 = _rotate_pair(x1, x2, c, s, CONJUGATE)
+        y = tl.reshape(tl.join(y1, y2), (xa.shape[0], xa.shape[1], 2 * BLOCK_HALF))
+        tl.store(Y + yh[:, :, None] + jj[None, None, :] * sy_d, _to_storage(y, Y, ROUND_BY_HAND), mask=m)
+    else:
+        j = tl.arange(0, BLOCK_HALF).to(tl.int64)
+        m = ok[:, :, None] & (j < HALF)[None, None, :]
+        y1, y2 = _rotate_pair(xa.to(c.dtype), xb.to(c.dtype), c, s, CONJUGATE)
+        tl.store(Y + yh[:, :, None] + j[None, None, :] * sy_d, _to_storage(y1, Y, ROUND_BY_HAND), mask=m)
+        tl.store(Y + yh[:, :, None] + (j + HALF)[None, None, :] * sy_d, _to_storage(y2, Y, ROUND_BY_HAND), mask=m)
+    if COPY_TAIL:
+        t = tl.arange(0, BLOCK_TAIL).to(tl.int64)
+        mt = ok[:, :, None] & (t < TAIL)[None, None, :]
+        tail = tl.load(X + xh[:, :, None] + (2 * HALF + t)[None, None, :] * sx_d, mask=mt)
+        tl.store(Y + yh[:, :, None] + (2 * HALF + t)[None, None, :] * sy_d, tail, mask=mt)
+
+
+@triton.jit
+def _tables(
+    tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
+    scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
+    HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_T: tl.constexpr, POS_MODE: tl.constexpr,
+    LO_BITS: tl.constexpr, VARLEN: tl.constexpr, SEARCH_STEPS: tl.constexpr, TABLE_EVICT: tl.constexpr,
+    FP64: tl.constexpr,
+):
+    """Each token's position and its table rows: (cos, sin, cos_lo, sin_lo), [BLOCK_T, BLOCK_HALF] in
+    float32 (float64 for float64 data); cos/sin NaN for positions off the table; without split tables
+    cos_lo/sin_lo are cos/sin (unused)."""
+    if VARLEN:
+        # Sequence of each token: the last i with cu[i] <= token, by a branch-free binary search.
+        lo = tl.zeros((BLOCK_T,), dtype=tl.int64)
+        hi = tl.zeros((BLOCK_T,), dtype=tl.int64) + (n_seqs - 1)
+        for _ in tl.static_range(SEARCH_STEPS):
+            active = lo < hi
+            mid = (lo + hi + 1) // 2
+            start = tl.load(CU + mid, mask=active, other=0).to(tl.int64)
+            go_right = active & (start <= tok)
+            lo = tl.where(go_right, mid, lo)
+            hi = tl.where(active & (start > tok), mid - 1, hi)
+        seq_id = lo
+        in_seq = tok - tl.load(CU + seq_id).to(tl.int64)
+    else:
+        seq_id = b
+        in_seq = s
+    if POS_MODE == 2:
+        if VARLEN:
+            pos = tl.load(POS + tok * spos_s, mask=tok_ok, other=0).to(tl.int64)
         else:
-            m = row_ok[:, :, None] & (j < HALF)[None, None, :]
-            x1 = tl.load(X + xh[:, :, None] + j[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy=EVICT)
-            x2 = tl.load(
-                X + xh[:, :, None] + (j + HALF)[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy=EVICT
-            )
-            ca, sa = _angle_sum(cos, sin, cos_lo, sin_lo, LO_BITS)
-            c = ca[:, None, :]
-            s = sa[:, None, :]
-            y1, y2 = _rotate_pair(x1.to(c.dtype), x2.to(c.dtype), c, s, CONJUGATE)
-            tl.store(Y + yh[:, :, None] + j[None, None, :] * sy_d, _to_storage(y1, Y, ROUND_BY_HAND), mask=m)
-            tl.store(
-                Y + yh[:, :, None] + (j + HALF)[None, None, :] * sy_d, _to_storage(y2, Y, ROUND_BY_HAND), mask=m
-            )
-        if COPY_TAIL:
-            t = tl.arange(0, BLOCK_TAIL).to(tl.int64)
-            mt = row_ok[:, :, None] & (t < TAIL)[None, None, :]
-            tail = tl.load(X + xh[:, :, None] + (2 * HALF + t)[None, None, :] * sx_d, mask=mt)
-            tl.store(Y + yh[:, :, None] + (2 * HALF + t)[None, None, :] * sy_d, tail, mask=mt)
+            pos = tl.load(POS + b * spos_b + s * spos_s, mask=tok_ok, other=0).to(tl.int64)
+    elif POS_MODE == 1:
+        pos = in_seq + tl.load(POS + seq_id * spos_b, mask=tok_ok, other=0).to(tl.int64)
+    else:
+        pos = in_seq + offset
+    pos_ok = tok_ok & (pos >= 0) & (pos < table_rows)
+    j = tl.arange(0, BLOCK_HALF).to(tl.int64)
+    mc = pos_ok[:, None] & (j < HALF)[None, :]
+    # float32 math (float64 for float64 data): never the storage dtype of bf16/fp16 inputs.
+    ct: tl.constexpr = tl.float64 if FP64 else tl.float32
+    row = pos >> LO_BITS
+    cos = tl.load(COS + row[:, None] * scos_r + j[None, :] * scos_c, mask=mc, other=float("nan"),
+                  eviction_policy=TABLE_EVICT).to(ct)
+    sin = tl.load(SIN + row[:, None] * ssin_r + j[None, :] * ssin_c, mask=mc, other=float("nan"),
+                  eviction_policy=TABLE_EVICT).to(ct)
+    if LO_BITS > 0:
+        low = pos & ((1 << LO_BITS) - 1)
+        cl = tl.load(COS_LO + low[:, None] * slcos_r + j[None, :] * slcos_c, mask=mc, other=0.0,
+                     eviction_policy=TABLE_EVICT).to(ct)
+        sl = tl.load(SIN_LO + low[:, None] * slsin_r + j[None, :] * slsin_c, mask=mc, other=0.0,
+                     eviction_policy=TABLE_EVICT).to(ct)
+    else:
+        cl = cos
+        sl = sin
+    return cos, sin, cl, sl
 
 
 @triton.jit
@@ -158,6 +206,7 @@ def rotary_kernel(
     EVICT: tl.constexpr = "",
     SPLIT_HEADS: tl.constexpr = False,  # one program per (token block, chunk of BLOCK_H heads)
     TABLE_EVICT: tl.constexpr = "",  # eviction hint for cos/sin loads ("" or "evict_last": reused)
+    LOADS_FIRST: tl.constexpr = False,  # SPLIT_HEADS: q/k loads before the position and table loads
 ):
     q_chunks: tl.constexpr = (HEADS_Q + BLOCK_H - 1) // BLOCK_H
     k_chunks: tl.constexpr = (HEADS_K + BLOCK_H - 1) // BLOCK_H
@@ -172,80 +221,66 @@ def rotary_kernel(
         chunk = 0
     tok = blk.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
     tok_ok = tok < n_tokens
+    # Where each token's rows are needs no load (thd: batch 0, row = token), unlike its position.
     if VARLEN:
-        # Sequence of each token: the last i with cu[i] <= token, by a branch-free binary search.
-        lo = tl.zeros((BLOCK_T,), dtype=tl.int64)
-        hi = tl.zeros((BLOCK_T,), dtype=tl.int64) + (n_seqs - 1)
-        for _ in tl.static_range(SEARCH_STEPS):
-            active = lo < hi
-            mid = (lo + hi + 1) // 2
-            start = tl.load(CU + mid, mask=active, other=0).to(tl.int64)
-            go_right = active & (start <= tok)
-            lo = tl.where(go_right, mid, lo)
-            hi = tl.where(active & (start > tok), mid - 1, hi)
-        seq_id = lo
         b = tl.zeros((BLOCK_T,), dtype=tl.int64)
         s = tok
-        in_seq = tok - tl.load(CU + seq_id).to(tl.int64)
     else:
         b = tok // seqlen
         s = tok % seqlen
-        seq_id = b
-        in_seq = s
-    if POS_MODE == 2:
-        if VARLEN:
-            pos = tl.load(POS + tok * spos_s, mask=tok_ok, other=0).to(tl.int64)
-        else:
-            pos = tl.load(POS + b * spos_b + s * spos_s, mask=tok_ok, other=0).to(tl.int64)
-    elif POS_MODE == 1:
-        pos = in_seq + tl.load(POS + seq_id * spos_b, mask=tok_ok, other=0).to(tl.int64)
-    else:
-        pos = in_seq + offset
-    pos_ok = tok_ok & (pos >= 0) & (pos < table_rows)
-
-    j = tl.arange(0, BLOCK_HALF).to(tl.int64)
-    mc = pos_ok[:, None] & (j < HALF)[None, :]
-    # float32 math (float64 for float64 data): never the storage dtype of bf16/fp16 inputs.
-    ct: tl.constexpr = tl.float64 if XQ.dtype.element_ty == tl.float64 else tl.float32
-    row = pos >> LO_BITS
-    cos = tl.load(COS + row[:, None] * scos_r + j[None, :] * scos_c, mask=mc, other=float("nan"),
-                  eviction_policy=TABLE_EVICT).to(ct)
-    sin = tl.load(SIN + row[:, None] * ssin_r + j[None, :] * ssin_c, mask=mc, other=float("nan"),
-                  eviction_policy=TABLE_EVICT).to(ct)
-    if LO_BITS > 0:
-        # Combined with the high bits' rows in _rotate_heads (_angle_sum), after the q/k loads.
-        low = pos & ((1 << LO_BITS) - 1)
-        cl = tl.load(COS_LO + low[:, None] * slcos_r + j[None, :] * slcos_c, mask=mc, other=0.0,
-                     eviction_policy=TABLE_EVICT).to(ct)
-        sl = tl.load(SIN_LO + low[:, None] * slsin_r + j[None, :] * slsin_c, mask=mc, other=0.0,
-                     eviction_policy=TABLE_EVICT).to(ct)
-    else:
-        cl, sl = cos, sin
-
     xq_row, yq_row = b * sxq_b + s * sxq_s, b * syq_b + s * syq_s
     xk_row, yk_row = b * sxk_b + s * sxk_s, b * syk_b + s * syk_s
+    fp64: tl.constexpr = XQ.dtype.element_ty == tl.float64
+    # A warp issues in order and waits at the first use of a pending load. LOADS_FIRST issues a chunk's
+    # q/k loads before the position (a search or a load) and the table rows it addresses: the programs
+    # of a decode step then wait for one round trip instead of two. Otherwise the table rows go first,
+    # as one batch of loads: measured best for the dense shapes (loads first splits them around the
+    # first multiplies there, -0.3-0.6 points; NOTES.md v0.6).
     if SPLIT_HEADS:
-        # Each program one chunk of BLOCK_H heads, q's chunks then k's: all chunks in flight at once
-        # rather than one after another, and programs small enough to balance the grid's tail.
-        c = chunk
-        if c < q_chunks:
-            _rotate_heads(
-                XQ, YQ, xq_row, yq_row, tok_ok, cos, sin, cl, sl, c * BLOCK_H, HEADS_Q, 1, sxq_h, sxq_d, syq_h, syq_d,
-                HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT, LO_BITS, CONJUGATE,
+        if not LOADS_FIRST:
+            cos, sin, cl, sl = _tables(
+                tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
+                scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
+                HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, fp64,
             )
+        if chunk < q_chunks:
+            xh, yh, ok = _chunk(xq_row, yq_row, tok_ok, chunk * BLOCK_H, HEADS_Q, sxq_h, syq_h, BLOCK_H)
+            xa, xb = _load_chunk(XQ, xh, ok, sxq_d, HALF, BLOCK_HALF, INTERLEAVED, EVICT)
+            if LOADS_FIRST:
+                cos, sin, cl, sl = _tables(
+                    tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
+                    scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
+                    HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, fp64,
+                )
+            _finish_chunk(XQ, YQ, xh, yh, ok, xa, xb, cos, sin, cl, sl, sxq_d, syq_d, HALF, BLOCK_HALF,
+                          TAIL, BLOCK_TAIL, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, LO_BITS, CONJUGATE)
         else:
-            _rotate_heads(
-                XK, YK, xk_row, yk_row, tok_ok, cos, sin, cl, sl, (c - q_chunks) * BLOCK_H, HEADS_K, 1,
-                sxk_h, sxk_d, syk_h, syk_d,
-                HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT, LO_BITS, CONJUGATE,
-            )
+            xh, yh, ok = _chunk(xk_row, yk_row, tok_ok, (chunk - q_chunks) * BLOCK_H, HEADS_K, sxk_h, syk_h,
+                                BLOCK_H)
+            xa, xb = _load_chunk(XK, xh, ok, sxk_d, HALF, BLOCK_HALF, INTERLEAVED, EVICT)
+            if LOADS_FIRST:
+                cos, sin, cl, sl = _tables(
+                    tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
+                    scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
+                    HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, fp64,
+                )
+            _finish_chunk(XK, YK, xh, yh, ok, xa, xb, cos, sin, cl, sl, sxk_d, syk_d, HALF, BLOCK_HALF,
+                          TAIL, BLOCK_TAIL, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, LO_BITS, CONJUGATE)
     else:
-        _rotate_heads(
-            XQ, YQ, xq_row, yq_row, tok_ok, cos, sin, cl, sl, 0, HEADS_Q, q_chunks, sxq_h, sxq_d, syq_h, syq_d,
-            HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT, LO_BITS, CONJUGATE,
+        # All heads of the block of tokens, chunk after chunk (a launch-rule option): the tables once.
+        cos, sin, cl, sl = _tables(
+            tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
+            scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
+            HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, fp64,
         )
+        for step in range(q_chunks):
+            xh, yh, ok = _chunk(xq_row, yq_row, tok_ok, step * BLOCK_H, HEADS_Q, sxq_h, syq_h, BLOCK_H)
+            xa, xb = _load_chunk(XQ, xh, ok, sxq_d, HALF, BLOCK_HALF, INTERLEAVED, EVICT)
+            _finish_chunk(XQ, YQ, xh, yh, ok, xa, xb, cos, sin, cl, sl, sxq_d, syq_d, HALF, BLOCK_HALF,
+                          TAIL, BLOCK_TAIL, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, LO_BITS, CONJUGATE)
         if HAS_K:
-            _rotate_heads(
-                XK, YK, xk_row, yk_row, tok_ok, cos, sin, cl, sl, 0, HEADS_K, k_chunks, sxk_h, sxk_d, syk_h, syk_d,
-                HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_H, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, EVICT, LO_BITS, CONJUGATE,
-            )
+            for step in range(k_chunks):
+                xh, yh, ok = _chunk(xk_row, yk_row, tok_ok, step * BLOCK_H, HEADS_K, sxk_h, syk_h, BLOCK_H)
+                xa, xb = _load_chunk(XK, xh, ok, sxk_d, HALF, BLOCK_HALF, INTERLEAVED, EVICT)
+                _finish_chunk(XK, YK, xh, yh, ok, xa, xb, cos, sin, cl, sl, sxk_d, syk_d, HALF, BLOCK_HALF,
+                              TAIL, BLOCK_TAIL, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, LO_BITS, CONJUGATE)

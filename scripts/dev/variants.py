@@ -1,0 +1,82 @@
+"""Kernel versions side by side: each NAME=FILE is a copy of ``_kernels.py`` (for example from another
+branch: ``git show BRANCH:src/rope_triton/_kernels.py > /tmp/v/k_BRANCH.py``), timed on the benchmark's
+shapes at the launcher's rule, forward and conjugate, out of place and in place, interleaved with a
+same-bytes ``copy_`` (median device time over input sets and repeats, rope_triton.bench.cuda_device_time_us).
+
+Usage: PYTHONPATH=src:scripts/dev python3 scripts/dev/variants.py main=/tmp/v/k_main.py conj=/tmp/v/k_conj.py
+       [--shapes llama3-8b,d64] [--cfg d64:BLOCK_T=1,num_warps=2]
+"""
+
+import argparse
+import importlib.util
+import statistics
+
+import torch
+from probe_s3 import _setup
+
+from rope_triton._launch import launch
+from rope_triton.bench import cuda_device_time_us
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(f"kernels_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.rotary_kernel
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kernels", nargs="+", help="NAME=FILE")
+    ap.add_argument("--shapes", default="llama3-8b,llama2-7b,long-32k,d64,fp32,varlen,decode")
+    ap.add_argument("--sets", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--cfg", action="append", default=[], help="SHAPE:KEY=VALUE,...: an extra rule variant")
+    args = ap.parse_args()
+    kernels = {n: _load(n, f) for n, f in (a.split("=", 1) for a in args.kernels)}
+    dev = torch.device("cuda")
+    for shape in args.shapes.split(","):
+        wl, p, offsets, cu, base = _setup(shape, dev, args.sets)
+        cfgs = {"rule": base}
+        for extra in args.cfg:
+            sname, kv = extra.split(":", 1)
+            if sname == shape:
+                upd = {k: (v if k == "TABLE_EVICT" else int(v)) for k, v in (x.split("=") for x in kv.split(","))}
+                cfgs[kv] = {**base, **upd}
+        outs = [(torch.empty_like(q), torch.empty_like(k)) for q, k in wl.sets]
+        jobs = {}
+        for kname, kern in kernels.items():
+            for cname, cfg in cfgs.items():
+                for conj in (False, True):
+                    for ip in (False, True):
+                        label = f"{kname:6s} {cname:28s} {'conj' if conj else 'fwd '} {'in ' if ip else 'out'}"
+                        fns = [lambda kern=kern, cfg=cfg, q=q, k=k, qo=qo, ko=ko, conj=conj, ip=ip: launch(
+                            kern, p, q, k, q if ip else qo, k if ip else ko, wl.cos32, wl.sin32, None, None, None,
+                            offsets, cu, interleaved=False, conjugate=conj, inplace=ip, cfg=cfg)
+                            for (q, k), (qo, ko) in zip(wl.sets, outs)]
+                        jobs[label] = fns
+        q0, k0 = wl.sets[0]
+        n = q0.numel() + k0.numel()
+        flats = [(torch.randn(n, device=dev).to(q0.dtype), torch.empty(n, device=dev, dtype=q0.dtype))
+                 for _ in range(args.sets)]
+        jobs["copy_"] = [lambda x=x, y=y: y.copy_(x) for x, y in flats]
+        for fns in jobs.values():
+            for f in fns:
+                f()
+        torch.cuda.synchronize()
+        times = {k: [] for k in jobs}
+        keys = list(jobs)
+        for r in range(args.repeats):
+            order = keys[r % len(keys):] + keys[:r % len(keys)]
+            for key in (order if r % 2 == 0 else order[::-1]):
+                for f in jobs[key]:
+                    times[key].append(cuda_device_time_us(f, warmup_ms=5, rep_ms=25))
+        copy_us = statistics.median(times["copy_"])
+        print(f"== {shape}: copy_ {copy_us:.2f} us  rule {base}")
+        for key, ts in times.items():
+            t = statistics.median(ts)
+            print(f"   {key:48s} {t:8.2f} us {100 * copy_us / t:6.1f}%   spread {min(ts):.1f}-{max(ts):.1f}")
+
+
+if __name__ == "__main__":
+    main()
