@@ -16,6 +16,7 @@ from probe_s3 import _setup
 
 from rope_triton._launch import launch
 from rope_triton.bench import cuda_device_time_us
+from rope_triton.bench_providers import PROVIDERS
 
 
 def _load(name, path):
@@ -25,6 +26,10 @@ def _load(name, path):
     return mod.rotary_kernel
 
 
+def _value(text):
+    return {"True": True, "False": False}.get(text, int(text) if text.lstrip("-").isdigit() else text)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("kernels", nargs="+", help="NAME=FILE")
@@ -32,6 +37,7 @@ def main():
     ap.add_argument("--sets", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--cfg", action="append", default=[], help="SHAPE:KEY=VALUE,...: an extra rule variant")
+    ap.add_argument("--providers", default="", help="benchmark providers timed alongside, e.g. liger,rope-triton")
     args = ap.parse_args()
     kernels = {n: _load(n, f) for n, f in (a.split("=", 1) for a in args.kernels)}
     dev = torch.device("cuda")
@@ -41,7 +47,7 @@ def main():
         for extra in args.cfg:
             sname, kv = extra.split(":", 1)
             if sname == shape:
-                upd = {k: (v if k == "TABLE_EVICT" else int(v)) for k, v in (x.split("=") for x in kv.split(","))}
+                upd = {k: _value(v) for k, v in (x.split("=") for x in kv.split(","))}
                 cfgs[kv] = {**base, **upd}
         outs = [(torch.empty_like(q), torch.empty_like(k)) for q, k in wl.sets]
         jobs = {}
@@ -55,6 +61,10 @@ def main():
                             offsets, cu, interleaved=False, conjugate=conj, inplace=ip, cfg=cfg)
                             for (q, k), (qo, ko) in zip(wl.sets, outs)]
                         jobs[label] = fns
+        for name in filter(None, args.providers.split(",")):
+            impl = PROVIDERS[name].build(wl)
+            for pass_ in ("fwd", "bwd"):
+                jobs[f"provider {name} {pass_}"] = [impl.timed(pass_, q, k) for q, k in wl.sets]
         q0, k0 = wl.sets[0]
         n = q0.numel() + k0.numel()
         flats = [(torch.randn(n, device=dev).to(q0.dtype), torch.empty(n, device=dev, dtype=q0.dtype))
