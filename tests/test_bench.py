@@ -123,3 +123,23 @@ def test_device_time_excludes_host_time(device):
         x.add_(1)
 
     assert bench.cuda_device_time_us(slow_host_call, warmup_ms=1, rep_ms=5) < 200
+
+
+def test_wall_time_is_the_median_loop_with_gc_paused(monkeypatch):
+    # One slow loop (an interrupted host) does not move the figure; the collector is paused while timing
+    # and restored afterwards.
+    import gc
+
+    calls, gc_states = [], []
+    clock = iter([0.0, 5e-6, 1.0, 1.0 + 4e-6, 2.0, 2.0 + 1e-3, 3.0, 3.0 + 6e-6, 4.0, 4.0 + 5e-6])
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+
+    def fn():
+        calls.append(1)
+        gc_states.append(gc.isenabled())
+
+    timing = bench.Timing(False, 1, wall_calls=5)
+    assert gc.isenabled()
+    # Five loops of one call: 5, 4, 1000, 6 and 5 us; the median is 5 us.
+    assert bench.wall_time_us(fn, timing, device_us=1.0) == pytest.approx(5.0)
+    assert len(calls) == 5 and not any(gc_states) and gc.isenabled()

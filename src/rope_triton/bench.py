@@ -172,20 +172,35 @@ def cuda_device_time_us(fn: Callable[[], object], *, warmup_ms: float = 25.0, re
     return statistics.median(timed_calls(max(10, min(2000, int(1e3 * rep_ms / per_call)))))
 
 
-def wall_time_us(fn: Callable[[], object], timing: Timing, device_us: float) -> float:
-    """Host wall time per call of ``fn`` in a back-to-back loop, in microseconds.
+def wall_time_us(fn: Callable[[], object], timing: Timing, device_us: float, chunks: int = 5) -> float:
+    """Host wall time per call of ``fn`` in back-to-back loops, in microseconds.
 
-    The loop runs ``timing.wall_calls`` calls, fewer when the device time says that would take longer
-    than ``timing.wall_budget_ms`` (at least 5), synchronised at both ends.
+    ``timing.wall_calls`` calls (fewer when the device time says that would take longer than
+    ``timing.wall_budget_ms``, at least 5) run in ``chunks`` loops, each synchronised at both ends; the
+    median of the loops' per-call times is returned, so that one interruption of the host (another
+    thread, the OS) does not move it. The garbage collector is paused meanwhile, as :mod:`timeit` does:
+    a collection is the process's cost, not the call's (the benchmark's process holds every provider's
+    compiled graphs, which makes its full collections long).
     """
     budget = int(1e3 * timing.wall_budget_ms / max(device_us, 1e-3))
     n = max(min(timing.wall_calls, budget), min(5, timing.wall_calls))
-    _sync(timing.cuda)
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    _sync(timing.cuda)
-    return 1e6 * (time.perf_counter() - start) / n
+    chunks = max(1, min(chunks, n))
+    per_chunk = max(1, n // chunks)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        times = []
+        for _ in range(chunks):
+            _sync(timing.cuda)
+            start = time.perf_counter()
+            for _ in range(per_chunk):
+                fn()
+            _sync(timing.cuda)
+            times.append(1e6 * (time.perf_counter() - start) / per_chunk)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return statistics.median(times)
 
 
 # --------------------------------------------------------------------------------------------------
