@@ -292,9 +292,11 @@ def test_launch_rules(rule, layout, inplace, positions, device):
     )
 
 
+@pytest.mark.parametrize("conjugate", [False, True], ids=["fwd", "conj"])
 @pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
-def test_launch_rules_split_tables(rule, interleaved, device):
-    # The other code paths of each rule: interleaved pairs and split tables (two more table loads).
+def test_launch_rules_split_tables(rule, interleaved, conjugate, device):
+    # The other code paths of each rule: interleaved pairs, the conjugate rotation (the backward) and
+    # split tables (two more table loads).
     from rope_triton import freqs
 
     inv_freq, _ = freqs.inv_freq_and_scale(16, base=10000.0)
@@ -302,4 +304,4 @@ def test_launch_rules_split_tables(rule, interleaved, device):
     q, k = make_qk("bshd", 2, 5, 3, 1, 16, torch.float32, device, "packed")
     positions = torch.tensor([[0, 15, 16, 4095, 777], [1, 2, 3, 2048, 31]], device=device)
     check_against_reference(q, k, ch, sh, cos_lo=cl, sin_lo=sl, positions=positions, layout="bshd",
-                            interleaved=interleaved, table_bound=2.0)
+                            interleaved=interleaved, conjugate=conjugate, table_bound=2.0)
