@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from rope_triton import bench, bench_providers, cli
+from rope_triton import bench, bench_providers, bench_report, cli
 from rope_triton.bench_providers import ULP_TOLERANCE, error_stats, rotate_half
 from rope_triton.bench_report import COLUMNS
 
@@ -40,11 +40,17 @@ def test_quick_run_writes_csv_and_json(quick_run):
     assert header == list(COLUMNS)
     keys = {(r["provider"], r["pass"]) for r in rows}
     expected = {(p, s) for p in ("rope-triton", "rope-triton-inplace", "hf-eager") for s in ("fwd", "bwd")}
-    assert expected | {("copy", "copy")} == keys
+    # On a GPU, the host-cost reference too: an empty Triton launch.
+    references = {("copy", "copy")} | ({(bench_report.EMPTY_LAUNCH, "launch")} if torch.cuda.is_available() else set())
+    assert expected | references == keys
     for r in rows:
         assert r["shape"] == "tiny-decode" and r["dtype"] == "bf16"
         assert r["status"] in ("ok", "ceiling"), r
-        assert float(r["time_us"]) > 0 and float(r["wall_us"]) > 0 and float(r["gbps"]) > 0
+        assert float(r["time_us"]) > 0 and float(r["wall_us"]) > 0
+        if r["provider"] == bench_report.EMPTY_LAUNCH:
+            assert int(r["bytes"]) == 0 and r["pct_copy"] == ""
+            continue
+        assert float(r["gbps"]) > 0
         assert int(r["bytes"]) == 2 * 3 * (4 + 2) * 32 * 2  # read + write q and k, bf16
 
     doc = json.loads((out / "results.json").read_text())
@@ -143,3 +149,16 @@ def test_wall_time_is_the_median_loop_with_gc_paused(monkeypatch):
     # Five loops of one call: 5, 4, 1000, 6 and 5 us; the median is 5 us.
     assert bench.wall_time_us(fn, timing, device_us=1.0) == pytest.approx(5.0)
     assert len(calls) == 5 and not any(gc_states) and gc.isenabled()
+
+
+def test_footer_reads_decode_host_wall_against_an_empty_launch(tmp_path):
+    rows = [
+        {"shape": "decode", "provider": "rope-triton", "pass": "fwd", "status": "ok", "wall_us": 14.25, "note": ""},
+        {"shape": "decode", "provider": "rope-triton-inplace", "pass": "fwd", "status": "ok", "wall_us": 11.5,
+         "note": ""},
+        {"shape": "decode", "provider": bench_report.EMPTY_LAUNCH, "pass": "launch", "status": "ceiling",
+         "wall_us": 12.0, "note": ""},
+    ]
+    text = bench_report.footer(rows, tmp_path, plotted=False, elapsed_s=1.0, cuda=True)
+    assert "decode: rope-triton fwd host wall 14.2 us per call (target <= 15 us; an empty Triton launch: 12.0 us" in text
+    assert "decode: rope-triton-inplace fwd host wall 11.5 us per call" in text

@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 
 from . import bench_report
+from ._kernels import noop_kernel
+from .bench_report import EMPTY_LAUNCH
 from .bench_providers import PASSES, PROVIDERS, CheckResult, Impl, check_impl
 from .bench_shapes import (
     DEFAULT_SHAPES,
@@ -266,6 +268,18 @@ def _copy_calls(wl: Workload) -> list[Callable[[], object]]:
     return calls
 
 
+def _launch_calls(wl: Workload) -> list[Callable[[], object]]:
+    """The host-cost reference: launches of a Triton kernel that does nothing (one program), timed like
+    the providers, so that every host wall column can be read against a bare launch in the same run."""
+    x = torch.empty(1, device=wl.device)
+    grid = (1,)
+
+    def empty_launch():
+        return noop_kernel[grid](x)
+
+    return [empty_launch]
+
+
 def partial_copy(dst: torch.Tensor, src: torch.Tensor) -> Callable[[], object]:
     """The ceiling's timed call: one device-to-device ``dst.copy_(src)``."""
 
@@ -335,6 +349,8 @@ def bench_shape(
     impls, checks, rows = _build_impls(wl, providers, requested, passes)
 
     jobs: dict[tuple[str, str], Cycle] = {("copy", "copy"): Cycle(_copy_calls(wl))}
+    if timing.cuda:
+        jobs[(EMPTY_LAUNCH, "launch")] = Cycle(_launch_calls(wl))
     for name, impl in impls.items():
         for p in passes:
             try:
@@ -364,8 +380,15 @@ def bench_shape(
 
     copy_us = statistics.median(t for t, _ in samples[("copy", "copy")])
     timed = [_summarise(wl, "copy", "copy", samples[("copy", "copy")], copy_us, None)]
+    launch = samples.get((EMPTY_LAUNCH, "launch"))
+    if launch:
+        timed.append(_row(
+            wl, EMPTY_LAUNCH, "launch", "ceiling", "host-cost reference: a Triton launch of an empty kernel",
+            time_us=statistics.median(t for t, _ in launch), wall_us=statistics.median(w for _, w in launch),
+            repeats=len(launch), bytes=0,
+        ))
     for (name, p), s in samples.items():
-        if name != "copy" and (name, p) in jobs and s:
+        if name not in ("copy", EMPTY_LAUNCH) and (name, p) in jobs and s:
             timed.append(_summarise(wl, name, p, s, copy_us, _pass_check(checks[name], p)))
     del jobs, impls, wl
     gc.collect()
