@@ -27,7 +27,7 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     code = bench.main([
         "--quick", "--repeats", "1", "--shapes", "tiny-decode",
-        "--providers", "rope-triton,rope-triton-inplace,hf-eager", "--passes", "fwd,bwd",
+        "--providers", "rope-triton,rope-triton-inplace,rope-triton-freqs,hf-eager", "--passes", "fwd,bwd",
         "--out", str(out),
     ])
     return code, out
@@ -39,7 +39,8 @@ def test_quick_run_writes_csv_and_json(quick_run):
     header, rows = _read_csv(out / "results.csv")
     assert header == list(COLUMNS)
     keys = {(r["provider"], r["pass"]) for r in rows}
-    expected = {(p, s) for p in ("rope-triton", "rope-triton-inplace", "hf-eager") for s in ("fwd", "bwd")}
+    providers = ("rope-triton", "rope-triton-inplace", "rope-triton-freqs", "hf-eager")
+    expected = {(p, s) for p in providers for s in ("fwd", "bwd")}
     # On a GPU, the host-cost reference too: an empty Triton launch.
     references = {("copy", "copy")} | ({(bench_report.EMPTY_LAUNCH, "launch")} if torch.cuda.is_available() else set())
     assert expected | references == keys
@@ -69,7 +70,7 @@ def test_rope_triton_passes_the_correctness_check(quick_run):
     _, out = quick_run
     _, rows = _read_csv(out / "results.csv")
     checked = [r for r in rows if r["provider"].startswith("rope-triton")]
-    assert len(checked) == 4
+    assert len(checked) == 6
     for r in checked:
         assert r["status"] == "ok"
         assert float(r["max_ulp_err"]) <= ULP_TOLERANCE

@@ -161,6 +161,7 @@ def launch(
         "SPLIT_HEADS": cfg.pop("SPLIT_HEADS", False),
         "TABLE_EVICT": cfg.pop("TABLE_EVICT", ""),
         "LOADS_FIRST": cfg.pop("LOADS_FIRST", False),
+        "FREQS": p.freqs,
     }
     n_blocks = triton.cdiv(n_tokens, cfg["BLOCK_T"])
     chunks = triton.cdiv(p.heads_q, cfg["BLOCK_H"]) + (triton.cdiv(p.heads_k, cfg["BLOCK_H"]) if has_k else 0)

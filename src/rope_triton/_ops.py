@@ -37,8 +37,9 @@ def triton_runs_on(device: torch.device) -> bool:
 
 
 def _run_reference(p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved, conjugate):
+    tables = dict(freqs=cos) if p.freqs else dict(cos=cos, sin=sin)
     yq, yk = reference.apply_rotary(
-        q, k, cos, sin,
+        q, k, **tables,
         cos_lo=cos_lo,
         sin_lo=sin_lo,
         positions=positions,
@@ -100,7 +101,7 @@ def run(
     if compiling and q.device.type == "cuda":
         args = (
             cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
-            p.offset, p.layout, interleaved, p.rotary_dim, conjugate,
+            p.offset, p.layout, interleaved, p.rotary_dim, conjugate, p.freqs,
         )
         if inplace:
             torch.ops.rope_triton.rotary_(q, k, *args)
@@ -179,7 +180,8 @@ class RotaryFunction(torch.autograd.Function):
         return gq, gk, *([None] * 12)
 
 
-def _op_problem(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, inplace):
+def _op_problem(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, inplace,
+                freqs):
     return check(
         q, k, cos, sin,
         cos_lo=cos_lo,
@@ -191,6 +193,7 @@ def _op_problem(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, 
         layout=layout,
         rotary_dim=rotary_dim,
         inplace=inplace,
+        freqs=freqs,
     )
 
 
@@ -210,9 +213,11 @@ def _rotary_op(
     interleaved: bool,
     rotary_dim: int,
     conjugate: bool,
+    freqs: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # A custom op cannot return None: without k the second output is an empty tensor.
-    p = _op_problem(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, False)
+    p = _op_problem(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, False,
+                    freqs)
     q_out = torch.empty_like(q)
     k_out = torch.empty_like(k) if k is not None else q.new_empty(0)
     launch(
@@ -239,8 +244,10 @@ def _rotary_inplace_op(
     interleaved: bool,
     rotary_dim: int,
     conjugate: bool,
+    freqs: bool = False,
 ) -> None:
-    p = _op_problem(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, True)
+    p = _op_problem(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, True,
+                    freqs)
     launch(
         wrap_triton(rotary_kernel), p, q, k, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
         interleaved=interleaved, conjugate=conjugate, inplace=True,

@@ -339,6 +339,11 @@ def _build_rope(wl: Workload) -> Impl:
     return AutogradImpl(fn, _identity, _identity, wl.gen)
 
 
+def _build_rope_freqs(wl: Workload) -> Impl:
+    fn = partial(apply_rotary, freqs=wl.freqs, **wl.rope_kwargs)
+    return AutogradImpl(fn, _identity, _identity, wl.gen)
+
+
 def _build_hf_eager(wl: Workload) -> Impl:
     cos, sin = wl.hf_cos, wl.hf_sin
 
@@ -396,6 +401,12 @@ PROVIDERS: dict[str, Provider] = {
             "rope-triton-inplace",
             "apply_rotary(inplace=True); backward: conjugate rotation of the grads in place",
             lambda wl: InplaceImpl(wl),
+            _always,
+        ),
+        Provider(
+            "rope-triton-freqs",
+            "apply_rotary(freqs=freq_table(...)): cos/sin computed in the kernel, no table rows; out of place",
+            _build_rope_freqs,
             _always,
         ),
         Provider("hf-eager", "q*cos + rotate_half(q)*sin, eager, (B,H,S,D)", _build_hf_eager, _always),

@@ -119,6 +119,8 @@ class Workload:
         (rows, D/2) float64 tables from float64 angles (theta 10000), used by the reference.
     cos32, sin32 : torch.Tensor
         The same rounded to float32, for rope-triton.
+    freqs : torch.Tensor
+        :func:`rope_triton.freqs.freq_table` of the same frequencies, for rope-triton-freqs.
     hf_cos, hf_sin : torch.Tensor
         Full-width (B or 1, S, D) tables in the input dtype, gathered per token, as Hugging Face's
         rotary module hands them to every layer.
@@ -141,6 +143,7 @@ class Workload:
     sin64: torch.Tensor
     cos32: torch.Tensor
     sin32: torch.Tensor
+    freqs: torch.Tensor
     hf_cos: torch.Tensor
     hf_sin: torch.Tensor
     sets: list = field(repr=False)
@@ -257,6 +260,7 @@ def build_workload(
         sin64=sin64,
         cos32=cos64.float(),
         sin32=sin64.float(),
+        freqs=freqs.freq_table(inv_freq, device=device),
         hf_cos=hf_cos,
         hf_sin=hf_sin,
         sets=sets,
