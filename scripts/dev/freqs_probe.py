@@ -1,0 +1,58 @@
+"""freqs= (cos/sin computed in the kernel) against tables, under program shapes that compute each token's
+cos/sin fewer times: split programs (the rule: once per chunk) and whole-token programs (once per token).
+
+Usage: PYTHONPATH=src:scripts/dev python3 scripts/dev/freqs_probe.py
+"""
+
+import statistics
+
+import torch
+
+from rope_triton._checks import check
+from rope_triton._kernels import rotary_kernel
+from rope_triton._launch import config, launch
+from rope_triton.bench import cuda_device_time_us
+from rope_triton.bench_shapes import SHAPES, build_workload
+
+
+def main():
+    dev = torch.device("cuda")
+    for name in ("llama3-8b", "long-32k", "fp32", "decode"):
+        wl = build_workload(SHAPES[name], dev, n_sets=2)
+        kw = wl.rope_kwargs
+        offsets = kw.get("offsets")
+        q0, k0 = wl.sets[0]
+        common = dict(positions=None, offsets=offsets, cu_seqlens=None, max_seqlen=None, layout=kw["layout"],
+                      rotary_dim=None, inplace=False)
+        p_tab = check(q0, k0, wl.cos32, wl.sin32, **common)
+        p_freq = check(q0, k0, wl.freqs, wl.freqs, freqs=True, **common)
+        base = config(p_tab, q0.element_size())
+        half = base["BLOCK_HALF"]
+        variants = {
+            "tables, rule": (p_tab, wl.cos32, wl.sin32, base),
+            "freqs, rule": (p_freq, wl.freqs, wl.freqs, base),
+        }
+        for bh, nw in ((8, 2), (16, 4), (32, 8)):
+            if bh <= 2 * max(p_tab.heads_q, p_tab.heads_k):
+                variants[f"freqs, whole token H{bh} w{nw}"] = (
+                    p_freq, wl.freqs, wl.freqs, {"BLOCK_HALF": half, "BLOCK_H": bh, "BLOCK_T": 1, "num_warps": nw})
+        outs = [(torch.empty_like(q), torch.empty_like(k)) for q, k in wl.sets]
+        jobs = {}
+        for vname, (p, c, s, cfg) in variants.items():
+            jobs[vname] = [lambda p=p, c=c, s=s, cfg=cfg, q=q, k=k, qo=qo, ko=ko: launch(
+                rotary_kernel, p, q, k, qo, ko, c, s, None, None, None, offsets, None,
+                interleaved=False, conjugate=False, inplace=False, cfg=cfg) for (q, k), (qo, ko) in zip(wl.sets, outs)]
+        n = q0.numel() + k0.numel()
+        src, dst = torch.randn(n, device=dev).to(q0.dtype), torch.empty(n, device=dev, dtype=q0.dtype)
+        jobs["copy_"] = [lambda: dst.copy_(src)]
+        times = {key: [cuda_device_time_us(f, warmup_ms=5, rep_ms=20) for f in fns for _ in range(2)]
+                 for key, fns in jobs.items()}
+        copy_us = statistics.median(times["copy_"])
+        print(f"== {name}: copy_ {copy_us:.1f} us")
+        for key, ts in times.items():
+            t = statistics.median(ts)
+            print(f"   {key:36s} {t:8.1f} us {100 * copy_us / t:6.1f}%")
+
+
+if __name__ == "__main__":
+    main()
