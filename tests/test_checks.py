@@ -159,8 +159,8 @@ def _freq_table(**kw):
     "kw, exc, msg",
     [
         ({"cos": torch.ones(8, 8)}, ValueError, "freqs: cos/sin tables and freqs are exclusive"),
-        ({"freqs": _freq_table().float()}, ValueError, "freqs: expected a float64 tensor of shape \\(4, rotary_dim"),
-        ({"freqs": _freq_table()[:3]}, ValueError, "freqs: expected a float64 tensor of shape"),
+        ({"freqs": _freq_table().double()}, ValueError, "freqs: expected an int64 tensor of shape \\(4, rotary_dim"),
+        ({"freqs": _freq_table()[:3]}, ValueError, "freqs: expected an int64 tensor of shape"),
         ({"freqs": [[1.0]]}, TypeError, "freqs: expected a torch.Tensor"),
         ({"q": torch.randn(2, 5, 4, 16, dtype=torch.float64), "k": None}, TypeError, "freqs: computes cos/sin in float32"),
         ({"offsets": 2**31 - 3}, ValueError, "offsets: positions up to 2147483649"),

@@ -22,6 +22,7 @@ from rope_triton.freqs import (
     default_low_bits,
     freq_table,
     freq_table_angles,
+    freq_table_factor,
     inv_freq_and_scale,
     parse_hf_config,
     seed_inv_freq,
@@ -774,8 +775,8 @@ def test_freq_table_gives_exact_angles_at_any_position():
 
     inv_freq, scale = inv_freq_and_scale(128, base=500000.0)
     table = freq_table(inv_freq, attention_factor=scale)
-    assert table.shape == (4, 64) and table.dtype == torch.float64
-    assert torch.equal(table[3], torch.full((64,), scale, dtype=torch.float64))
+    assert table.shape == (4, 64) and table.dtype == torch.int64
+    assert torch.equal(freq_table_factor(table), torch.full((64,), scale, dtype=torch.float32))
     positions = torch.tensor([0, 1, 4095, 4096, 2**24 - 1, 2**24, 123_456_789, 2**31 - 1])
     got = freq_table_angles(table, positions)
     two_pi = 2 * Fraction("3.14159265358979323846264338327950288419716939937510582097494459")

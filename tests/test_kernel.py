@@ -342,9 +342,9 @@ def test_freqs_positions(layout, mode, device):
 @pytest.mark.parametrize("conjugate", [False, True], ids=["fwd", "conj"])
 @pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
 def test_freqs_far_positions(interleaved, conjugate, dtype, device):
-    # Exact angles up to 2**31 - 1; position 2**31 and negative ones are off the range: NaN, as off a table.
+    # Exact angles up to 2**31 - 2; 2**31 - 1 and negative positions are off the range: NaN, as off a table.
     q, k = make_qk("bshd", 2, 6, 2, 1, 16, dtype, device, "packed")
-    positions = torch.tensor([[0, 4095, 4096, 2**24 + 7, 2**31 - 1, 2**31],
+    positions = torch.tensor([[0, 4095, 4096, 2**24 + 7, 2**31 - 2, 2**31 - 1],
                               [123_456_789, 1, 2**30, 99_999, 2**31 - 4096, -1]], device=device)
     ft = _freq_table(16, device, attention_factor=1.2)
     q_out, _ = check_against_reference(q, k, None, None, freqs=ft, positions=positions, layout="bshd",
@@ -377,7 +377,7 @@ def test_freqs_cos_sin_accuracy(device):
 
     gen = torch.Generator().manual_seed(0)
     n, dim = 256, 128
-    positions = torch.cat([torch.randint(0, 2**31, (n // 2,), generator=gen),
+    positions = torch.cat([torch.randint(0, 2**31 - 1, (n // 2,), generator=gen),
                            torch.randint(0, 70_000, (n // 2,), generator=gen)]).reshape(1, n).to(device)
     ft = _freq_table(dim, device)
     q = torch.zeros(1, n, 1, dim, device=device)
@@ -387,3 +387,12 @@ def test_freqs_cos_sin_accuracy(device):
     err_cos = (out[0, :, 0, : dim // 2].double().cpu() - theta.cos()).abs().max().item()
     err_sin = (out[0, :, 0, dim // 2:].double().cpu() - theta.sin()).abs().max().item()
     assert max(err_cos, err_sin) <= 2 * 2.0**-24, (err_cos / 2.0**-24, err_sin / 2.0**-24)
+
+
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
+def test_launch_rules_freqs(rule, interleaved, device):
+    # freqs= under every program shape: split chunks, whole tokens (its rule for 2-byte data), token blocks.
+    q, k = make_qk("bshd", 2, 5, 3, 1, 16, torch.bfloat16, device, "packed")
+    positions = torch.tensor([[0, 15, 4096, 2**31 - 2, 777], [1, 2, 3, 2048, 2**24 + 1]], device=device)
+    check_against_reference(q, k, None, None, freqs=_freq_table(16, device), positions=positions, layout="bshd",
+                            interleaved=interleaved, conjugate=True, table_bound=FREQS_TABLE_BOUND)

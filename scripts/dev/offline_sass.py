@@ -42,7 +42,7 @@ def main():
     names = rotary_kernel.arg_names
     signature, constexprs, attrs = {}, {}, {}
     ptr_types = {"XQ": "*bf16", "XK": "*bf16", "YQ": "*bf16", "YK": "*bf16",
-                 "COS": "*fp64" if consts.get("FREQS") else "*fp32", "SIN": "*fp64" if consts.get("FREQS") else "*fp32",
+                 "COS": "*i64" if consts.get("FREQS") else "*fp32", "SIN": "*i64" if consts.get("FREQS") else "*fp32",
                  "COS_LO": "*fp32", "SIN_LO": "*fp32", "POS": "*i64", "CU": "*i32"}
     for i, n in enumerate(names):
         if n in consts:

@@ -117,7 +117,7 @@ def check(
     for name, t in tables:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
+        if not t.is_floating_point() and not freqs:  # (a freq table is int64, checked above)
             raise TypeError(f"{name}: expected a floating-point table, got dtype {t.dtype}")
         if t.dim() != 2:
             raise ValueError(f"{name}: expected a 2-D table (num_positions, rotary_dim // 2), got {_shape(t)}")
@@ -232,9 +232,9 @@ def check(
 def _check_freq_table(freqs: object, q: torch.Tensor, cos_lo: torch.Tensor | None) -> None:
     if not isinstance(freqs, torch.Tensor):
         raise TypeError(f"freqs: expected a torch.Tensor from rope_triton.freqs.freq_table, got {type(freqs).__name__}")
-    if freqs.dtype != torch.float64 or freqs.dim() != 2 or freqs.shape[0] != FREQ_ROWS:
+    if freqs.dtype != torch.int64 or freqs.dim() != 2 or freqs.shape[0] != FREQ_ROWS:
         raise ValueError(
-            f"freqs: expected a float64 tensor of shape ({FREQ_ROWS}, rotary_dim // 2) from "
+            f"freqs: expected an int64 tensor of shape ({FREQ_ROWS}, rotary_dim // 2) from "
             f"rope_triton.freqs.freq_table, got dtype {freqs.dtype} and {_shape(freqs)}"
         )
     if q.dtype == torch.float64:

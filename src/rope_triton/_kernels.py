@@ -132,20 +132,19 @@ def _freq_cos_sin(F, sf_r, sf_c, pos, pos_ok, j, mj):
     nearest quarter turn is taken off exactly, and the rest (|angle| <= pi / 4) goes through Taylor
     polynomials (truncation below 2e-9). Integer arithmetic: the same on the GPU and in the interpreter
     (which has no fused multiply-add to build exact products from floats)."""
-    f0 = tl.load(F + j * sf_c, mask=mj, other=0.0).to(tl.int64)
-    f1 = tl.load(F + sf_r + j * sf_c, mask=mj, other=0.0).to(tl.int64)
-    f2 = tl.load(F + 2 * sf_r + j * sf_c, mask=mj, other=0.0).to(tl.int64)
-    amp = tl.load(F + 3 * sf_r + j * sf_c, mask=mj, other=0.0).to(tl.float32)
+    f0 = tl.load(F + j * sf_c, mask=mj, other=0)
+    f1 = tl.load(F + sf_r + j * sf_c, mask=mj, other=0)
+    f2 = tl.load(F + 2 * sf_r + j * sf_c, mask=mj, other=0)
+    amp = tl.load(F + 3 * sf_r + j * sf_c, mask=mj, other=0).to(tl.int32).to(tl.float32, bitcast=True)
     p = pos[:, None]
     acc = ((p & _CHUNK_MASK) * f0[None, :] + ((p >> _CHUNK_BITS) & _CHUNK_MASK) * f1[None, :]
            + ((p >> (2 * _CHUNK_BITS)) & _CHUNK_MASK) * f2[None, :])
     acc = acc & _TURN_MASK
     quarter = (acc + _EIGHTH) >> _QUARTER_BITS
     rest = acc - (quarter << _QUARTER_BITS)  # within 1/8 turn, exact
-    # Two exact float32 parts of rest (it has up to 46 bits), then radians.
-    rest_hi = (rest >> 22) << 22
-    hi = rest_hi.to(tl.float32)
-    lo = (rest - rest_hi).to(tl.float32)
+    # Two exact float32 parts of rest (it has up to 46 bits; each part fits int32), then radians.
+    hi = (rest >> 22).to(tl.int32).to(tl.float32) * 4194304.0  # * 2**22, exact
+    lo = (rest & 4194303).to(tl.int32).to(tl.float32)
     a = hi * _RAD_HI + (lo * _RAD_HI + hi * _RAD_LO)
     a2 = a * a
     sin_a = a + a * a2 * (-1.0 / 6 + a2 * (1.0 / 120 + a2 * (-1.0 / 5040 + a2 * (1.0 / 362880))))

@@ -32,6 +32,7 @@ __all__ = [
     "default_low_bits",
     "freq_table",
     "freq_table_angles",
+    "freq_table_factor",
     "inv_freq_and_scale",
     "parse_hf_config",
     "rope_type_of",
@@ -836,7 +837,9 @@ FREQ_CHUNK_BITS = 12
 FREQ_CHUNKS = 3  # positions below 2**31 (36 bits of chunks)
 FREQ_FRAC_BITS = 48
 FREQ_ROWS = FREQ_CHUNKS + 1  # the chunk rows, then the attention factor
-FREQ_MAX_POSITION = 2**31 - 1
+# The kernel's bound check is pos < FREQ_MAX_POSITION + 1, an int32 argument: torch 2.11's inductor fails on
+# int arguments past int32 (expr_fits_within_32bit on a Python int).
+FREQ_MAX_POSITION = 2**31 - 2
 # 1 / (2 pi) to 2**-190: pi's first 60 digits.
 _INV_TWO_PI = 1 / (2 * Fraction("3.14159265358979323846264338327950288419716939937510582097494459"))
 
@@ -850,7 +853,7 @@ def freq_table(
     """What the kernel needs to compute each position's cos/sin itself: no table rows to read.
 
     ``apply_rotary(q, k, freqs=freq_table(inv_freq))`` rotates as full cos/sin tables do, at any position
-    below 2**31, without their bytes (float32 tables of a 32k context and 64 pairs are 16 MiB, read on
+    up to 2**31 - 2, without their bytes (float32 tables of a 32k context and 64 pairs are 16 MiB, read on
     every call: 2.5% of long-context traffic; split tables cost extra loads). Row k holds, for each
     frequency f = inv_freq / (2 pi) in turns per position, frac(2**(12 k) f) as an integer multiple of
     2**-48, computed exactly from the float64 ``inv_freq``. The kernel splits a position into 12-bit
@@ -869,7 +872,8 @@ def freq_table(
     Returns
     -------
     torch.Tensor
-        float64 (its integers are exact in float64), shape ``(4, n)``.
+        int64, shape ``(4, n)``: the three rows of fixed-point turns, then the attention factor's float32
+        bits (the kernel reads integers, with no float64 conversion per element).
 
     Examples
     --------
@@ -888,10 +892,17 @@ def freq_table(
         for value in inv:
             # Exact rational arithmetic on the float64 value: turns = inv / (2 pi) needs pi, to 2**-100.
             turns = Fraction(value) * scale * _INV_TWO_PI
-            row.append(float(round((turns - math.floor(turns)) * one) % one))
+            row.append(round((turns - math.floor(turns)) * one) % one)
         rows.append(row)
-    table = torch.tensor(rows + [[attention_factor] * len(inv)], dtype=_F64)
+    table = torch.empty(FREQ_ROWS, len(inv), dtype=torch.int64)
+    table[:FREQ_CHUNKS] = torch.tensor(rows, dtype=torch.int64).reshape(FREQ_CHUNKS, len(inv))
+    table[FREQ_CHUNKS] = torch.full((len(inv),), attention_factor, dtype=torch.float32).view(torch.int32).to(torch.int64)
     return table.to(device)
+
+
+def freq_table_factor(freqs: torch.Tensor) -> torch.Tensor:
+    """The attention factor of each pair stored in a :func:`freq_table` (float32, ``(n,)``)."""
+    return freqs[FREQ_CHUNKS].to(torch.int32).view(torch.float32)
 
 
 def freq_table_angles(freqs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -902,14 +913,14 @@ def freq_table_angles(freqs: torch.Tensor, positions: torch.Tensor) -> torch.Ten
     freqs : torch.Tensor
         ``(4, n)`` from :func:`freq_table`.
     positions : torch.Tensor
-        Integers in [0, 2**31), any shape.
+        Integers in [0, 2**31 - 2], any shape.
 
     Returns
     -------
     torch.Tensor
         float64, ``(*positions.shape, n)``: 2 pi times the exact sum of the chunk products modulo 1.
     """
-    f = freqs[:FREQ_CHUNKS].to(device=positions.device, dtype=torch.int64)
+    f = freqs[:FREQ_CHUNKS].to(positions.device)
     pos = positions.to(torch.int64).unsqueeze(-1)
     mask = (1 << FREQ_CHUNK_BITS) - 1
     acc = sum(((pos >> (FREQ_CHUNK_BITS * k)) & mask) * f[k] for k in range(FREQ_CHUNKS))

@@ -60,7 +60,7 @@ def apply_rotary(
         to them. Leave them out when ``freqs`` is given.
     freqs : torch.Tensor, optional
         Instead of tables: :func:`rope_triton.freqs.freq_table` of the frequencies, shape (4, >= R/2).
-        The kernel computes each position's cos/sin itself (exact angles at any position below 2**31,
+        The kernel computes each position's cos/sin itself (exact angles at any position up to 2**31 - 2,
         cos/sin within ~2 float32 ulps), reading no table rows: for long sequences, whose tables are
         megabytes read on every call. Not for float64 q and k.
     positions : torch.Tensor, optional

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .freqs import FREQ_CHUNKS, FREQ_MAX_POSITION, freq_table_angles
+from .freqs import FREQ_MAX_POSITION, freq_table_angles, freq_table_factor
 
 LAYOUTS = ("bshd", "bhsd", "sbhd", "thd")
 # Which axis of a tensor in each layout is batch, seq, head and dim (thd: no batch axis). The one
@@ -87,10 +87,10 @@ def gather_rows(table: torch.Tensor, pos: torch.Tensor, width: int, dtype: torch
 
 def freq_rows(freqs: torch.Tensor, pos: torch.Tensor, width: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the angles a ``freq_table`` gives positions ``pos`` (first ``width`` pairs), times its
-    attention factor, computed in float64; positions outside [0, 2**31) read as NaN."""
+    attention factor, computed in float64; positions outside [0, 2**31 - 2] read as NaN."""
     inside = ((pos >= 0) & (pos <= FREQ_MAX_POSITION)).unsqueeze(-1)
     theta = freq_table_angles(freqs[:, :width], pos.clamp(0, FREQ_MAX_POSITION))
-    amplitude = freqs[FREQ_CHUNKS, :width].to(device=pos.device, dtype=torch.float64)
+    amplitude = freq_table_factor(freqs)[:width].to(device=pos.device, dtype=torch.float64)
     nan = torch.full_like(theta, float("nan"))
     cos = torch.where(inside, torch.cos(theta) * amplitude, nan)
     sin = torch.where(inside, torch.sin(theta) * amplitude, nan)
