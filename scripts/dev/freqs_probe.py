@@ -1,5 +1,6 @@
 """freqs= (cos/sin computed in the kernel) against tables, under program shapes that compute each token's
-cos/sin fewer times: split programs (the rule: once per chunk) and whole-token programs (once per token).
+cos/sin fewer times: split programs with fewer warps (fewer threads repeating the same pairs) and
+whole-token programs (once per token).
 
 Usage: PYTHONPATH=src:scripts/dev python3 scripts/dev/freqs_probe.py
 """
@@ -27,11 +28,17 @@ def main():
         p_tab = check(q0, k0, wl.cos32, wl.sin32, **common)
         p_freq = check(q0, k0, wl.freqs, wl.freqs, freqs=True, **common)
         base = config(p_tab, q0.element_size())
+        rule = config(p_freq, q0.element_size())
         half = base["BLOCK_HALF"]
         variants = {
             "tables, rule": (p_tab, wl.cos32, wl.sin32, base),
-            "freqs, rule": (p_freq, wl.freqs, wl.freqs, base),
+            f"freqs, rule (w{rule['num_warps']})": (p_freq, wl.freqs, wl.freqs, rule),
+            "freqs, tables' rule (w4)": (p_freq, wl.freqs, wl.freqs, base),
         }
+        if not name.startswith("decode"):
+            # 2 KB split programs of one warp (tables' copy equivalent: 99.3%, session 3's sweep).
+            variants["freqs, split 2 KB w1"] = (p_freq, wl.freqs, wl.freqs,
+                                                {**base, "BLOCK_H": max(1, base["BLOCK_H"] // 2), "num_warps": 1})
         for bh, nw in ((8, 2), (16, 4), (32, 8)):
             if bh <= 2 * max(p_tab.heads_q, p_tab.heads_k):
                 variants[f"freqs, whole token H{bh} w{nw}"] = (

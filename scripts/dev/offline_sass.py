@@ -29,7 +29,7 @@ CONSTS = dict(HEADS_Q=32, HEADS_K=8, HALF=64, BLOCK_HALF=64, TAIL=0, BLOCK_TAIL=
               VARLEN=False, SEARCH_STEPS=1, ROUND_BY_HAND=False, EVICT="", SPLIT_HEADS=True,
               TABLE_EVICT="evict_last", LOADS_FIRST=False, FREQS=False)
 ONES = ("sxq_d", "sxk_d", "syq_d", "syk_d", "scos_c", "ssin_c", "slcos_c", "slsin_c")  # specialized == 1
-NUM_WARPS = 4
+NUM_WARPS = int(os.environ.get("NUM_WARPS", "4"))
 
 
 def main():

@@ -27,8 +27,6 @@ _FEW_TOKENS = 256
 _THD_TOKENS = 4
 _DECODE_CHUNK_BYTES = 1024
 _DECODE_WARPS = 4
-# freqs= (cos/sin computed): q/k bytes per chunk of a whole-token program.
-_FREQS_CHUNK_BYTES = 2048
 
 
 def bshd_strides(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
@@ -55,19 +53,6 @@ def config(p: Problem, itemsize: int = 2) -> dict[str, int]:
             # (decode 5.3 -> 5.1 us on the H200; the dense shapes lose 0.3-0.6 points with it).
             "LOADS_FIRST": True,
         }
-    if p.freqs and itemsize < 4:
-        # cos/sin computed in the kernel cost arithmetic per token and program, replicated over the
-        # program's threads: whole-token programs of small chunks and 2 warps compute them once per token
-        # (H200, branch table-free: long-32k 96.7%, llama3-8b 94.3%, against 38% under the split rule;
-        # float32 has half the pairs per byte and keeps the split rule, 96.7%).
-        block_h = min(triton.next_power_of_2(heads), max(1, _FREQS_CHUNK_BYTES // (2 * block_half * itemsize)))
-        return {
-            "BLOCK_HALF": block_half,
-            "BLOCK_H": block_h,
-            "BLOCK_T": 1,
-            "num_warps": max(1, min(8, block_h * block_half * itemsize // 512)),
-            "SPLIT_HEADS": False,
-        }
     # Split programs (one chunk of heads of a block of tokens each, the chunks of a token block adjacent
     # in the grid) of about _PROGRAM_BYTES, and 16 bytes per thread in each half-tile.
     per_program = max(1, _PROGRAM_BYTES // (2 * block_half * itemsize))
@@ -83,11 +68,18 @@ def config(p: Problem, itemsize: int = 2) -> dict[str, int]:
         block_t = max(1, per_program // block_h)
     # Keep the grid many waves deep when tokens are few.
     block_t = min(block_t, max(1, triton.next_power_of_2(max(1, n_tokens // 2048))))
+    warps = max(1, min(8, block_t * block_h * block_half * itemsize // 512))
+    if p.freqs and itemsize < 4:
+        # cos/sin computed in the kernel: every thread computes the pairs of its own 16-byte slices, and the
+        # threads covering other heads repeat them (16x at 4 warps). Half the warps, two vectors per thread
+        # and half: SASS per program 504 warp-instructions at 2 warps against 1536 at 4 (tables: 720);
+        # to measure (branch table-free; whole-token 2-warp programs ran at 94.3-96.7% with older code).
+        warps = max(1, warps // 2)
     return {
         "BLOCK_HALF": block_half,
         "BLOCK_H": block_h,
         "BLOCK_T": block_t,
-        "num_warps": max(1, min(8, block_t * block_h * block_half * itemsize // 512)),
+        "num_warps": warps,
         "SPLIT_HEADS": True,
         # The cos/sin rows come back for every chunk and batch row: keep them in the L2 (+0.1-0.5 points).
         "TABLE_EVICT": "evict_last",
