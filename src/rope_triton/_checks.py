@@ -231,4 +231,4 @@ def _same_address(a: torch.Tensor, b: torch.Tensor) -> bool:
 def _broadcasts(shape: tuple[int, ...], target: tuple[int, int]) -> bool:
     if len(shape) == 1:
         shape = (1, *shape)
-    return all(a in (1, b) for a, b in zip(shape, target)) and shape[-1] == target[-1]
+    return all(a in (1, b) for a, b in zip(shape, target, strict=True)) and shape[-1] == target[-1]

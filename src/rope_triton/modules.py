@@ -184,7 +184,7 @@ class RotaryEmbedding(nn.Module):
             self._inv_freq, self.max_positions, low_bits=low_bits,
             attention_factor=self.attention_factor, device=device,
         )
-        for name, t in zip(_TABLES, tables):
+        for name, t in zip(_TABLES, tables, strict=True):
             setattr(self, name, t)
         self._tables_valid = True
 
