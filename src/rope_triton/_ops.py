@@ -36,7 +36,9 @@ def triton_runs_on(device: torch.device) -> bool:
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _run_reference(p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved, conjugate):
+def _run_reference(
+    p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved, conjugate
+):
     yq, yk = reference.apply_rotary(
         q, k, cos, sin,
         cos_lo=cos_lo,
@@ -110,7 +112,10 @@ def run(
     if plan_key is not None:
         plan = PLANS.get(plan_key)
         if plan is not None:
-            out = replay(plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, inplace=inplace, offset=p.offset)
+            out = replay(
+                plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, inplace=inplace,
+                offset=p.offset,
+            )
             if out is not None:
                 return out
     q_out = q if inplace else torch.empty_like(q)
@@ -122,13 +127,15 @@ def run(
         other_gpu = q.is_cuda and q.get_device() != torch.cuda.current_device()
         with torch.cuda.device(q.device) if other_gpu else contextlib.nullcontext():
             launch(
-                rotary_kernel, p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
+                rotary_kernel, p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets,
+                cu_seqlens,
                 interleaved=interleaved, conjugate=conjugate, inplace=inplace,
                 plans=PLANS if plan_key is not None and not other_gpu else None, plan_key=plan_key,
             )
     else:
         _run_reference(
-            p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved, conjugate
+            p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved,
+            conjugate,
         )
     return q_out, k_out
 
@@ -137,7 +144,10 @@ class RotaryFunction(torch.autograd.Function):
     """Autograd for :func:`run`. Backward: the conjugate rotation of the incoming gradients."""
 
     @staticmethod
-    def forward(ctx, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, p, interleaved, conjugate, inplace, key=None):
+    def forward(
+        ctx, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, p, interleaved, conjugate,
+        inplace, key=None,
+    ):
         q_out, k_out = run(
             p, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
             interleaved=interleaved, conjugate=conjugate, inplace=inplace, plan_key=key,
@@ -168,7 +178,9 @@ class RotaryFunction(torch.autograd.Function):
             # Not the int offset itself: it enters through scalar_offset's specialization, like forward's.
             options = ("backward", p._replace(offset=0), ctx.interleaved, not ctx.conjugate)
             scalar_offset = offsets if offsets is not None else (p.offset or None)
-            key = plan_key(grad_q, grad_k, cos, sin, cos_lo, sin_lo, positions, scalar_offset, cu_seqlens, options)
+            key = plan_key(
+                grad_q, grad_k, cos, sin, cos_lo, sin_lo, positions, scalar_offset, cu_seqlens, options
+            )
         # Through RotaryFunction again, so that double backward works too.
         gq, gk = RotaryFunction.apply(
             grad_q, grad_k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
@@ -179,7 +191,9 @@ class RotaryFunction(torch.autograd.Function):
         return gq, gk, *([None] * 12)
 
 
-def _op_problem(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, inplace):
+def _op_problem(
+    q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, inplace
+):
     return check(
         q, k, cos, sin,
         cos_lo=cos_lo,
@@ -212,7 +226,9 @@ def _rotary_op(
     conjugate: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # A custom op cannot return None: without k the second output is an empty tensor.
-    p = _op_problem(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, False)
+    p = _op_problem(
+        q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, False
+    )
     q_out = torch.empty_like(q)
     k_out = torch.empty_like(k) if k is not None else q.new_empty(0)
     launch(
@@ -240,7 +256,9 @@ def _rotary_inplace_op(
     rotary_dim: int,
     conjugate: bool,
 ) -> None:
-    p = _op_problem(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, True)
+    p = _op_problem(
+        q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, True
+    )
     launch(
         wrap_triton(rotary_kernel), p, q, k, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
         interleaved=interleaved, conjugate=conjugate, inplace=True,
