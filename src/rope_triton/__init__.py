@@ -23,8 +23,8 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
-    from .functional import apply_rotary
-    from .modules import RotaryEmbedding, TritonRotary
+    from .functional import apply_rotary  # noqa: F401  (for type checkers: lazy exports)
+    from .modules import RotaryEmbedding, TritonRotary  # noqa: F401
 
 
 def __getattr__(name: str):

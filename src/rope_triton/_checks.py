@@ -104,7 +104,10 @@ def check(
         kb, ks, heads_k, kd = _bshd_sizes(k, layout)
         for what, a, b in (("batch", batch, kb), ("sequence length", seqlen, ks), ("head_dim", head_dim, kd)):
             if a != b:
-                raise ValueError(f"k: expected the {what} of q ({a}) in layout {layout!r}, got {b} ({_shape(k)})")
+                raise ValueError(
+                    f"k: expected the {what} of q ({a}) in "
+                    f"layout {layout!r}, got {b} ({_shape(k)})"
+                )
 
     if freqs:
         _check_freq_table(cos, q, cos_lo)
@@ -120,18 +123,27 @@ def check(
         if not t.is_floating_point() and not freqs:  # (a freq table is int64, checked above)
             raise TypeError(f"{name}: expected a floating-point table, got dtype {t.dtype}")
         if t.dim() != 2:
-            raise ValueError(f"{name}: expected a 2-D table (num_positions, rotary_dim // 2), got {_shape(t)}")
+            raise ValueError(
+                f"{name}: expected a 2-D table (num_positions, "
+                f"rotary_dim // 2), got {_shape(t)}"
+            )
     if cos.shape != sin.shape:
         raise ValueError(f"sin: expected the shape of cos {tuple(cos.shape)}, got {tuple(sin.shape)}")
     lo_bits = 0
     if cos_lo is not None:
         if cos_lo.shape != sin_lo.shape:
-            raise ValueError(f"sin_lo: expected the shape of cos_lo {tuple(cos_lo.shape)}, got {tuple(sin_lo.shape)}")
+            raise ValueError(
+                "sin_lo: expected the shape of cos_lo "
+                f"{tuple(cos_lo.shape)}, got {tuple(sin_lo.shape)}"
+            )
         rows_lo = cos_lo.shape[0]
         if rows_lo < 1 or rows_lo & (rows_lo - 1):
             raise ValueError(f"cos_lo: expected a power-of-two number of rows, got {_shape(cos_lo)}")
         if cos_lo.shape[1] != cos.shape[1]:
-            raise ValueError(f"cos_lo: expected the width of cos ({cos.shape[1]} columns), got {_shape(cos_lo)}")
+            raise ValueError(
+                "cos_lo: expected the width of cos "
+                f"({cos.shape[1]} columns), got {_shape(cos_lo)}"
+            )
         lo_bits = rows_lo.bit_length() - 1
 
     if rotary_dim is None:
@@ -159,7 +171,10 @@ def check(
             raise ValueError("cu_seqlens: layout 'thd' needs cu_seqlens of shape (num_seqs + 1,), got None")
         _check_index("cu_seqlens", cu_seqlens)
         if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
-            raise ValueError(f"cu_seqlens: expected shape (num_seqs + 1,) with num_seqs >= 1, got {_shape(cu_seqlens)}")
+            raise ValueError(
+                "cu_seqlens: expected shape (num_seqs + 1,) "
+                f"with num_seqs >= 1, got {_shape(cu_seqlens)}"
+            )
         n_seqs = cu_seqlens.shape[0] - 1
     elif cu_seqlens is not None:
         raise ValueError(f"cu_seqlens: only used with layout 'thd', got a tensor with layout {layout!r}")
@@ -180,7 +195,10 @@ def check(
         _check_index("positions", positions)
         if layout == "thd":
             if tuple(positions.shape) != (seqlen,):
-                raise ValueError(f"positions: layout 'thd' expects shape (total_tokens,) = ({seqlen},), got {_shape(positions)}")
+                raise ValueError(
+                    "positions: layout 'thd' expects shape (total_tokens,) "
+                    f"= ({seqlen},), got {_shape(positions)}"
+                )
         elif positions.dim() not in (1, 2) or not _broadcasts(tuple(positions.shape), (batch, seqlen)):
             raise ValueError(
                 f"positions: expected shape (batch, seq) = ({batch}, {seqlen}) (or (1, seq), (seq,)), "
@@ -196,7 +214,10 @@ def check(
     else:
         if offsets is not None:
             if isinstance(offsets, bool) or not isinstance(offsets, int):
-                raise TypeError(f"offsets: expected an int, an int tensor or None, got {type(offsets).__name__}")
+                raise TypeError(
+                    "offsets: expected an int, an int tensor "
+                    f"or None, got {type(offsets).__name__}"
+                )
             if offsets < 0:
                 raise ValueError(f"offsets: expected a non-negative int, got {offsets}")
             offset = offsets
@@ -219,13 +240,16 @@ def check(
     if inplace and not torch.compiler.is_compiling():
         for name, t in (("q", q), ("k", k)):
             if t is not None and torch._debug_has_internal_overlap(t) == 1:
-                raise ValueError(f"{name}: inplace=True needs a tensor whose elements do not overlap (e.g. not expanded)")
+                raise ValueError(
+                    f"{name}: inplace=True needs a tensor whose "
+                    "elements do not overlap (e.g. not expanded)"
+                )
         # The kernel writes q before it reads k: the same memory would be rotated twice.
         if k is not None and k.numel() and q.numel() and _same_address(q, k):
             raise ValueError("k: inplace=True needs q and k in separate memory, got k sharing q's")
     return Problem(
-        layout, batch, seqlen, heads_q, heads_k, head_dim, rotary_dim, n_seqs, pos_mode, offset, table_rows, lo_bits,
-        max_offset, freqs,
+        layout, batch, seqlen, heads_q, heads_k, head_dim, rotary_dim, n_seqs, pos_mode, offset, table_rows,
+        lo_bits, max_offset, freqs,
     )
 
 
@@ -257,4 +281,4 @@ def _same_address(a: torch.Tensor, b: torch.Tensor) -> bool:
 def _broadcasts(shape: tuple[int, ...], target: tuple[int, int]) -> bool:
     if len(shape) == 1:
         shape = (1, *shape)
-    return all(a in (1, b) for a, b in zip(shape, target)) and shape[-1] == target[-1]
+    return all(a in (1, b) for a, b in zip(shape, target, strict=True)) and shape[-1] == target[-1]

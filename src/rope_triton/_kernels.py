@@ -86,7 +86,8 @@ def _load_chunk(
         j = tl.arange(0, BLOCK_HALF).to(tl.int64)
         m = ok[:, :, None] & (j < HALF)[None, None, :]
         xa = tl.load(X + xh[:, :, None] + j[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy=EVICT)
-        xb = tl.load(X + xh[:, :, None] + (j + HALF)[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy=EVICT)
+        xb = tl.load(X + xh[:, :, None] + (j + HALF)[None, None, :] * sx_d, mask=m, other=0.0,
+                     eviction_policy=EVICT)
     return xa, xb
 
 
@@ -115,7 +116,8 @@ def _finish_chunk(
         m = ok[:, :, None] & (j < HALF)[None, None, :]
         y1, y2 = _rotate_pair(xa.to(c.dtype), xb.to(c.dtype), c, s, CONJUGATE)
         tl.store(Y + yh[:, :, None] + j[None, None, :] * sy_d, _to_storage(y1, Y, ROUND_BY_HAND), mask=m)
-        tl.store(Y + yh[:, :, None] + (j + HALF)[None, None, :] * sy_d, _to_storage(y2, Y, ROUND_BY_HAND), mask=m)
+        tl.store(Y + yh[:, :, None] + (j + HALF)[None, None, :] * sy_d, _to_storage(y2, Y, ROUND_BY_HAND),
+                 mask=m)
     if COPY_TAIL:
         t = tl.arange(0, BLOCK_TAIL).to(tl.int64)
         mt = ok[:, :, None] & (t < TAIL)[None, None, :]

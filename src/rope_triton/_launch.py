@@ -45,7 +45,9 @@ def config(p: Problem, itemsize: int = 2) -> dict[str, int]:
         # Decode: one token per program, small chunks of heads (a single wave: latency, not bandwidth).
         return {
             "BLOCK_HALF": block_half,
-            "BLOCK_H": min(triton.next_power_of_2(heads), max(1, _DECODE_CHUNK_BYTES // (itemsize * block_half))),
+            "BLOCK_H": min(
+                triton.next_power_of_2(heads), max(1, _DECODE_CHUNK_BYTES // (itemsize * block_half))
+            ),
             "BLOCK_T": 1,
             "num_warps": _DECODE_WARPS,
             "SPLIT_HEADS": True,
@@ -135,7 +137,9 @@ def launch(
         spos_b = offsets.stride(0)
     varlen = p.layout == "thd"
     args = [
-        *tensor_args(q, k if has_k else None, q_out, kko, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens),
+        *tensor_args(
+            q, k if has_k else None, q_out, kko, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens
+        ),
         n_tokens, p.seqlen, p.n_seqs,
         p.table_rows, p.offset,
         *bshd_strides(q, p.layout),
@@ -195,7 +199,8 @@ def addresses(q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, 
     """:func:`tensor_args` as device addresses, 0 for the unused ones. Passing ints spares Triton's launcher
     a ``data_ptr()`` call and a driver query per pointer: the recorded launch already validated them."""
     return (
-        q.data_ptr(), 0 if k is None else k.data_ptr(), q_out.data_ptr(), 0 if k is None else k_out.data_ptr(),
+        q.data_ptr(), 0 if k is None else k.data_ptr(),
+        q_out.data_ptr(), 0 if k is None else k_out.data_ptr(),
         cos.data_ptr(), sin.data_ptr(),
         0 if cos_lo is None else cos_lo.data_ptr(),
         0 if sin_lo is None else sin_lo.data_ptr(),
@@ -215,7 +220,9 @@ def _direct_entry(compiled):
     run = compiled.run
     if not triton.__version__.startswith("3.6."):
         return None
-    needed = ("launch", "launch_cooperative_grid", "launch_pdl", "global_scratch_size", "profile_scratch_size")
+    needed = (
+        "launch", "launch_cooperative_grid", "launch_pdl", "global_scratch_size", "profile_scratch_size"
+    )
     if not all(hasattr(run, a) for a in needed) or run.global_scratch_size or run.profile_scratch_size:
         return None
     return run.launch
@@ -226,14 +233,18 @@ class Plan:
 
     __slots__ = ("compiled", "grid", "head", "tail", "max_offset", "problem", "device", "entry", "fixed")
 
-    def __init__(self, compiled, grid: tuple[int, int], values: list, max_offset: float, problem, device: int) -> None:
-        self.compiled, self.grid, self.max_offset, self.problem, self.device = compiled, grid, max_offset, problem, device
+    def __init__(
+        self, compiled, grid: tuple[int, int], values: list, max_offset: float, problem, device: int
+    ) -> None:
+        self.compiled, self.grid, self.max_offset = compiled, grid, max_offset
+        self.problem, self.device = problem, device
         self.head = tuple(values[_N_TENSOR_ARGS:_OFFSET_ARG])
         self.tail = tuple(values[_OFFSET_ARG + 1:])
         self.entry = _direct_entry(compiled)
         run = compiled.run
         self.fixed = (
-            (run.launch_cooperative_grid, run.launch_pdl, None, None, compiled.packed_metadata, None, None, None)
+            (run.launch_cooperative_grid, run.launch_pdl, None, None, compiled.packed_metadata,
+             None, None, None)
             if self.entry is not None else None
         )
 
@@ -243,7 +254,9 @@ class Plan:
         stream = torch._C._cuda_getCurrentRawStream(self.device)
         enter = knobs.runtime.launch_enter_hook
         if self.entry is not None and not getattr(enter, "calls", enter):
-            self.entry(gx, gy, 1, stream, compiled.function, *self.fixed, *pointers, *self.head, offset, *self.tail)
+            self.entry(
+                gx, gy, 1, stream, compiled.function, *self.fixed, *pointers, *self.head, offset, *self.tail
+            )
             return
         # Launch hooks installed (a profiler) or another Triton: the general entry, hooks honoured.
         values = (*pointers, *self.head, offset, *self.tail)
@@ -252,7 +265,9 @@ class Plan:
             meta = compiled.launch_metadata((gx, gy, 1), stream, *values)
         else:
             meta, enter, leave = None, None, None
-        compiled.run(gx, gy, 1, stream, compiled.function, compiled.packed_metadata, meta, enter, leave, *values)
+        compiled.run(
+            gx, gy, 1, stream, compiled.function, compiled.packed_metadata, meta, enter, leave, *values
+        )
 
 
 class LaunchPlans:
@@ -273,16 +288,19 @@ class LaunchPlans:
     def __len__(self) -> int:
         return len(self._plans)
 
-    def record(self, key, compiled, grid: tuple[int, int], args: list, consts: dict, max_offset: float, problem) -> None:
+    def record(
+        self, key, compiled, grid: tuple[int, int], args: list, consts: dict, max_offset: float, problem
+    ) -> None:
         """Remember a launch; ``max_offset`` is the largest int offset the host check allows."""
         if knobs is None or not all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata")):
             return
         if len(self._plans) >= self.capacity:
             self._plans.clear()
-        values = dict(zip(rotary_kernel.arg_names, args))
+        values = dict(zip(rotary_kernel.arg_names, args, strict=False))  # the constexprs come next
         values.update(consts)
         device = args[0].get_device()
-        self._plans[key] = Plan(compiled, grid, [values[n] for n in rotary_kernel.arg_names], max_offset, problem, device)
+        ordered = [values[n] for n in rotary_kernel.arg_names]
+        self._plans[key] = Plan(compiled, grid, ordered, max_offset, problem, device)
 
     @staticmethod
     def problem_if_valid(plan: Plan, offsets) -> Problem | None:
@@ -315,7 +333,9 @@ def plan_key(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, opt
         # What Triton specializes an int on: == 1, divisible by 16, and i32 or i64.
         key.append((offsets == 1, offsets % 16 == 0, offsets >= 2**31))
     elif isinstance(offsets, torch.Tensor):
-        key.append((offsets.shape, offsets.stride(), offsets.dtype, offsets.get_device(), offsets.data_ptr() % 16))
+        key.append(
+            (offsets.shape, offsets.stride(), offsets.dtype, offsets.get_device(), offsets.data_ptr() % 16)
+        )
     else:
         return None
     return tuple(key)

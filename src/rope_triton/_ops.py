@@ -36,7 +36,9 @@ def triton_runs_on(device: torch.device) -> bool:
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _run_reference(p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved, conjugate):
+def _run_reference(
+    p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved, conjugate
+):
     tables = dict(freqs=cos) if p.freqs else dict(cos=cos, sin=sin)
     yq, yk = reference.apply_rotary(
         q, k, **tables,
@@ -111,7 +113,10 @@ def run(
     if plan_key is not None:
         plan = PLANS.get(plan_key)
         if plan is not None:
-            out = replay(plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, inplace=inplace, offset=p.offset)
+            out = replay(
+                plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, inplace=inplace,
+                offset=p.offset,
+            )
             if out is not None:
                 return out
     q_out = q if inplace else torch.empty_like(q)
@@ -123,13 +128,15 @@ def run(
         other_gpu = q.is_cuda and q.get_device() != torch.cuda.current_device()
         with torch.cuda.device(q.device) if other_gpu else contextlib.nullcontext():
             launch(
-                rotary_kernel, p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
+                rotary_kernel, p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets,
+                cu_seqlens,
                 interleaved=interleaved, conjugate=conjugate, inplace=inplace,
                 plans=PLANS if plan_key is not None and not other_gpu else None, plan_key=plan_key,
             )
     else:
         _run_reference(
-            p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved, conjugate
+            p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved,
+            conjugate,
         )
     return q_out, k_out
 
@@ -138,7 +145,10 @@ class RotaryFunction(torch.autograd.Function):
     """Autograd for :func:`run`. Backward: the conjugate rotation of the incoming gradients."""
 
     @staticmethod
-    def forward(ctx, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, p, interleaved, conjugate, inplace, key=None):
+    def forward(
+        ctx, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, p, interleaved, conjugate,
+        inplace, key=None,
+    ):
         q_out, k_out = run(
             p, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
             interleaved=interleaved, conjugate=conjugate, inplace=inplace, plan_key=key,
@@ -169,7 +179,9 @@ class RotaryFunction(torch.autograd.Function):
             # Not the int offset itself: it enters through scalar_offset's specialization, like forward's.
             options = ("backward", p._replace(offset=0), ctx.interleaved, not ctx.conjugate)
             scalar_offset = offsets if offsets is not None else (p.offset or None)
-            key = plan_key(grad_q, grad_k, cos, sin, cos_lo, sin_lo, positions, scalar_offset, cu_seqlens, options)
+            key = plan_key(
+                grad_q, grad_k, cos, sin, cos_lo, sin_lo, positions, scalar_offset, cu_seqlens, options
+            )
         # Through RotaryFunction again, so that double backward works too.
         gq, gk = RotaryFunction.apply(
             grad_q, grad_k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
@@ -180,8 +192,9 @@ class RotaryFunction(torch.autograd.Function):
         return gq, gk, *([None] * 12)
 
 
-def _op_problem(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, inplace,
-                freqs):
+def _op_problem(
+    q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, inplace, freqs
+):
     return check(
         q, k, cos, sin,
         cos_lo=cos_lo,
@@ -216,8 +229,9 @@ def _rotary_op(
     freqs: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # A custom op cannot return None: without k the second output is an empty tensor.
-    p = _op_problem(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, False,
-                    freqs)
+    p = _op_problem(
+        q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, False, freqs
+    )
     q_out = torch.empty_like(q)
     k_out = torch.empty_like(k) if k is not None else q.new_empty(0)
     launch(
@@ -246,8 +260,9 @@ def _rotary_inplace_op(
     conjugate: bool,
     freqs: bool = False,
 ) -> None:
-    p = _op_problem(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, True,
-                    freqs)
+    p = _op_problem(
+        q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, True, freqs
+    )
     launch(
         wrap_triton(rotary_kernel), p, q, k, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
         interleaved=interleaved, conjugate=conjugate, inplace=True,

@@ -16,12 +16,13 @@ How each pass is timed (per call, one input set per call, cycling through the se
 
 On CUDA the device time is the median of CUDA-event timings of single calls, as in
 ``triton.testing.do_bench`` (warm-up first, L2 cleared before every call), with the host's share hidden
-behind a spin kernel queued first (:func:`cuda_device_time_us`): host cost is its own column. And the input sets together hold more than three times
-the L2 (decode-1 would need more than the 1024 sets allowed), so that back-to-back calls, as in the wall
-time loop, do not find their inputs in cache either. Host wall time is a loop of up to 200 calls,
-synchronised at both ends, divided by the number of calls. On a machine
-without CUDA, small variants of the shapes run through the CPU path (plain PyTorch, or the Triton
-interpreter under ``TRITON_INTERPRET=1``) and both numbers come from ``time.perf_counter``.
+behind a spin kernel queued first (:func:`cuda_device_time_us`): host cost is its own column. The input sets
+together hold more than three times the L2 (decode-1 would need more than the 1024 sets allowed), so that
+back-to-back calls, as in the wall time loop, do not find their inputs in cache either. Host wall time is
+the median over 5 loops of back-to-back calls (up to 200 in all), each synchronised at both ends, with the
+garbage collector paused; an ``empty-launch`` row (a Triton launch of an empty kernel) is its ceiling.
+On a machine without CUDA, small variants of the shapes run through the CPU path (plain PyTorch, or the
+Triton interpreter under ``TRITON_INTERPRET=1``) and both numbers come from ``time.perf_counter``.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ import torch
 
 from . import bench_report
 from ._kernels import noop_kernel
-from .bench_report import EMPTY_LAUNCH
 from .bench_providers import PASSES, PROVIDERS, CheckResult, Impl, check_impl
+from .bench_report import EMPTY_LAUNCH
 from .bench_shapes import (
     DEFAULT_SHAPES,
     DTYPE_NAMES,
@@ -53,7 +54,10 @@ from .bench_shapes import (
     build_workload,
 )
 
-__all__ = ["SHAPES", "Timing", "bench_shape", "build_parser", "cuda_device_time_us", "device_time_us", "main", "wall_time_us"]
+__all__ = [
+    "SHAPES", "Timing", "bench_shape", "build_parser", "cuda_device_time_us", "device_time_us", "main",
+    "wall_time_us",
+]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,7 +160,9 @@ def cuda_device_time_us(fn: Callable[[], object], *, warmup_ms: float = 25.0, re
     cycles = int(1.5 * host_us * _CYCLES_PER_US) + 20_000
 
     def timed_calls(n: int) -> list[float]:
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+        events = [
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)
+        ]
         for begin, end in events:
             flush.zero_()
             if spin is not None:

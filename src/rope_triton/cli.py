@@ -22,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # No help of its own: `rope-triton bench --help` reaches the benchmark's full parser.
     sub.add_parser("bench", add_help=False, help="check and time rope-triton against its peers")
-    sub.add_parser("precision", add_help=False, help="our error and Hugging Face's at 4k, 128k and 1M positions")
+    sub.add_parser(
+        "precision", add_help=False, help="our error and Hugging Face's at 4k, 128k and 1M positions"
+    )
     return parser
 
 

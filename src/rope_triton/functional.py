@@ -15,10 +15,14 @@ def _refuse_inplace_on_leaves(q, k) -> None:
         if t is None or not t.requires_grad:
             continue
         if t.is_leaf:
-            raise RuntimeError(f"{name}: a leaf Variable that requires grad is being used in an in-place operation.")
+            raise RuntimeError(
+                f"{name}: a leaf Variable that requires grad "
+                "is being used in an in-place operation."
+            )
         if t._base is not None and t._base.is_leaf:
             raise RuntimeError(
-                f"{name}: a view of a leaf Variable that requires grad is being used in an in-place operation."
+                f"{name}: a view of a leaf Variable that requires grad is being used in an in-place "
+                "operation."
             )
 
 
@@ -49,8 +53,9 @@ def apply_rotary(
     Parameters
     ----------
     q : torch.Tensor
-        Queries, float32, float16 or bfloat16 (or float64, computed in float64), any strides. Shape by ``layout``: ``"bshd"`` (B, S, Hq, D),
-        ``"bhsd"`` (B, Hq, S, D), ``"sbhd"`` (S, B, Hq, D), ``"thd"`` (T, Hq, D).
+        Queries, float32, float16 or bfloat16 (or float64, computed in float64), any strides. Shape by
+        ``layout``: ``"bshd"`` (B, S, Hq, D), ``"bhsd"`` (B, Hq, S, D), ``"sbhd"`` (S, B, Hq, D),
+        ``"thd"`` (T, Hq, D).
     k : torch.Tensor or None
         Keys in the same layout and dtype, with the same B, S and D; Hk may differ from Hq (GQA, MQA).
         ``None`` rotates q alone.
@@ -117,11 +122,15 @@ def apply_rotary(
     elif cos is None or sin is None:
         raise TypeError(f"{'cos' if cos is None else 'sin'}: expected cos and sin tables (or freqs=...), got None")
     is_tensor = isinstance(q, torch.Tensor) and (k is None or isinstance(k, torch.Tensor))
-    needs_grad = is_tensor and torch.is_grad_enabled() and (q.requires_grad or (k is not None and k.requires_grad))
+    needs_grad = is_tensor and torch.is_grad_enabled() and (
+        q.requires_grad or (k is not None and k.requires_grad)
+    )
     key = p = None
     plain_options = (
-        type(layout) is str and type(interleaved) is bool and type(inplace) is bool and type(conjugate) is bool
-        and (rotary_dim is None or type(rotary_dim) is int) and (max_seqlen is None or type(max_seqlen) is int)
+        type(layout) is str and type(interleaved) is bool and type(inplace) is bool
+        and type(conjugate) is bool
+        and (rotary_dim is None or type(rotary_dim) is int)
+        and (max_seqlen is None or type(max_seqlen) is int)
     )
     if is_tensor and plain_options and q.is_cuda and not torch.compiler.is_compiling():
         # Hot path: a signature validated and launched before skips validation and is replayed.
@@ -131,7 +140,9 @@ def apply_rotary(
         if plan is not None:
             p = PLANS.problem_if_valid(plan, offsets)
             if p is not None and not needs_grad:
-                out = replay(plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, inplace=inplace)
+                out = replay(
+                    plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, inplace=inplace
+                )
                 if inplace:
                     torch.autograd.graph.increment_version([t for t in (q, k) if t is not None])
                 return out
@@ -156,7 +167,8 @@ def apply_rotary(
         if inplace:
             _refuse_inplace_on_leaves(q, k)
         return RotaryFunction.apply(
-            q, k, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens, p, interleaved, conjugate, inplace, key
+            q, k, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens, p, interleaved, conjugate,
+            inplace, key,
         )
     out = run(
         p, q, k, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens,

@@ -99,7 +99,8 @@ class RotaryEmbedding(nn.Module):
         # The frequencies at init, as Hugging Face computes them (validates the config too).
         inv_freq, self.attention_factor = self._frequencies(seq_len=None)
         self.rotary_dim = 2 * inv_freq.numel()
-        if max_positions is not None and (isinstance(max_positions, bool) or not isinstance(max_positions, int) or max_positions < 1):
+        bad_max = isinstance(max_positions, bool) or not isinstance(max_positions, int) or max_positions < 1
+        if max_positions is not None and bad_max:
             raise ValueError(f"max_positions: expected a positive int or None, got {max_positions!r}")
         self.max_positions = max_positions or self._default_positions()
         self._inv_freq = inv_freq
@@ -116,7 +117,9 @@ class RotaryEmbedding(nn.Module):
         self._build_tables(self.max_positions, torch.device(device) if device is not None else empty.device)
 
     @classmethod
-    def from_hf_config(cls, config, *, max_positions: int | None = None, device=None, **overrides) -> RotaryEmbedding:
+    def from_hf_config(
+        cls, config, *, max_positions: int | None = None, device=None, **overrides
+    ) -> RotaryEmbedding:
         """Build from a transformers config (``head_dim``, ``rope_theta``, ``partial_rotary_factor``,
         ``rope_scaling`` / ``rope_parameters``, ``max_position_embeddings``).
 
@@ -129,7 +132,10 @@ class RotaryEmbedding(nn.Module):
         """
         kw = freqs.parse_hf_config(config)
         # GPT-J and CodeGen rotate interleaved pairs; the other families rotate half-split pairs.
-        model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
+        if isinstance(config, dict):
+            model_type = config.get("model_type")
+        else:
+            model_type = getattr(config, "model_type", None)
         kw["interleaved"] = model_type in ("gptj", "codegen")
         kw.update(overrides)
         return cls(
@@ -184,7 +190,7 @@ class RotaryEmbedding(nn.Module):
             self._inv_freq, self.max_positions, low_bits=low_bits,
             attention_factor=self.attention_factor, device=device,
         )
-        for name, t in zip(_TABLES, tables):
+        for name, t in zip(_TABLES, tables, strict=True):
             setattr(self, name, t)
         self._tables_valid = True
 
@@ -282,7 +288,8 @@ class RotaryEmbedding(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, base={self.base}, "
-            f"rope_type={self.rope_type!r}, max_positions={self.max_positions}, interleaved={self.interleaved}"
+            f"rope_type={self.rope_type!r}, max_positions={self.max_positions}, "
+            f"interleaved={self.interleaved}"
         )
 
 
@@ -358,7 +365,9 @@ class TritonRotary(nn.Module):
                 f"max_seq_len={self.max_seq_len}; build TritonRotary with a larger max_seq_len."
             )
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Rotate (batch, heads, seq, head_dim) q and k; returns new tensors."""
         self._check("q", q)
         if k is not None:
