@@ -12,8 +12,9 @@ import torch
 from rope_triton._checks import check
 from rope_triton._kernels import rotary_kernel
 from rope_triton._launch import config, launch
+from rope_triton import freqs as rfreqs
 from rope_triton.bench import cuda_device_time_us
-from rope_triton.bench_shapes import SHAPES, build_workload
+from rope_triton.bench_shapes import SHAPES, THETA, build_workload
 
 
 def main():
@@ -30,8 +31,13 @@ def main():
         base = config(p_tab, q0.element_size())
         rule = config(p_freq, q0.element_size())
         half = base["BLOCK_HALF"]
+        rows = wl.cos32.shape[0]
+        inv_freq, _ = rfreqs.inv_freq_and_scale(q0.shape[-1], base=THETA)
+        ch, sh, cl, sl = rfreqs.split_tables(inv_freq, rows, low_bits=rfreqs.default_low_bits(rows), device=dev)
+        p_split = check(q0, k0, ch, sh, cos_lo=cl, sin_lo=sl, **common)
         variants = {
             "tables, rule": (p_tab, wl.cos32, wl.sin32, base),
+            "split tables, rule": (p_split, (ch, cl), (sh, sl), config(p_split, q0.element_size())),
             f"freqs, rule (w{rule['num_warps']})": (p_freq, wl.freqs, wl.freqs, rule),
             "freqs, tables' rule (w4)": (p_freq, wl.freqs, wl.freqs, base),
         }
@@ -46,14 +52,19 @@ def main():
         outs = [(torch.empty_like(q), torch.empty_like(k)) for q, k in wl.sets]
         jobs = {}
         for vname, (p, c, s, cfg) in variants.items():
-            jobs[vname] = [lambda p=p, c=c, s=s, cfg=cfg, q=q, k=k, qo=qo, ko=ko: launch(
-                rotary_kernel, p, q, k, qo, ko, c, s, None, None, None, offsets, None,
+            c, c_lo = c if isinstance(c, tuple) else (c, None)
+            s, s_lo = s if isinstance(s, tuple) else (s, None)
+            jobs[vname] = [lambda p=p, c=c, s=s, c_lo=c_lo, s_lo=s_lo, cfg=cfg, q=q, k=k, qo=qo, ko=ko: launch(
+                rotary_kernel, p, q, k, qo, ko, c, s, c_lo, s_lo, None, offsets, None,
                 interleaved=False, conjugate=False, inplace=False, cfg=cfg) for (q, k), (qo, ko) in zip(wl.sets, outs)]
         n = q0.numel() + k0.numel()
         src, dst = torch.randn(n, device=dev).to(q0.dtype), torch.empty(n, device=dev, dtype=q0.dtype)
         jobs["copy_"] = [lambda: dst.copy_(src)]
-        times = {key: [cuda_device_time_us(f, warmup_ms=5, rep_ms=20) for f in fns for _ in range(2)]
-                 for key, fns in jobs.items()}
+        # Interleaved: each round times every variant once per input set, so drift hits all alike.
+        times = {key: [] for key in jobs}
+        for _ in range(3):
+            for key, fns in jobs.items():
+                times[key] += [cuda_device_time_us(f, warmup_ms=5, rep_ms=20) for f in fns]
         copy_us = statistics.median(times["copy_"])
         print(f"== {name}: copy_ {copy_us:.1f} us")
         for key, ts in times.items():
