@@ -154,7 +154,8 @@ def check(
         raise ValueError(f"rotary_dim: expected an even int in (0, head_dim={head_dim}], got {rotary_dim}")
     if cos.shape[1] < rotary_dim // 2:
         raise ValueError(
-            f"{tables[0][0]}: expected at least rotary_dim // 2 = {rotary_dim // 2} columns, got {_shape(cos)}"
+            f"{tables[0][0]}: expected at least rotary_dim // 2 = {rotary_dim // 2} columns, "
+            f"got {_shape(cos)}"
         )
 
     # Devices: everything on q's device (a table on another GPU would be an illegal address).
@@ -255,15 +256,19 @@ def check(
 
 def _check_freq_table(freqs: object, q: torch.Tensor, cos_lo: torch.Tensor | None) -> None:
     if not isinstance(freqs, torch.Tensor):
-        raise TypeError(f"freqs: expected a torch.Tensor from rope_triton.freqs.freq_table, got {type(freqs).__name__}")
+        raise TypeError(
+            f"freqs: expected a torch.Tensor from rope_triton.freqs.freq_table, got {type(freqs).__name__}"
+        )
     if freqs.dtype != torch.int64 or freqs.dim() != 2 or freqs.shape[0] != FREQ_ROWS:
         raise ValueError(
             f"freqs: expected an int64 tensor of shape ({FREQ_ROWS}, rotary_dim // 2) from "
             f"rope_triton.freqs.freq_table, got dtype {freqs.dtype} and {_shape(freqs)}"
         )
     if q.dtype == torch.float64:
-        raise TypeError("freqs: computes cos/sin in float32, not enough for float64 q and k: pass float64 cos/sin "
-                        "tables (rope_triton.freqs.cos_sin_tables) instead")
+        raise TypeError(
+            "freqs: computes cos/sin in float32, not enough for float64 q and k: pass float64 cos/sin "
+            "tables (rope_triton.freqs.cos_sin_tables) instead"
+        )
     if cos_lo is not None:
         raise ValueError("cos_lo: split tables and freqs are exclusive, got both")
 

@@ -150,7 +150,8 @@ def _freq_cos_sin(F, sf_r, sf_c, pos, pos_ok, j, mj):
     a = hi * _RAD_HI + (lo * _RAD_HI + hi * _RAD_LO)
     a2 = a * a
     sin_a = a + a * a2 * (-1.0 / 6 + a2 * (1.0 / 120 + a2 * (-1.0 / 5040 + a2 * (1.0 / 362880))))
-    cos_a = 1.0 + a2 * (-0.5 + a2 * (1.0 / 24 + a2 * (-1.0 / 720 + a2 * (1.0 / 40320 + a2 * (-1.0 / 3628800)))))
+    cos_a = 1.0 + a2 * (-0.5 + a2 * (1.0 / 24 + a2 * (-1.0 / 720 + a2 * (1.0 / 40320
+                                                                          + a2 * (-1.0 / 3628800)))))
     q = quarter & 3
     swap = (q & 1) == 1
     c = tl.where(swap, sin_a, cos_a)
@@ -306,7 +307,8 @@ def rotary_kernel(
                 cos, sin, cl, sl = _tables(
                     tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
                     scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
-                    HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, fp64, FREQS,
+                    HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, fp64,
+                    FREQS,
                 )
             _finish_chunk(XQ, YQ, xh, yh, ok, xa, xb, cos, sin, cl, sl, sxq_d, syq_d, HALF, BLOCK_HALF,
                           TAIL, BLOCK_TAIL, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, LO_BITS, CONJUGATE)
@@ -318,7 +320,8 @@ def rotary_kernel(
                 cos, sin, cl, sl = _tables(
                     tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
                     scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
-                    HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, fp64, FREQS,
+                    HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, fp64,
+                    FREQS,
                 )
             _finish_chunk(XK, YK, xh, yh, ok, xa, xb, cos, sin, cl, sl, sxk_d, syk_d, HALF, BLOCK_HALF,
                           TAIL, BLOCK_TAIL, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, LO_BITS, CONJUGATE)

@@ -29,6 +29,52 @@ _DECODE_CHUNK_BYTES = 1024
 _DECODE_WARPS = 4
 
 
+# Computing cos/sin in the kernel (freqs=) costs about 1.3 points of a same-bytes copy on large shapes;
+# reading table rows costs about their share of the bytes moved when nothing reuses them from the L2
+# (H200, session 5: llama3-8b, rows 0.6% of the bytes, tables 97.7% / freqs 97.0%; long-32k, rows 2.5%
+# read once, tables 96.7% / freqs 97.9%). Break-even near a 1.3% share.
+FREQS_MIN_TABLE_SHARE = 0.013
+
+
+def prefers_freqs(
+    n_tokens: int, n_sequences: int, heads: int, head_dim: int, rotary_dim: int, itemsize: int
+) -> bool:
+    """Whether computing cos/sin in the kernel (``freqs=``) is expected to beat reading float32 table rows.
+
+    Parameters
+    ----------
+    n_tokens : int
+        Tokens of the call (batch x sequence, or packed tokens).
+    n_sequences : int
+        How many sequences share the same positions (the batch for dense layouts): each table row is read
+        from DRAM once and reused from the L2 by the others.
+    heads : int
+        q heads plus k heads.
+    head_dim, rotary_dim : int
+    itemsize : int
+        Bytes per element of q and k.
+
+    Returns
+    -------
+    bool
+        False for a decode step (at most 256 tokens: latency-bound, and the table path is shorter there:
+        5.3 against 6.4 us for batch 64 on the H200); otherwise True when the rows' share of the bytes moved
+        exceeds :data:`FREQS_MIN_TABLE_SHARE`.
+
+    Examples
+    --------
+    >>> prefers_freqs(32768, 1, 40, 128, 128, 2)  # long-32k: rows are 2.5% of the bytes
+    True
+    >>> prefers_freqs(4 * 4096, 4, 40, 128, 128, 2)  # llama3-8b: rows shared by the 4 sequences
+    False
+    """
+    if n_tokens <= _FEW_TOKENS or heads <= 0 or rotary_dim <= 0:
+        return False
+    row_bytes = rotary_dim // 2 * 2 * 4  # float32 cos and sin
+    token_bytes = 2 * heads * head_dim * itemsize  # read and written
+    return row_bytes > FREQS_MIN_TABLE_SHARE * max(1, n_sequences) * token_bytes
+
+
 def bshd_strides(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
     """Strides of ``x`` in (batch, seq, head, dim) order; ``thd`` has batch stride 0."""
     st = x.stride()
@@ -74,8 +120,8 @@ def config(p: Problem, itemsize: int = 2) -> dict[str, int]:
     if p.freqs and itemsize < 4:
         # cos/sin computed in the kernel: every thread computes the pairs of its own 16-byte slices, and the
         # threads covering other heads repeat them (16x at 4 warps). Half the warps, two vectors per thread
-        # and half: SASS per program 504 warp-instructions at 2 warps against 1536 at 4 (tables: 720);
-        # to measure (branch table-free; whole-token 2-warp programs ran at 94.3-96.7% with older code).
+        # and half (SASS per program: 504 warp-instructions at 2 warps, 1536 at 4, tables 720): 97.0 /
+        # 97.9% of a copy on llama3-8b / long-32k against 38% at 4 warps (H200, freqs-probe-s5.txt).
         warps = max(1, warps // 2)
     return {
         "BLOCK_HALF": block_half,

@@ -230,7 +230,8 @@ def _rotary_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # A custom op cannot return None: without k the second output is an empty tensor.
     p = _op_problem(
-        q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, False, freqs
+        q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, False,
+        freqs,
     )
     q_out = torch.empty_like(q)
     k_out = torch.empty_like(k) if k is not None else q.new_empty(0)
@@ -261,7 +262,8 @@ def _rotary_inplace_op(
     freqs: bool = False,
 ) -> None:
     p = _op_problem(
-        q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, True, freqs
+        q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, True,
+        freqs,
     )
     launch(
         wrap_triton(rotary_kernel), p, q, k, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,

@@ -896,7 +896,8 @@ def freq_table(
         rows.append(row)
     table = torch.empty(FREQ_ROWS, len(inv), dtype=torch.int64)
     table[:FREQ_CHUNKS] = torch.tensor(rows, dtype=torch.int64).reshape(FREQ_CHUNKS, len(inv))
-    table[FREQ_CHUNKS] = torch.full((len(inv),), attention_factor, dtype=torch.float32).view(torch.int32).to(torch.int64)
+    factor_bits = torch.full((len(inv),), attention_factor, dtype=torch.float32).view(torch.int32)
+    table[FREQ_CHUNKS] = factor_bits.to(torch.int64)
     return table.to(device)
 
 

@@ -120,7 +120,8 @@ def apply_rotary(
         # The freq table travels in the tables' slots (both), flagged by the options.
         cos = sin = freqs
     elif cos is None or sin is None:
-        raise TypeError(f"{'cos' if cos is None else 'sin'}: expected cos and sin tables (or freqs=...), got None")
+        missing = "cos" if cos is None else "sin"
+        raise TypeError(f"{missing}: expected cos and sin tables (or freqs=...), got None")
     is_tensor = isinstance(q, torch.Tensor) and (k is None or isinstance(k, torch.Tensor))
     needs_grad = is_tensor and torch.is_grad_enabled() and (
         q.requires_grad or (k is not None and k.requires_grad)

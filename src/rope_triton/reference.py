@@ -85,7 +85,9 @@ def gather_rows(table: torch.Tensor, pos: torch.Tensor, width: int, dtype: torch
     return torch.where(inside.unsqueeze(-1), picked, torch.full_like(picked, float("nan")))
 
 
-def freq_rows(freqs: torch.Tensor, pos: torch.Tensor, width: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def freq_rows(
+    freqs: torch.Tensor, pos: torch.Tensor, width: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the angles a ``freq_table`` gives positions ``pos`` (first ``width`` pairs), times its
     attention factor, computed in float64; positions outside [0, 2**31 - 2] read as NaN."""
     inside = ((pos >= 0) & (pos <= FREQ_MAX_POSITION)).unsqueeze(-1)
