@@ -359,29 +359,39 @@ class LaunchPlans:
         return problem if problem.offset == offset else problem._replace(offset=offset)
 
 
-def plan_key(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, options: tuple) -> tuple | None:
-    """What decides a launch besides the data: see :class:`LaunchPlans`. ``offsets`` as an int enters
-    only through what Triton specializes on (== 1, multiple of 16). None for arguments of unusual
-    types (they take the validating path, which explains what is wrong)."""
+def signature(
+    q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, options: tuple
+) -> tuple[tuple | None, list | None]:
+    """The plan key of a call (what decides a launch besides the data: see :class:`LaunchPlans`) and the
+    device addresses of its tensors (q, k, cos, sin, cos_lo, sin_lo, positions, cu_seqlens, offsets; 0 for
+    None), read once for both. ``offsets`` as an int enters the key only through what Triton specializes
+    on (== 1, multiple of 16). (None, None) for arguments of unusual types (they take the validating path,
+    which explains what is wrong)."""
     # The current device: a recorded launch belongs to its context.
     key = [torch._C._cuda_getDevice(), options]
-    for t in (q, k, cos, sin, cos_lo, sin_lo, positions, cu_seqlens):
+    pointers = []
+    for t in (q, k, cos, sin, cos_lo, sin_lo, positions, cu_seqlens, offsets):
         if t is None:
             key.append(None)
+            pointers.append(0)
         elif isinstance(t, torch.Tensor):
+            ptr = t.data_ptr()
             # get_device() (an int, -1 for the CPU) is cheaper than building a torch.device.
-            key.append((t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() % 16))
+            key.append((t.shape, t.stride(), t.dtype, t.get_device(), ptr % 16))
+            pointers.append(ptr)
         else:
-            return None
-    if offsets is None:
-        key.append(None)
-    elif type(offsets) is int:
-        # What Triton specializes an int on: == 1, divisible by 16, and i32 or i64.
-        key.append((offsets == 1, offsets % 16 == 0, offsets >= 2**31))
-    elif isinstance(offsets, torch.Tensor):
-        key.append(
-            (offsets.shape, offsets.stride(), offsets.dtype, offsets.get_device(), offsets.data_ptr() % 16)
-        )
+            break
     else:
-        return None
-    return tuple(key)
+        return tuple(key), pointers
+    if len(pointers) == 8 and type(offsets) is int:
+        # The int offset (only the last slot may be one): what Triton specializes an int on, == 1,
+        # divisible by 16, and i32 or i64.
+        key.append((offsets == 1, offsets % 16 == 0, offsets >= 2**31))
+        pointers.append(0)
+        return tuple(key), pointers
+    return None, None
+
+
+def plan_key(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, options: tuple) -> tuple | None:
+    """The key half of :func:`signature`."""
+    return signature(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, options)[0]

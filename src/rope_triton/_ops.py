@@ -58,9 +58,12 @@ def _run_reference(
         k_out.copy_(yk)
 
 
-def replay(plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, *, inplace, offset=0):
+def replay(
+    plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, *, inplace, offset=0, pointers=None
+):
     """Replay a recorded launch on new tensors of the same signature; None if the plan does not apply.
-    ``offsets`` may be the int offset itself; otherwise ``offset`` is the scalar one."""
+    ``offsets`` may be the int offset itself; otherwise ``offset`` is the scalar one. ``pointers``: the
+    inputs' addresses from :func:`rope_triton._launch.signature`, if already read."""
     if type(offsets) is int:
         offset, offsets = offsets, None
     if not 0 <= offset <= plan.max_offset:
@@ -69,12 +72,21 @@ def replay(plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
     k_out = None if k is None else (k if inplace else torch.empty_like(k))
     # As in launch(): a k without heads is not passed (its pointer may be null).
     has_k = k is not None and plan.problem.heads_k > 0
-    plan.launch(
-        addresses(
+    if pointers is None:
+        args = addresses(
             q, k if has_k else None, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens
-        ),
-        offset,
-    )
+        )
+    else:
+        q_ptr, k_ptr, cos_ptr, sin_ptr, cos_lo_ptr, sin_lo_ptr, pos_ptr, cu_ptr, offsets_ptr = pointers
+        if inplace:
+            q_out_ptr, k_out_ptr = q_ptr, k_ptr
+        else:
+            q_out_ptr, k_out_ptr = q_out.data_ptr(), (k_out.data_ptr() if has_k else 0)
+        args = (
+            q_ptr, k_ptr if has_k else 0, q_out_ptr, k_out_ptr if has_k else 0, cos_ptr, sin_ptr, cos_lo_ptr,
+            sin_lo_ptr, pos_ptr if positions is not None else offsets_ptr, cu_ptr,
+        )
+    plan.launch(args, offset)
     return q_out, k_out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import check
-from ._launch import plan_key
+from ._launch import signature
 from ._ops import PLANS, RotaryFunction, replay, run
 
 
@@ -136,13 +136,14 @@ def apply_rotary(
     if is_tensor and plain_options and q.is_cuda and not torch.compiler.is_compiling():
         # Hot path: a signature validated and launched before skips validation and is replayed.
         options = (layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen, freqs is not None)
-        key = plan_key(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, options)
+        key, pointers = signature(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, options)
         plan = PLANS.get(key) if key is not None else None
         if plan is not None:
             p = PLANS.problem_if_valid(plan, offsets)
             if p is not None and not needs_grad:
                 out = replay(
-                    plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, inplace=inplace
+                    plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, inplace=inplace,
+                    pointers=pointers,
                 )
                 if inplace:
                     torch.autograd.graph.increment_version([t for t in (q, k) if t is not None])
