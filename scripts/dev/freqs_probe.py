@@ -2,9 +2,13 @@
 cos/sin fewer times: split programs with fewer warps (fewer threads repeating the same pairs) and
 whole-token programs (once per token).
 
-Usage: PYTHONPATH=src:scripts/dev python3 scripts/dev/freqs_probe.py
+Usage: PYTHONPATH=src:scripts/dev python3 scripts/dev/freqs_probe.py [--shapes long-32k,llama3-8b] [--more]
+
+``--more``: also 4 KB programs of one warp, 2 tokens x 8 heads at 2 warps (GQA k chunks full), and the
+rule in place for tables and freqs.
 """
 
+import argparse
 import statistics
 
 import torch
@@ -18,8 +22,12 @@ from rope_triton.bench_shapes import SHAPES, THETA, build_workload
 
 
 def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="llama3-8b,long-32k,fp32,decode")
+    ap.add_argument("--more", action="store_true")
+    args = ap.parse_args()
     dev = torch.device("cuda")
-    for name in ("llama3-8b", "long-32k", "fp32", "decode"):
+    for name in args.shapes.split(","):
         wl = build_workload(SHAPES[name], dev, n_sets=2)
         kw = wl.rope_kwargs
         offsets = kw.get("offsets")
@@ -49,14 +57,27 @@ def main():
             if bh <= 2 * max(p_tab.heads_q, p_tab.heads_k):
                 variants[f"freqs, whole token H{bh} w{nw}"] = (
                     p_freq, wl.freqs, wl.freqs, {"BLOCK_HALF": half, "BLOCK_H": bh, "BLOCK_T": 1, "num_warps": nw})
+        inplace = set()
+        if args.more and not name.startswith("decode"):
+            variants["freqs, 4 KB w1"] = (p_freq, wl.freqs, wl.freqs, {**rule, "num_warps": 1})
+            if base["BLOCK_H"] >= 16:
+                variants["freqs, T2 H8 w2"] = (p_freq, wl.freqs, wl.freqs,
+                                               {**rule, "BLOCK_H": 8, "BLOCK_T": 2, "num_warps": 2})
+                variants["tables, T2 H8 w4"] = (p_tab, wl.cos32, wl.sin32, {**base, "BLOCK_H": 8, "BLOCK_T": 2})
+            for vname in ("tables, rule", f"freqs, rule (w{rule['num_warps']})"):
+                variants[vname + " in place"] = variants[vname]
+                inplace.add(vname + " in place")
         outs = [(torch.empty_like(q), torch.empty_like(k)) for q, k in wl.sets]
         jobs = {}
         for vname, (p, c, s, cfg) in variants.items():
             c, c_lo = c if isinstance(c, tuple) else (c, None)
             s, s_lo = s if isinstance(s, tuple) else (s, None)
-            jobs[vname] = [lambda p=p, c=c, s=s, c_lo=c_lo, s_lo=s_lo, cfg=cfg, q=q, k=k, qo=qo, ko=ko: launch(
-                rotary_kernel, p, q, k, qo, ko, c, s, c_lo, s_lo, None, offsets, None,
-                interleaved=False, conjugate=False, inplace=False, cfg=cfg) for (q, k), (qo, ko) in zip(wl.sets, outs)]
+            ip = vname in inplace
+            jobs[vname] = [
+                lambda p=p, c=c, s=s, c_lo=c_lo, s_lo=s_lo, cfg=cfg, q=q, k=k, qo=qo, ko=ko, ip=ip: launch(
+                    rotary_kernel, p, q, k, q if ip else qo, k if ip else ko, c, s, c_lo, s_lo, None, offsets,
+                    None, interleaved=False, conjugate=False, inplace=ip, cfg=cfg)
+                for (q, k), (qo, ko) in zip(wl.sets, outs)]
         n = q0.numel() + k0.numel()
         src, dst = torch.randn(n, device=dev).to(q0.dtype), torch.empty(n, device=dev, dtype=q0.dtype)
         jobs["copy_"] = [lambda: dst.copy_(src)]
