@@ -17,8 +17,9 @@ def _thd(layout, seqlen, device):
 
 def _grads_against_reference(q, k, cos, sin, *, layout, inplace=False, grad_view="dense", **kw):
     """Backward of apply_rotary vs autograd through the float64 reference; returns nothing, asserts."""
-    rotary_dim = kw.get("rotary_dim") or 2 * cos.shape[1]
+    rotary_dim = kw.get("rotary_dim") or 2 * (cos if cos is not None else kw["freqs"]).shape[1]
     interleaved = kw.get("interleaved", False)
+    table_bound = kw.pop("table_bound", 1.0)
     leaves = [t.detach().clone().requires_grad_() for t in (q, k) if t is not None]
     # In place needs a non-leaf input: rotate a copy made inside the graph.
     inputs = [t * 1 for t in leaves] if inplace else leaves
@@ -37,7 +38,8 @@ def _grads_against_reference(q, k, cos, sin, *, layout, inplace=False, grad_view
     want = torch.autograd.grad([o for o in ref_out if o is not None], ref_in, [g.double() for g in grads])
     for g, w, gin in zip(got, want, grads):
         # The gradient is a rotation of the incoming gradient: same error model as the forward.
-        assert_rotary_close(g, w, gin.contiguous(), layout=layout, rotary_dim=rotary_dim, interleaved=interleaved)
+        assert_rotary_close(g, w, gin.contiguous(), layout=layout, rotary_dim=rotary_dim, interleaved=interleaved,
+                            table_bound=table_bound)
 
 
 @pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
@@ -160,3 +162,17 @@ def test_only_requested_gradients_are_rotated(which, device, monkeypatch):
     ref_out = ref64(*ref_in, cos, sin, layout="bshd")
     (want,) = torch.autograd.grad(ref_out[i], ref_in[i], grads[i].double())
     assert_rotary_close(got, want, grads[i], layout="bshd", rotary_dim=16, interleaved=False)
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+@pytest.mark.parametrize("layout", ["bshd", "thd"])
+def test_freqs_grads(layout, inplace, device):
+    # freqs=: the backward is the conjugate rotation by the same computed angles.
+    from rope_triton import freqs
+
+    inv_freq, _ = freqs.inv_freq_and_scale(16, base=10000.0)
+    ft = freqs.freq_table(inv_freq, attention_factor=1.1, device=device)
+    q, k = make_qk(layout, 1 if layout == "thd" else 2, 6, 3, 1, 16, torch.float32, device)
+    # 3.0: the kernel's computed cos/sin (tests/test_kernel.py FREQS_TABLE_BOUND).
+    _grads_against_reference(q, k, None, None, freqs=ft, offsets=2**31 - 64, layout=layout, inplace=inplace,
+                             table_bound=3.0, **_thd(layout, 6, device))

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from rope_triton import bench, bench_providers, bench_report, cli
+from rope_triton import bench, bench_providers, bench_report, bench_shapes, cli
 from rope_triton.bench_providers import ULP_TOLERANCE, error_stats, rotate_half
 from rope_triton.bench_report import COLUMNS
 
@@ -27,7 +27,7 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     code = bench.main([
         "--quick", "--repeats", "1", "--shapes", "tiny-decode",
-        "--providers", "rope-triton,rope-triton-inplace,hf-eager", "--passes", "fwd,bwd",
+        "--providers", "rope-triton,rope-triton-inplace,rope-triton-freqs,hf-eager", "--passes", "fwd,bwd",
         "--out", str(out),
     ])
     return code, out
@@ -39,7 +39,8 @@ def test_quick_run_writes_csv_and_json(quick_run):
     header, rows = _read_csv(out / "results.csv")
     assert header == list(COLUMNS)
     keys = {(r["provider"], r["pass"]) for r in rows}
-    expected = {(p, s) for p in ("rope-triton", "rope-triton-inplace", "hf-eager") for s in ("fwd", "bwd")}
+    providers = ("rope-triton", "rope-triton-inplace", "rope-triton-freqs", "hf-eager")
+    expected = {(p, s) for p in providers for s in ("fwd", "bwd")}
     # On a GPU, the host-cost reference too: an empty Triton launch.
     references = {("copy", "copy")} | ({(bench_report.EMPTY_LAUNCH, "launch")} if torch.cuda.is_available() else set())
     assert expected | references == keys
@@ -69,11 +70,32 @@ def test_rope_triton_passes_the_correctness_check(quick_run):
     _, out = quick_run
     _, rows = _read_csv(out / "results.csv")
     checked = [r for r in rows if r["provider"].startswith("rope-triton")]
-    assert len(checked) == 4
+    assert len(checked) == 6
     for r in checked:
         assert r["status"] == "ok"
         assert float(r["max_ulp_err"]) <= ULP_TOLERANCE
         assert 0 < float(r["max_abs_err"]) < 0.1  # bf16 outputs of magnitude ~1: rounding, no more
+
+
+def test_cos_sin_column_and_the_other_mode(quick_run):
+    _, out = quick_run
+    _, rows = _read_csv(out / "results.csv")
+    read = {r["provider"]: r["cos_sin"] for r in rows}
+    # tiny-decode reads tables by default; named explicitly, the freqs= row runs beside it.
+    assert read["rope-triton"] == read["rope-triton-inplace"] == "tables"
+    assert read["rope-triton-freqs"] == "freqs" and read["hf-eager"] == ""
+
+
+def test_explicit_mode_duplicating_the_default_is_skipped():
+    wl = bench_shapes.build_workload(bench_shapes.SHAPES["tiny"], torch.device("cpu"), n_sets=1)
+    assert wl.cos_sin_mode == "tables"
+    tables, freqs = bench_providers.PROVIDERS["rope-triton-tables"], bench_providers.PROVIDERS["rope-triton-freqs"]
+    assert "same as rope-triton" in tables.skip_reason(wl, False)
+    # Named in --providers it runs anyway; the other mode always runs.
+    assert tables.skip_reason(wl, True) is None and freqs.skip_reason(wl, False) is None
+    long_seq = bench_shapes.SHAPES["long-32k"]
+    assert bench_shapes.cos_sin_mode(long_seq) == "freqs"
+    assert bench_shapes.cos_sin_mode(bench_shapes.SHAPES["llama3-8b"]) == "tables"
 
 
 def test_wrong_provider_is_failed_and_not_timed(tmp_path, monkeypatch):

@@ -147,3 +147,36 @@ def test_inplace_q_and_k_in_the_same_memory_is_refused():
 def test_dynamic_module_needs_max_position_embeddings():
     with pytest.raises(ValueError, match="max_position_embeddings"):
         rope_triton.RotaryEmbedding(16, scaling={"rope_type": "dynamic", "factor": 2.0})
+
+
+def _freq_table(**kw):
+    from rope_triton import freqs
+
+    return freqs.freq_table(freqs.inv_freq_and_scale(16)[0], **kw)
+
+
+@pytest.mark.parametrize(
+    "kw, exc, msg",
+    [
+        ({"cos": torch.ones(8, 8)}, ValueError, "freqs: cos/sin tables and freqs are exclusive"),
+        ({"freqs": _freq_table().double()}, ValueError, "freqs: expected an int64 tensor of shape \\(4, rotary_dim"),
+        ({"freqs": _freq_table()[:3]}, ValueError, "freqs: expected an int64 tensor of shape"),
+        ({"freqs": [[1.0]]}, TypeError, "freqs: expected a torch.Tensor"),
+        ({"q": torch.randn(2, 5, 4, 16, dtype=torch.float64), "k": None}, TypeError, "freqs: computes cos/sin in float32"),
+        ({"offsets": 2**31 - 3}, ValueError, "offsets: positions up to 2147483649"),
+        ({"cos_lo": torch.ones(4, 8), "sin_lo": torch.ones(4, 8)}, ValueError, "cos_lo: split tables and freqs"),
+        ({"rotary_dim": 16, "freqs": _freq_table()[:, :4]}, ValueError, "freqs: expected at least rotary_dim // 2"),
+    ],
+    ids=["with-cos", "float32", "rows", "not-tensor", "float64-q", "far-offset", "split-tables", "narrow"],
+)
+def test_bad_freqs(kw, exc, msg):
+    args = {"q": torch.randn(2, 5, 4, 16), "k": torch.randn(2, 5, 2, 16), "freqs": _freq_table()}
+    args.update(kw)
+    q, k = args.pop("q"), args.pop("k")
+    with pytest.raises(exc, match=msg):
+        rope_triton.apply_rotary(q, k, **args)
+
+
+def test_missing_tables_are_named():
+    with pytest.raises(TypeError, match="sin: expected cos and sin tables \\(or freqs=...\\), got None"):
+        rope_triton.apply_rotary(torch.randn(1, 2, 1, 8), None, torch.ones(4, 4))

@@ -20,6 +20,9 @@ from rope_triton.freqs import (
     angles,
     cos_sin_tables,
     default_low_bits,
+    freq_table,
+    freq_table_angles,
+    freq_table_factor,
     inv_freq_and_scale,
     parse_hf_config,
     seed_inv_freq,
@@ -763,3 +766,25 @@ def test_parse_does_not_alias_config():
 def test_parse_errors():
     with pytest.raises(ValueError, match="head_dim"):
         parse_hf_config(SimpleNamespace(rope_theta=10000.0))
+
+
+def test_freq_table_gives_exact_angles_at_any_position():
+    # Against exact rational arithmetic on the float64 inv_freq (pi to 60 digits): the fixed-point rows
+    # lose at most 3 chunks x 4095 x 2**-49 turns, i.e. ~1e-10 rad, at positions up to 2**31 - 1.
+    from fractions import Fraction
+
+    inv_freq, scale = inv_freq_and_scale(128, base=500000.0)
+    table = freq_table(inv_freq, attention_factor=scale)
+    assert table.shape == (4, 64) and table.dtype == torch.int64
+    assert torch.equal(freq_table_factor(table), torch.full((64,), scale, dtype=torch.float32))
+    positions = torch.tensor([0, 1, 4095, 4096, 2**24 - 1, 2**24, 123_456_789, 2**31 - 1])
+    got = freq_table_angles(table, positions)
+    two_pi = 2 * Fraction("3.14159265358979323846264338327950288419716939937510582097494459")
+    worst = 0.0
+    for i, p in enumerate(positions.tolist()):
+        for j in range(0, 64, 7):
+            exact = Fraction(p) * Fraction(float(inv_freq[j]))
+            exact -= (exact // two_pi) * two_pi
+            diff = abs(float(exact) - got[i, j].item())
+            worst = max(worst, min(diff, 2 * math.pi - diff))
+    assert worst < 2e-10

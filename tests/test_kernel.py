@@ -29,7 +29,7 @@ def check_against_reference(q, k, cos, sin, *, layout, inplace=False, table_boun
     q0, k0 = q.clone(), (k.clone() if k is not None else None)
     rq, rk = ref64(q0, k0, cos, sin, layout=layout, **kw)
     q_out, k_out = rope_triton.apply_rotary(q, k, cos, sin, layout=layout, inplace=inplace, **kw)
-    rotary_dim = kw.get("rotary_dim") or 2 * cos.shape[1]
+    rotary_dim = kw.get("rotary_dim") or 2 * (cos if cos is not None else kw["freqs"]).shape[1]
     interleaved = kw.get("interleaved", False)
     close = dict(layout=layout, rotary_dim=rotary_dim, interleaved=interleaved, table_bound=table_bound)
     assert_rotary_close(q_out, rq, q0, **close)
@@ -305,3 +305,94 @@ def test_launch_rules_split_tables(rule, interleaved, conjugate, device):
     positions = torch.tensor([[0, 15, 16, 4095, 777], [1, 2, 3, 2048, 31]], device=device)
     check_against_reference(q, k, ch, sh, cos_lo=cl, sin_lo=sl, positions=positions, layout="bshd",
                             interleaved=interleaved, conjugate=conjugate, table_bound=2.0)
+
+
+
+# --------------------------------------------------------------------------------------------------
+# freqs=: cos/sin computed in the kernel from a freq_table.
+# --------------------------------------------------------------------------------------------------
+
+
+def _freq_table(dim: int, device, attention_factor: float = 1.0):
+    from rope_triton import freqs
+
+    inv_freq, _ = freqs.inv_freq_and_scale(dim, base=10000.0)
+    return freqs.freq_table(inv_freq, attention_factor=attention_factor, device=device)
+
+
+# The kernel's cos/sin are within 3 float32 ulps (u = 2**-24) of the exact values times the attention
+# factor: the angle rounds once or twice (<= 1.5 u), the polynomials add about 1 u, the factor 0.5 u
+# (measured: 1.6 u at factor 1, 2.9 u at 1.2, over positions up to 2**31). With the rotation's 2 u of
+# arithmetic: (2 + 3 * 1.2) / 2 < 3 times the table bound of assert_rotary_close.
+FREQS_TABLE_BOUND = 3.0
+
+
+@pytest.mark.parametrize("mode", ["default", "int-offset", "tensor-offset", "positions-int64"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_freqs_positions(layout, mode, device):
+    seqlen, rows = 7, 40
+    batch = _batch(layout, 2)
+    q, k = make_qk(layout, batch, seqlen, 3, 1, 20, torch.float32, device, "transposed" if layout != "thd" else "packed")
+    kw = _position_kwargs(mode, layout, batch, seqlen, rows, device) | _thd_kwargs(layout, seqlen, device)
+    check_against_reference(q, k, None, None, freqs=_freq_table(16, device), layout=layout, rotary_dim=16,
+                            table_bound=FREQS_TABLE_BOUND, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("conjugate", [False, True], ids=["fwd", "conj"])
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
+def test_freqs_far_positions(interleaved, conjugate, dtype, device):
+    # Exact angles up to 2**31 - 2; 2**31 - 1 and negative positions are off the range: NaN, as off a table.
+    q, k = make_qk("bshd", 2, 6, 2, 1, 16, dtype, device, "packed")
+    positions = torch.tensor([[0, 4095, 4096, 2**24 + 7, 2**31 - 2, 2**31 - 1],
+                              [123_456_789, 1, 2**30, 99_999, 2**31 - 4096, -1]], device=device)
+    ft = _freq_table(16, device, attention_factor=1.2)
+    q_out, _ = check_against_reference(q, k, None, None, freqs=ft, positions=positions, layout="bshd",
+                                       interleaved=interleaved, conjugate=conjugate, table_bound=FREQS_TABLE_BOUND)
+    off = torch.tensor([[0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 1]], dtype=torch.bool, device=device)
+    assert torch.equal(q_out.isnan().all(-1).all(-1), off) and not q_out.isnan()[~off].any()
+
+
+def test_freqs_agree_with_tables(device):
+    # The same rotation as float32 tables of the same frequencies, within both tables' rounding.
+    from rope_triton import freqs
+
+    inv_freq, scale = freqs.inv_freq_and_scale(32, base=500000.0)
+    cos, sin = (t.to(device) for t in freqs.cos_sin_tables(inv_freq, 70_000, attention_factor=scale))
+    ft = freqs.freq_table(inv_freq, attention_factor=scale, device=device)
+    q, k = make_qk("bshd", 1, 5, 2, 2, 32, torch.float32, device, "packed")
+    positions = torch.tensor([[0, 17, 4096, 65_535, 69_999]], device=device)
+    by_tables = rope_triton.apply_rotary(q, k, cos, sin, positions=positions)
+    by_freqs = rope_triton.apply_rotary(q, k, freqs=ft, positions=positions)
+    for a, b, x in zip(by_tables, by_freqs, (q, k)):
+        tol = 8 * 2.0**-24 * (x.abs().amax(-1, keepdim=True) + 1)
+        assert ((a - b).abs() <= tol).all()
+
+
+def test_freqs_cos_sin_accuracy(device):
+    # Rotating (1, 0) pairs returns (cos, sin) themselves: the kernel's values against the exact ones, at
+    # positions spread over [0, 2**31) and at every pair's frequency. Bound: the reduced angle rounds to
+    # 0.5 u (|angle| <= pi / 4), the polynomials' last additions 0.5 u and their small terms under 0.5 u.
+    from rope_triton import freqs
+
+    gen = torch.Generator().manual_seed(0)
+    n, dim = 256, 128
+    positions = torch.cat([torch.randint(0, 2**31 - 1, (n // 2,), generator=gen),
+                           torch.randint(0, 70_000, (n // 2,), generator=gen)]).reshape(1, n).to(device)
+    ft = _freq_table(dim, device)
+    q = torch.zeros(1, n, 1, dim, device=device)
+    q[..., : dim // 2] = 1.0
+    out, _ = rope_triton.apply_rotary(q, None, freqs=ft, positions=positions)
+    theta = freqs.freq_table_angles(ft.cpu(), positions[0].cpu())
+    err_cos = (out[0, :, 0, : dim // 2].double().cpu() - theta.cos()).abs().max().item()
+    err_sin = (out[0, :, 0, dim // 2:].double().cpu() - theta.sin()).abs().max().item()
+    assert max(err_cos, err_sin) <= 2 * 2.0**-24, (err_cos / 2.0**-24, err_sin / 2.0**-24)
+
+
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
+def test_launch_rules_freqs(rule, interleaved, device):
+    # freqs= under every program shape: split chunks, whole tokens (its rule for 2-byte data), token blocks.
+    q, k = make_qk("bshd", 2, 5, 3, 1, 16, torch.bfloat16, device, "packed")
+    positions = torch.tensor([[0, 15, 4096, 2**31 - 2, 777], [1, 2, 3, 2048, 2**24 + 1]], device=device)
+    check_against_reference(q, k, None, None, freqs=_freq_table(16, device), positions=positions, layout="bshd",
+                            interleaved=interleaved, conjugate=True, table_bound=FREQS_TABLE_BOUND)

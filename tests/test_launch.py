@@ -56,3 +56,23 @@ def test_rule_stays_in_bounds_for_odd_shapes(heads_q, heads_k, head_dim):
     assert 1 <= cfg["num_warps"] <= 8 and cfg["BLOCK_T"] >= 1 and cfg["BLOCK_H"] >= 1
     assert cfg["BLOCK_HALF"] >= head_dim // 2
     assert cfg["BLOCK_H"] <= max(1, 2 * max(heads_q, heads_k))
+
+
+def test_freqs_rule_halves_the_warps():
+    # freqs=: the split rule's programs with half the warps for 2-byte data (each thread computes the cos/sin
+    # of its own slices: fewer threads, fewer repeats); float32 and decode keep their rules.
+    from rope_triton.freqs import freq_table, inv_freq_and_scale
+
+    def cfg(seqlen, dtype, freqs):
+        q = torch.empty(4, seqlen, 32, 128, dtype=dtype)
+        k = torch.empty(4, seqlen, 8, 128, dtype=dtype)
+        ft = freq_table(inv_freq_and_scale(128)[0])
+        tables = (ft, ft) if freqs else (torch.empty(seqlen, 64), torch.empty(seqlen, 64))
+        p = check(q, k, *tables, positions=None, offsets=None, cu_seqlens=None, max_seqlen=None, layout="bshd",
+                  rotary_dim=None, inplace=False, freqs=freqs)
+        return config(p, q.element_size())
+
+    with_tables, with_freqs = cfg(4096, torch.bfloat16, False), cfg(4096, torch.bfloat16, True)
+    assert with_freqs == {**with_tables, "num_warps": with_tables["num_warps"] // 2}
+    assert cfg(4096, torch.float32, True) == cfg(4096, torch.float32, False)
+    assert cfg(1, torch.bfloat16, True) == cfg(1, torch.bfloat16, False)

@@ -12,6 +12,8 @@ u = 2**-24 (float32 unit roundoff), A the attention factor and m = |x1| + |x2| o
   4uA (since |ch cl| + |sh sl| <= A); the rotation ``x1 c - x2 s`` then adds 2uA m. So |err| <= 6uA m:
   ``helpers.assert_rotary_close`` with ``table_bound = 3 A`` (its bound is 2u * table_bound * m, plus
   half an ulp of the result).
+- ours with ``freqs=`` (cos/sin computed in the kernel): cos/sin within 3uA of the exact values (measured
+  1.6u at A = 1, 2.9u at A = 1.2; test_kernel), plus the rotation's 2uA: within the same 6uA m for A >= 1.
 - Hugging Face: its float32 angle ``fl(p * inv_hf)`` is off the exact ``p * inv`` by
   ``dtheta = p |inv_hf - inv| + u p inv_hf`` (p itself is exact in float32 below 2**24); then float32
   cos/sin (<= 2 ulp <= 2u below 1), the product with A (u) and the rotation (2u):
@@ -487,6 +489,96 @@ def test_every_layout_through_the_module(layout, device):
     for out, x in ((q_out, q), (k_out, k)):
         ref, scale = _exact_for(rope, x, pos, layout=layout)
         assert_ours_close(out, ref, x, scale=scale, rotary_dim=12, layout=layout)
+
+
+def _spy_on_apply(monkeypatch, *, run=True):
+    """Record whether each module call passed freqs= (cos/sin computed in the kernel) or tables; with
+    ``run=False`` the rotation itself is skipped (for choices on shapes too large for the interpreter)."""
+    import rope_triton.modules as modules
+
+    calls = []
+    real_apply = modules.apply_rotary
+
+    def spy(*args, **kwargs):
+        calls.append("freqs" if kwargs.get("freqs") is not None else "tables")
+        return real_apply(*args, **kwargs) if run else (args[0], args[1])
+
+    monkeypatch.setattr(modules, "apply_rotary", spy)
+    return calls
+
+
+@pytest.mark.parametrize("compute_cos_sin", [True, False], ids=["freqs", "tables"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_compute_cos_sin_modes(compute_cos_sin, dtype, monkeypatch, device):
+    calls = _spy_on_apply(monkeypatch)
+    rope = _yarn_rope(max_positions=512, device=device, compute_cos_sin=compute_cos_sin)
+    q, k = make_qk("bshd", 2, 5, 2, 1, 16, dtype, device, "packed")
+    q_out, k_out = rope(q, k, offsets=200)
+    assert calls == ["freqs" if compute_cos_sin else "tables"]
+    pos = torch.arange(200, 205, device=device).expand(2, 5)
+    for out, x in ((q_out, q), (k_out, k)):
+        ref, scale = _exact_for(rope, x, pos, layout="bshd")
+        assert_ours_close(out, ref, x, scale=scale, rotary_dim=12, layout="bshd")
+
+
+@pytest.mark.parametrize(
+    "layout, batch, seqlen, heads, call, want",
+    [
+        ("bshd", 1, 32768, (32, 8), {}, "freqs"),  # long-32k: rows 2.5% of the bytes, read once
+        ("bhsd", 1, 8192, (32, 8), {"offsets": 100}, "freqs"),
+        ("bshd", 4, 4096, (32, 8), {}, "tables"),  # llama3-8b: each row shared by 4 sequences
+        ("bshd", 64, 1, (32, 8), {"offsets": 5000}, "tables"),  # decode: latency-bound
+        ("bshd", 1, 256, (32, 8), {}, "tables"),  # few tokens
+        ("thd", 1, 131072, (32, 8), {"cu": 64}, "tables"),  # 64 packed sequences share low positions
+        ("thd", 1, 32768, (32, 8), {"cu": 1}, "freqs"),
+        ("thd", 1, 32768, (32, 8), {"positions": True}, "freqs"),  # reuse unknown: counted once
+    ],
+)
+def test_auto_choice_follows_the_table_share(layout, batch, seqlen, heads, call, want, monkeypatch):
+    calls = _spy_on_apply(monkeypatch, run=False)
+    rope = RotaryEmbedding(128, base=500000.0, max_positions=64, device="meta")
+    shape = {"bshd": (batch, seqlen, heads[0], 128), "bhsd": (batch, heads[0], seqlen, 128),
+             "thd": (seqlen, heads[0], 128)}[layout]
+    k_shape = {"bshd": (batch, seqlen, heads[1], 128), "bhsd": (batch, heads[1], seqlen, 128),
+               "thd": (seqlen, heads[1], 128)}[layout]
+    q, k = torch.empty(shape, device="meta", dtype=torch.bfloat16), torch.empty(k_shape, device="meta",
+                                                                                 dtype=torch.bfloat16)
+    kw = {"offsets": call["offsets"]} if "offsets" in call else {}
+    if "cu" in call:
+        kw = {"cu_seqlens": torch.empty(call["cu"] + 1, device="meta", dtype=torch.int32), "max_seqlen": 64}
+    if "positions" in call:
+        kw = {"positions": torch.empty(seqlen, device="meta", dtype=torch.int64)}
+    monkeypatch.setattr(RotaryEmbedding, "_build_tables", lambda self, positions, device: None)
+    rope(q, k, layout=layout, **kw)
+    assert calls == [want]
+
+
+def test_compute_cos_sin_past_the_tables(device):
+    # Computed cos/sin cover every position up to 2**31 - 2, where device-side positions fall off tables.
+    rope = _yarn_rope(max_positions=16, device=device, compute_cos_sin=True)
+    x = torch.randn(1, 3, 2, 16, device=device)
+    pos = torch.tensor([[0, 1000, 2**31 - 2]], device=device)
+    out, _ = rope(x, positions=pos)
+    ref, scale = _exact_for(rope, x, pos, layout="bshd")
+    assert_ours_close(out, ref, x, scale=scale, rotary_dim=12, layout="bshd")
+
+
+def test_compute_cos_sin_float64_reads_tables(monkeypatch, device):
+    calls = _spy_on_apply(monkeypatch)
+    rope = _yarn_rope(max_positions=64, device=device, compute_cos_sin=True)
+    x = torch.randn(1, 5, 2, 16, device=device, dtype=torch.float64)
+    out, _ = rope(x, offsets=3)
+    assert calls == ["tables"]
+    ref, scale = _exact_for(rope, x, torch.arange(3, 8, device=device)[None], layout="bshd")
+    # float32 tables promoted to float64: the table entries' float32 rounding (u each) dominates.
+    err = (out[..., :12] - ref[..., :12]).abs().max().item()
+    assert err <= 2 * U * scale * pair_magnitude(x, "bshd", 12, False).max().item()
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, 0.0])
+def test_compute_cos_sin_must_be_bool_or_none(bad):
+    with pytest.raises(TypeError, match=r"compute_cos_sin: expected True, False or None, got"):
+        _yarn_rope(compute_cos_sin=bad)
 
 
 @pytest.mark.parametrize(

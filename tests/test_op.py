@@ -131,6 +131,95 @@ def test_replayed_launches(inplace, device):
         rope_triton.apply_rotary(q, k, cos, sin, offsets=64, inplace=inplace)
 
 
+def _replay_call(kind, device, dtype=torch.bfloat16):
+    """Fresh inputs of one fixed signature per ``kind``: (q, k, apply_rotary kwargs, reference kwargs)."""
+    heads_k = 0 if kind == "k-without-heads" else 2
+    layout = "thd" if kind == "cu_seqlens" else "bshd"
+    q, k = make_qk(layout, 1 if layout == "thd" else 3, 5, 4, heads_k, 32, dtype, device, "packed")
+    cos, sin = random_tables(64, 16, device)
+    kw = {"cos": cos, "sin": sin, "layout": layout}
+    if kind in ("tensor-offsets", "k-without-heads"):
+        kw["offsets"] = torch.randint(0, 59, (3,), device=device)
+    elif kind == "positions":
+        kw["positions"] = torch.randint(0, 64, (3, 5), device=device)
+    elif kind == "cu_seqlens":
+        kw |= {"cu_seqlens": torch.tensor([0, 2, 5], device=device, dtype=torch.int32), "max_seqlen": 3}
+    elif kind == "split-tables":
+        from rope_triton import freqs
+
+        inv_freq, _ = freqs.inv_freq_and_scale(32, base=10000.0)
+        ch, sh, cl, sl = (t.to(device) for t in freqs.split_tables(inv_freq, 4096, low_bits=4))
+        kw |= {"cos": ch, "sin": sh, "cos_lo": cl, "sin_lo": sl, "offsets": 4000}
+    elif kind == "freqs":
+        from rope_triton import freqs
+
+        inv_freq, _ = freqs.inv_freq_and_scale(32, base=10000.0)
+        kw |= {"cos": None, "sin": None, "freqs": freqs.freq_table(inv_freq, device=device), "offsets": 123_456}
+    if kind == "k-none":
+        k = None
+    return q, k, kw
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+@pytest.mark.parametrize(
+    "kind", ["tensor-offsets", "positions", "cu_seqlens", "split-tables", "freqs", "k-none", "k-without-heads"]
+)
+def test_replay_of_every_argument_kind(kind, inplace, device):
+    # The replay takes the addresses read with the plan key: each tensor slot must land in its own
+    # argument, on new tensors of the same signature (the second and third calls replay).
+    table_bound = 2.0 if kind == "split-tables" else 3.0 if kind == "freqs" else 1.0
+    for step in range(3):
+        q, k, kw = _replay_call(kind, device)
+        q0, k0 = q.clone(), (None if k is None else k.clone())
+        before = len(_ops.PLANS._plans)
+        q_out, k_out = rope_triton.apply_rotary(q, k, inplace=inplace, **kw)
+        if step:
+            assert len(_ops.PLANS._plans) == before, "not replayed"
+        ref_kw = {key: v for key, v in kw.items() if key not in ("cos", "sin")}
+        rq, rk = ref64(q0, k0, kw["cos"], kw["sin"], **ref_kw)
+        close = dict(layout=kw["layout"], rotary_dim=32, interleaved=False, table_bound=table_bound)
+        assert_rotary_close(q_out, rq, q0, **close)
+        if k is None:
+            assert k_out is None
+        else:
+            assert_rotary_close(k_out, rk, k0, **close)
+            assert (k_out is k) == inplace
+        assert (q_out is q) == inplace
+        if not inplace:
+            assert torch.equal(q, q0)
+
+
+def test_signature_reads_each_address_once(monkeypatch):
+    # CPU: the key/address logic alone (the device query is the only CUDA call).
+    from rope_triton import _launch
+
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 0, raising=False)
+    q, k = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 2, 8)
+    cos, sin = random_tables(16, 4, "cpu")
+    offsets = torch.tensor([1, 5])
+    key, pointers = _launch.signature(q, k, cos, sin, None, None, None, offsets, None, ("opts",))
+    assert pointers == [q.data_ptr(), k.data_ptr(), cos.data_ptr(), sin.data_ptr(), 0, 0, 0, 0,
+                        offsets.data_ptr()]
+    # Same signature on other tensors: same key; other strides or dtype: another key.
+    again, _ = _launch.signature(q.clone(), k.clone(), cos.clone(), sin.clone(), None, None, None,
+                                 offsets.clone(), None, ("opts",))
+    assert again == key
+    other, _ = _launch.signature(q.transpose(1, 2), k, cos, sin, None, None, None, offsets, None, ("opts",))
+    assert other != key
+    assert _launch.signature(q.half(), k, cos, sin, None, None, None, offsets, None, ("opts",))[0] != key
+    # An int offset: keyed by what Triton specializes on, no address.
+    k7, p7 = _launch.signature(q, k, cos, sin, None, None, None, 7, None, ("opts",))
+    k9, _ = _launch.signature(q, k, cos, sin, None, None, None, 9, None, ("opts",))
+    k16, _ = _launch.signature(q, k, cos, sin, None, None, None, 16, None, ("opts",))
+    assert k7 == k9 != k16 and p7[-1] == 0
+    # Anything else that is not a tensor: no key (the validating path explains).
+    assert _launch.signature(q, k, cos, sin, None, None, 7, None, None, ("opts",)) == (None, None)
+    assert _launch.signature(q, k, cos, sin, None, None, None, 2.0, None, ("opts",)) == (None, None)
+    assert _launch.signature(q, k, cos, sin, None, None, None, True, None, ("opts",)) == (None, None)
+    assert _launch.plan_key(q, k, cos, sin, None, None, None, offsets, None, ("opts",)) == key
+
+
 @pytest.mark.gpu
 def test_training_steps_replay_forward_and_backward(device):
     # A training loop repeats one signature: from the second step on, forward and backward replay
@@ -180,3 +269,24 @@ def test_replay_with_grad_uses_each_calls_int_offset(device):
         rg, _ = ref64(g, None, cos, sin, offsets=offset, conjugate=True)
         assert_rotary_close(out, rq, q.detach(), layout="bshd", rotary_dim=16, interleaved=False)
         assert_rotary_close(dq, rg, g, layout="bshd", rotary_dim=16, interleaved=False)
+
+
+def test_compile_fullgraph_freqs(device):
+    # freqs= goes through the registered op too (its flag is part of the schema).
+    from rope_triton import freqs
+
+    backend = "inductor" if device.type == "cuda" else "aot_eager"
+    ft = freqs.freq_table(freqs.inv_freq_and_scale(16)[0], device=device)
+    q, k = make_qk("bshd", 2, 5, 4, 2, 16, torch.float32, device)
+
+    def fn(q, k):
+        return rope_triton.apply_rotary(q * 2, k, freqs=ft, offsets=1000)
+
+    eager, comp = fn(q, k), torch.compile(fn, fullgraph=True, backend=backend)(q, k)
+    want = ref64(q * 2, k, None, None, freqs=ft, offsets=1000)
+    for a, b, w, x in zip(eager, comp, want, (q * 2, k)):
+        if device.type == "cuda":
+            assert torch.equal(a, b)  # the same kernel both ways
+        # On the CPU the compiled graph runs the PyTorch path (float64 angles), eager the interpreted kernel.
+        for out in (a, b):
+            assert_rotary_close(out, w, x, layout="bshd", rotary_dim=16, interleaved=False, table_bound=3.0)

@@ -12,18 +12,24 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-import importlib.util, os
-_spec = importlib.util.spec_from_file_location("kvar", os.environ.get("KERNEL_FILE", "src/rope_triton/_kernels.py"))
-_mod = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(_mod)
-rotary_kernel = _mod.rotary_kernel
+import importlib.util
+import os
+
+if os.environ.get("KERNEL_FILE"):  # another version of the kernel file (e.g. from a branch), standalone
+    _spec = importlib.util.spec_from_file_location("kvar", os.environ["KERNEL_FILE"])
+    _mod = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_mod)
+    rotary_kernel = _mod.rotary_kernel
+else:
+    from rope_triton._kernels import rotary_kernel
 
 # long-32k's launch (bf16, 32/8 heads, D128) under the v0.5 rule; strides as the benchmark's contiguous q/k.
 CONSTS = dict(HEADS_Q=32, HEADS_K=8, HALF=64, BLOCK_HALF=64, TAIL=0, BLOCK_TAIL=1, BLOCK_T=1, BLOCK_H=16,
               INTERLEAVED=False, CONJUGATE=False, HAS_K=True, COPY_TAIL=False, POS_MODE=0, LO_BITS=0,
               VARLEN=False, SEARCH_STEPS=1, ROUND_BY_HAND=False, EVICT="", SPLIT_HEADS=True,
-              TABLE_EVICT="evict_last", LOADS_FIRST=False)
+              TABLE_EVICT="evict_last", LOADS_FIRST=False, FREQS=False)
 ONES = ("sxq_d", "sxk_d", "syq_d", "syk_d", "scos_c", "ssin_c", "slcos_c", "slsin_c")  # specialized == 1
-NUM_WARPS = 4
+NUM_WARPS = int(os.environ.get("NUM_WARPS", "4"))
 
 
 def main():
@@ -35,7 +41,8 @@ def main():
         consts[k] = {"True": True, "False": False}.get(v, int(v) if v.lstrip("-").isdigit() else v)
     names = rotary_kernel.arg_names
     signature, constexprs, attrs = {}, {}, {}
-    ptr_types = {"XQ": "*bf16", "XK": "*bf16", "YQ": "*bf16", "YK": "*bf16", "COS": "*fp32", "SIN": "*fp32",
+    ptr_types = {"XQ": "*bf16", "XK": "*bf16", "YQ": "*bf16", "YK": "*bf16",
+                 "COS": "*i64" if consts.get("FREQS") else "*fp32", "SIN": "*i64" if consts.get("FREQS") else "*fp32",
                  "COS_LO": "*fp32", "SIN_LO": "*fp32", "POS": "*i64", "CU": "*i32"}
     for i, n in enumerate(names):
         if n in consts:

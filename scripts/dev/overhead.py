@@ -48,11 +48,14 @@ def main():
         }
         from rope_triton import _launch, _ops
 
-        opts = ("bshd", False, None, True, False, None)
+        # functional.apply_rotary's options tuple: layout, interleaved, rotary_dim, inplace, conjugate,
+        # max_seqlen, freqs.
+        opts = ("bshd", False, None, True, False, None, False)
         key = _launch.plan_key(q, k, cos, sin, None, None, None, 4000, None, opts)
         ptrs = _launch.addresses(q, k, q, k, cos, sin, None, None, None, None, None)
         parts = {
-            "  part: plan_key": lambda: _launch.plan_key(q, k, cos, sin, None, None, None, off, None, opts),
+            "  part: signature (key + addresses)": lambda: _launch.signature(
+                q, k, cos, sin, None, None, None, off, None, opts),
             "  part: addresses": lambda: _launch.addresses(q, k, q, k, cos, sin, None, None, None, off, None),
             "  part: Plan.launch": lambda: plan.launch(ptrs, 4000),
             "  part: compiled.run (general entry)": lambda: run_general(plan, ptrs),
@@ -79,7 +82,9 @@ def main():
                 for name, fn in rows.items():
                     print(f"batch {b:3d}  {name:36s} {wall(fn):6.1f} us/call")
             plan = _ops.PLANS.get(key)
-            if plan is not None:
+            if plan is None:
+                print(f"batch {b:3d}  no recorded plan for the parts' key (options tuple out of date?)")
+            else:
                 for name, fn in parts.items():
                     print(f"batch {b:3d}  {name:36s} {wall(fn):6.1f} us/call")
 

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
+from .freqs import FREQ_MAX_POSITION, FREQ_ROWS
 from .reference import BSHD_AXES, LAYOUTS
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -36,6 +37,7 @@ class Problem(NamedTuple):
     table_rows: int  # positions the tables cover
     lo_bits: int  # split tables: log2 of the low table's rows; 0 for one table
     max_offset: float  # largest scalar offset the tables allow (inf when the host cannot tell)
+    freqs: bool = False  # cos is a freq_table (cos/sin computed in the kernel), sin is the same tensor
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -83,8 +85,10 @@ def check(
     sin_lo: torch.Tensor | None = None,
     interleaved: bool = False,
     conjugate: bool = False,
+    freqs: bool = False,
 ) -> Problem:
-    """Validate the arguments of ``apply_rotary`` and derive the :class:`Problem`."""
+    """Validate the arguments of ``apply_rotary`` and derive the :class:`Problem`. With ``freqs``, ``cos``
+    is the ``freqs`` argument (a :func:`rope_triton.freqs.freq_table`) and ``sin`` the same tensor."""
     for name, flag in (("interleaved", interleaved), ("inplace", inplace), ("conjugate", conjugate)):
         if type(flag) is not bool:
             raise TypeError(f"{name}: expected a bool, got {type(flag).__name__} {flag!r}")
@@ -105,7 +109,9 @@ def check(
                     f"layout {layout!r}, got {b} ({_shape(k)})"
                 )
 
-    tables = [("cos", cos), ("sin", sin)]
+    if freqs:
+        _check_freq_table(cos, q, cos_lo)
+    tables = [("freqs", cos)] if freqs else [("cos", cos), ("sin", sin)]
     if (cos_lo is None) != (sin_lo is None):
         given, missing = ("cos_lo", "sin_lo") if sin_lo is None else ("sin_lo", "cos_lo")
         raise ValueError(f"{missing}: {given} and {missing} go together, got only {given}")
@@ -114,7 +120,7 @@ def check(
     for name, t in tables:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
+        if not t.is_floating_point() and not freqs:  # (a freq table is int64, checked above)
             raise TypeError(f"{name}: expected a floating-point table, got dtype {t.dtype}")
         if t.dim() != 2:
             raise ValueError(
@@ -148,7 +154,8 @@ def check(
         raise ValueError(f"rotary_dim: expected an even int in (0, head_dim={head_dim}], got {rotary_dim}")
     if cos.shape[1] < rotary_dim // 2:
         raise ValueError(
-            f"cos: expected at least rotary_dim // 2 = {rotary_dim // 2} columns, got {_shape(cos)}"
+            f"{tables[0][0]}: expected at least rotary_dim // 2 = {rotary_dim // 2} columns, "
+            f"got {_shape(cos)}"
         )
 
     # Devices: everything on q's device (a table on another GPU would be an illegal address).
@@ -180,7 +187,7 @@ def check(
         if layout != "thd":
             raise ValueError(f"max_seqlen: only used with layout 'thd', got it with layout {layout!r}")
 
-    table_rows = cos.shape[0] << lo_bits
+    table_rows = FREQ_MAX_POSITION + 1 if freqs else cos.shape[0] << lo_bits
     offset = 0
     max_offset = float("inf")
     if positions is not None:
@@ -220,6 +227,11 @@ def check(
         if longest:
             max_offset = table_rows - longest
         if longest is not None and longest > 0 and offset + longest > table_rows:
+            if freqs:
+                raise ValueError(
+                    f"offsets: positions up to {offset + longest - 1} (offset {offset} + sequence length "
+                    f"{longest}) exceed the largest position freqs support, {FREQ_MAX_POSITION}"
+                )
             raise ValueError(
                 f"cos: positions up to {offset + longest - 1} (offset {offset} + sequence length {longest}) "
                 f"need a table of at least {offset + longest} rows, got {table_rows}"
@@ -238,8 +250,27 @@ def check(
             raise ValueError("k: inplace=True needs q and k in separate memory, got k sharing q's")
     return Problem(
         layout, batch, seqlen, heads_q, heads_k, head_dim, rotary_dim, n_seqs, pos_mode, offset, table_rows,
-        lo_bits, max_offset,
+        lo_bits, max_offset, freqs,
     )
+
+
+def _check_freq_table(freqs: object, q: torch.Tensor, cos_lo: torch.Tensor | None) -> None:
+    if not isinstance(freqs, torch.Tensor):
+        raise TypeError(
+            f"freqs: expected a torch.Tensor from rope_triton.freqs.freq_table, got {type(freqs).__name__}"
+        )
+    if freqs.dtype != torch.int64 or freqs.dim() != 2 or freqs.shape[0] != FREQ_ROWS:
+        raise ValueError(
+            f"freqs: expected an int64 tensor of shape ({FREQ_ROWS}, rotary_dim // 2) from "
+            f"rope_triton.freqs.freq_table, got dtype {freqs.dtype} and {_shape(freqs)}"
+        )
+    if q.dtype == torch.float64:
+        raise TypeError(
+            "freqs: computes cos/sin in float32, not enough for float64 q and k: pass float64 cos/sin "
+            "tables (rope_triton.freqs.cos_sin_tables) instead"
+        )
+    if cos_lo is not None:
+        raise ValueError("cos_lo: split tables and freqs are exclusive, got both")
 
 
 def _same_address(a: torch.Tensor, b: torch.Tensor) -> bool:

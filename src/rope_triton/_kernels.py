@@ -12,8 +12,22 @@ sequence + a per-sequence tensor offset; 2, explicit per-token positions. A posi
 is never read: its cos/sin load as NaN, so the token's output is NaN rather than silently unrotated.
 """
 
+import math
+
 import triton
 import triton.language as tl
+
+from .freqs import FREQ_CHUNK_BITS, FREQ_CHUNKS, FREQ_FRAC_BITS
+
+_CHUNK_BITS = tl.constexpr(FREQ_CHUNK_BITS)
+_CHUNK_MASK = tl.constexpr((1 << FREQ_CHUNK_BITS) - 1)
+_TURN_MASK = tl.constexpr((1 << FREQ_FRAC_BITS) - 1)  # turns modulo 1, in units of 2**-48
+_QUARTER_BITS = tl.constexpr(FREQ_FRAC_BITS - 2)
+_EIGHTH = tl.constexpr(1 << (FREQ_FRAC_BITS - 3))
+# 2 pi / 2**48 as a float32 pair (hi + lo): turns in units of 2**-48 to radians.
+_RAD_HI = tl.constexpr(2.2322359008431457e-14)
+_RAD_LO = tl.constexpr(2 * math.pi / 2**FREQ_FRAC_BITS - 2.2322359008431457e-14)
+assert FREQ_CHUNKS == 3  # _freq_cos_sin sums three chunks
 
 
 @triton.jit
@@ -112,16 +126,53 @@ def _finish_chunk(
 
 
 @triton.jit
+def _freq_cos_sin(F, sf_r, sf_c, pos, pos_ok, j, mj):
+    """cos and sin, times the attention factor, of each token's angles from a ``freq_table`` (see
+    :func:`rope_triton.freqs.freq_table`): [BLOCK_T, BLOCK_HALF] float32, NaN where not ``pos_ok``.
+
+    The turns modulo 1 are an exact int64 sum of position chunks times the table's fixed-point rows; the
+    nearest quarter turn is taken off exactly, and the rest (|angle| <= pi / 4) goes through Taylor
+    polynomials (truncation below 2e-9). Integer arithmetic: the same on the GPU and in the interpreter
+    (which has no fused multiply-add to build exact products from floats)."""
+    f0 = tl.load(F + j * sf_c, mask=mj, other=0)
+    f1 = tl.load(F + sf_r + j * sf_c, mask=mj, other=0)
+    f2 = tl.load(F + 2 * sf_r + j * sf_c, mask=mj, other=0)
+    amp = tl.load(F + 3 * sf_r + j * sf_c, mask=mj, other=0).to(tl.int32).to(tl.float32, bitcast=True)
+    p = pos[:, None]
+    acc = ((p & _CHUNK_MASK) * f0[None, :] + ((p >> _CHUNK_BITS) & _CHUNK_MASK) * f1[None, :]
+           + ((p >> (2 * _CHUNK_BITS)) & _CHUNK_MASK) * f2[None, :])
+    acc = acc & _TURN_MASK
+    quarter = (acc + _EIGHTH) >> _QUARTER_BITS
+    rest = acc - (quarter << _QUARTER_BITS)  # within 1/8 turn, exact
+    # Two exact float32 parts of rest (it has up to 46 bits; each part fits int32), then radians.
+    hi = (rest >> 22).to(tl.int32).to(tl.float32) * 4194304.0  # * 2**22, exact
+    lo = (rest & 4194303).to(tl.int32).to(tl.float32)
+    a = hi * _RAD_HI + (lo * _RAD_HI + hi * _RAD_LO)
+    a2 = a * a
+    sin_a = a + a * a2 * (-1.0 / 6 + a2 * (1.0 / 120 + a2 * (-1.0 / 5040 + a2 * (1.0 / 362880))))
+    cos_a = 1.0 + a2 * (-0.5 + a2 * (1.0 / 24 + a2 * (-1.0 / 720 + a2 * (1.0 / 40320
+                                                                          + a2 * (-1.0 / 3628800)))))
+    q = quarter & 3
+    swap = (q & 1) == 1
+    c = tl.where(swap, sin_a, cos_a)
+    s = tl.where(swap, cos_a, sin_a)
+    c = tl.where((q == 1) | (q == 2), -c, c) * amp[None, :]
+    s = tl.where(q >= 2, -s, s) * amp[None, :]
+    ok = pos_ok[:, None] & mj[None, :]
+    return tl.where(ok, c, float("nan")), tl.where(ok, s, float("nan"))
+
+
+@triton.jit
 def _tables(
     tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
     scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
     HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_T: tl.constexpr, POS_MODE: tl.constexpr,
     LO_BITS: tl.constexpr, VARLEN: tl.constexpr, SEARCH_STEPS: tl.constexpr, TABLE_EVICT: tl.constexpr,
-    FP64: tl.constexpr,
+    FP64: tl.constexpr, FREQS: tl.constexpr,
 ):
     """Each token's position and its table rows: (cos, sin, cos_lo, sin_lo), [BLOCK_T, BLOCK_HALF] in
     float32 (float64 for float64 data); cos/sin NaN for positions off the table; without split tables
-    cos_lo/sin_lo are cos/sin (unused)."""
+    cos_lo/sin_lo are cos/sin (unused). FREQS: computed from a freq_table in COS instead of read."""
     if VARLEN:
         # Sequence of each token: the last i with cu[i] <= token, by a branch-free binary search.
         lo = tl.zeros((BLOCK_T,), dtype=tl.int64)
@@ -152,6 +203,9 @@ def _tables(
     mc = pos_ok[:, None] & (j < HALF)[None, :]
     # float32 math (float64 for float64 data): never the storage dtype of bf16/fp16 inputs.
     ct: tl.constexpr = tl.float64 if FP64 else tl.float32
+    if FREQS:
+        cos, sin = _freq_cos_sin(COS, scos_r, scos_c, pos, pos_ok, j, j < HALF)
+        return cos, sin, cos, sin
     row = pos >> LO_BITS
     cos = tl.load(COS + row[:, None] * scos_r + j[None, :] * scos_c, mask=mc, other=float("nan"),
                   eviction_policy=TABLE_EVICT).to(ct)
@@ -209,6 +263,7 @@ def rotary_kernel(
     SPLIT_HEADS: tl.constexpr = False,  # one program per (token block, chunk of BLOCK_H heads)
     TABLE_EVICT: tl.constexpr = "",  # eviction hint for cos/sin loads ("" or "evict_last": reused)
     LOADS_FIRST: tl.constexpr = False,  # SPLIT_HEADS: q/k loads before the position and table loads
+    FREQS: tl.constexpr = False,  # COS is a freq_table: cos/sin computed, not read (SIN unused)
 ):
     q_chunks: tl.constexpr = (HEADS_Q + BLOCK_H - 1) // BLOCK_H
     k_chunks: tl.constexpr = (HEADS_K + BLOCK_H - 1) // BLOCK_H
@@ -243,7 +298,7 @@ def rotary_kernel(
             cos, sin, cl, sl = _tables(
                 tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
                 scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
-                HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, fp64,
+                HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, fp64, FREQS,
             )
         if chunk < q_chunks:
             xh, yh, ok = _chunk(xq_row, yq_row, tok_ok, chunk * BLOCK_H, HEADS_Q, sxq_h, syq_h, BLOCK_H)
@@ -253,6 +308,7 @@ def rotary_kernel(
                     tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
                     scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
                     HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, fp64,
+                    FREQS,
                 )
             _finish_chunk(XQ, YQ, xh, yh, ok, xa, xb, cos, sin, cl, sl, sxq_d, syq_d, HALF, BLOCK_HALF,
                           TAIL, BLOCK_TAIL, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, LO_BITS, CONJUGATE)
@@ -265,6 +321,7 @@ def rotary_kernel(
                     tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
                     scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
                     HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, fp64,
+                    FREQS,
                 )
             _finish_chunk(XK, YK, xh, yh, ok, xa, xb, cos, sin, cl, sl, sxk_d, syk_d, HALF, BLOCK_HALF,
                           TAIL, BLOCK_TAIL, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, LO_BITS, CONJUGATE)
@@ -273,7 +330,7 @@ def rotary_kernel(
         cos, sin, cl, sl = _tables(
             tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
             scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
-            HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, fp64,
+            HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, fp64, FREQS,
         )
         for step in range(q_chunks):
             xh, yh, ok = _chunk(xq_row, yq_row, tok_ok, step * BLOCK_H, HEADS_Q, sxq_h, syq_h, BLOCK_H)

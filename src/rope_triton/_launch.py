@@ -29,6 +29,52 @@ _DECODE_CHUNK_BYTES = 1024
 _DECODE_WARPS = 4
 
 
+# Computing cos/sin in the kernel (freqs=) costs about 1.3 points of a same-bytes copy on large shapes;
+# reading table rows costs about their share of the bytes moved when nothing reuses them from the L2
+# (H200, session 5: llama3-8b, rows 0.6% of the bytes, tables 97.7% / freqs 97.0%; long-32k, rows 2.5%
+# read once, tables 96.7% / freqs 97.9%). Break-even near a 1.3% share.
+FREQS_MIN_TABLE_SHARE = 0.013
+
+
+def prefers_freqs(
+    n_tokens: int, n_sequences: int, heads: int, head_dim: int, rotary_dim: int, itemsize: int
+) -> bool:
+    """Whether computing cos/sin in the kernel (``freqs=``) is expected to beat reading float32 table rows.
+
+    Parameters
+    ----------
+    n_tokens : int
+        Tokens of the call (batch x sequence, or packed tokens).
+    n_sequences : int
+        How many sequences share the same positions (the batch for dense layouts): each table row is read
+        from DRAM once and reused from the L2 by the others.
+    heads : int
+        q heads plus k heads.
+    head_dim, rotary_dim : int
+    itemsize : int
+        Bytes per element of q and k.
+
+    Returns
+    -------
+    bool
+        False for a decode step (at most 256 tokens: latency-bound, and the table path is shorter there:
+        5.3 against 6.4 us for batch 64 on the H200); otherwise True when the rows' share of the bytes moved
+        exceeds :data:`FREQS_MIN_TABLE_SHARE`.
+
+    Examples
+    --------
+    >>> prefers_freqs(32768, 1, 40, 128, 128, 2)  # long-32k: rows are 2.5% of the bytes
+    True
+    >>> prefers_freqs(4 * 4096, 4, 40, 128, 128, 2)  # llama3-8b: rows shared by the 4 sequences
+    False
+    """
+    if n_tokens <= _FEW_TOKENS or heads <= 0 or rotary_dim <= 0:
+        return False
+    row_bytes = rotary_dim // 2 * 2 * 4  # float32 cos and sin
+    token_bytes = 2 * heads * head_dim * itemsize  # read and written
+    return row_bytes > FREQS_MIN_TABLE_SHARE * max(1, n_sequences) * token_bytes
+
+
 def bshd_strides(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
     """Strides of ``x`` in (batch, seq, head, dim) order; ``thd`` has batch stride 0."""
     st = x.stride()
@@ -70,11 +116,18 @@ def config(p: Problem, itemsize: int = 2) -> dict[str, int]:
         block_t = max(1, per_program // block_h)
     # Keep the grid many waves deep when tokens are few.
     block_t = min(block_t, max(1, triton.next_power_of_2(max(1, n_tokens // 2048))))
+    warps = max(1, min(8, block_t * block_h * block_half * itemsize // 512))
+    if p.freqs and itemsize < 4:
+        # cos/sin computed in the kernel: every thread computes the pairs of its own 16-byte slices, and the
+        # threads covering other heads repeat them (16x at 4 warps). Half the warps, two vectors per thread
+        # and half (SASS per program: 504 warp-instructions at 2 warps, 1536 at 4, tables 720): 97.0 /
+        # 97.9% of a copy on llama3-8b / long-32k against 38% at 4 warps (H200, freqs-probe-s5.txt).
+        warps = max(1, warps // 2)
     return {
         "BLOCK_HALF": block_half,
         "BLOCK_H": block_h,
         "BLOCK_T": block_t,
-        "num_warps": max(1, min(8, block_t * block_h * block_half * itemsize // 512)),
+        "num_warps": warps,
         "SPLIT_HEADS": True,
         # The cos/sin rows come back for every chunk and batch row: keep them in the L2 (+0.1-0.5 points).
         "TABLE_EVICT": "evict_last",
@@ -165,6 +218,7 @@ def launch(
         "SPLIT_HEADS": cfg.pop("SPLIT_HEADS", False),
         "TABLE_EVICT": cfg.pop("TABLE_EVICT", ""),
         "LOADS_FIRST": cfg.pop("LOADS_FIRST", False),
+        "FREQS": p.freqs,
     }
     n_blocks = triton.cdiv(n_tokens, cfg["BLOCK_T"])
     chunks = triton.cdiv(p.heads_q, cfg["BLOCK_H"]) + (triton.cdiv(p.heads_k, cfg["BLOCK_H"]) if has_k else 0)
@@ -305,29 +359,39 @@ class LaunchPlans:
         return problem if problem.offset == offset else problem._replace(offset=offset)
 
 
-def plan_key(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, options: tuple) -> tuple | None:
-    """What decides a launch besides the data: see :class:`LaunchPlans`. ``offsets`` as an int enters
-    only through what Triton specializes on (== 1, multiple of 16). None for arguments of unusual
-    types (they take the validating path, which explains what is wrong)."""
+def signature(
+    q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, options: tuple
+) -> tuple[tuple | None, list | None]:
+    """The plan key of a call (what decides a launch besides the data: see :class:`LaunchPlans`) and the
+    device addresses of its tensors (q, k, cos, sin, cos_lo, sin_lo, positions, cu_seqlens, offsets; 0 for
+    None), read once for both. ``offsets`` as an int enters the key only through what Triton specializes
+    on (== 1, multiple of 16). (None, None) for arguments of unusual types (they take the validating path,
+    which explains what is wrong)."""
     # The current device: a recorded launch belongs to its context.
     key = [torch._C._cuda_getDevice(), options]
-    for t in (q, k, cos, sin, cos_lo, sin_lo, positions, cu_seqlens):
+    pointers = []
+    for t in (q, k, cos, sin, cos_lo, sin_lo, positions, cu_seqlens, offsets):
         if t is None:
             key.append(None)
+            pointers.append(0)
         elif isinstance(t, torch.Tensor):
+            ptr = t.data_ptr()
             # get_device() (an int, -1 for the CPU) is cheaper than building a torch.device.
-            key.append((t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() % 16))
+            key.append((t.shape, t.stride(), t.dtype, t.get_device(), ptr % 16))
+            pointers.append(ptr)
         else:
-            return None
-    if offsets is None:
-        key.append(None)
-    elif type(offsets) is int:
-        # What Triton specializes an int on: == 1, divisible by 16, and i32 or i64.
-        key.append((offsets == 1, offsets % 16 == 0, offsets >= 2**31))
-    elif isinstance(offsets, torch.Tensor):
-        key.append(
-            (offsets.shape, offsets.stride(), offsets.dtype, offsets.get_device(), offsets.data_ptr() % 16)
-        )
+            break
     else:
-        return None
-    return tuple(key)
+        return tuple(key), pointers
+    if len(pointers) == 8 and type(offsets) is int:
+        # The int offset (only the last slot may be one): what Triton specializes an int on, == 1,
+        # divisible by 16, and i32 or i64.
+        key.append((offsets == 1, offsets % 16 == 0, offsets >= 2**31))
+        pointers.append(0)
+        return tuple(key), pointers
+    return None, None
+
+
+def plan_key(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, options: tuple) -> tuple | None:
+    """The key half of :func:`signature`."""
+    return signature(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, options)[0]

@@ -39,8 +39,9 @@ def triton_runs_on(device: torch.device) -> bool:
 def _run_reference(
     p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved, conjugate
 ):
+    tables = dict(freqs=cos) if p.freqs else dict(cos=cos, sin=sin)
     yq, yk = reference.apply_rotary(
-        q, k, cos, sin,
+        q, k, **tables,
         cos_lo=cos_lo,
         sin_lo=sin_lo,
         positions=positions,
@@ -57,9 +58,12 @@ def _run_reference(
         k_out.copy_(yk)
 
 
-def replay(plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, *, inplace, offset=0):
+def replay(
+    plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, *, inplace, offset=0, pointers=None
+):
     """Replay a recorded launch on new tensors of the same signature; None if the plan does not apply.
-    ``offsets`` may be the int offset itself; otherwise ``offset`` is the scalar one."""
+    ``offsets`` may be the int offset itself; otherwise ``offset`` is the scalar one. ``pointers``: the
+    inputs' addresses from :func:`rope_triton._launch.signature`, if already read."""
     if type(offsets) is int:
         offset, offsets = offsets, None
     if not 0 <= offset <= plan.max_offset:
@@ -68,12 +72,21 @@ def replay(plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
     k_out = None if k is None else (k if inplace else torch.empty_like(k))
     # As in launch(): a k without heads is not passed (its pointer may be null).
     has_k = k is not None and plan.problem.heads_k > 0
-    plan.launch(
-        addresses(
+    if pointers is None:
+        args = addresses(
             q, k if has_k else None, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens
-        ),
-        offset,
-    )
+        )
+    else:
+        q_ptr, k_ptr, cos_ptr, sin_ptr, cos_lo_ptr, sin_lo_ptr, pos_ptr, cu_ptr, offsets_ptr = pointers
+        if inplace:
+            q_out_ptr, k_out_ptr = q_ptr, k_ptr
+        else:
+            q_out_ptr, k_out_ptr = q_out.data_ptr(), (k_out.data_ptr() if has_k else 0)
+        args = (
+            q_ptr, k_ptr if has_k else 0, q_out_ptr, k_out_ptr if has_k else 0, cos_ptr, sin_ptr, cos_lo_ptr,
+            sin_lo_ptr, pos_ptr if positions is not None else offsets_ptr, cu_ptr,
+        )
+    plan.launch(args, offset)
     return q_out, k_out
 
 
@@ -102,7 +115,7 @@ def run(
     if compiling and q.device.type == "cuda":
         args = (
             cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
-            p.offset, p.layout, interleaved, p.rotary_dim, conjugate,
+            p.offset, p.layout, interleaved, p.rotary_dim, conjugate, p.freqs,
         )
         if inplace:
             torch.ops.rope_triton.rotary_(q, k, *args)
@@ -192,7 +205,7 @@ class RotaryFunction(torch.autograd.Function):
 
 
 def _op_problem(
-    q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, inplace
+    q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, inplace, freqs
 ):
     return check(
         q, k, cos, sin,
@@ -205,6 +218,7 @@ def _op_problem(
         layout=layout,
         rotary_dim=rotary_dim,
         inplace=inplace,
+        freqs=freqs,
     )
 
 
@@ -224,10 +238,12 @@ def _rotary_op(
     interleaved: bool,
     rotary_dim: int,
     conjugate: bool,
+    freqs: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # A custom op cannot return None: without k the second output is an empty tensor.
     p = _op_problem(
-        q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, False
+        q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, False,
+        freqs,
     )
     q_out = torch.empty_like(q)
     k_out = torch.empty_like(k) if k is not None else q.new_empty(0)
@@ -255,9 +271,11 @@ def _rotary_inplace_op(
     interleaved: bool,
     rotary_dim: int,
     conjugate: bool,
+    freqs: bool = False,
 ) -> None:
     p = _op_problem(
-        q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, True
+        q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, True,
+        freqs,
     )
     launch(
         wrap_triton(rotary_kernel), p, q, k, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,

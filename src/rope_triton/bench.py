@@ -40,7 +40,7 @@ import torch
 
 from . import bench_report
 from ._kernels import noop_kernel
-from .bench_providers import PASSES, PROVIDERS, CheckResult, Impl, check_impl
+from .bench_providers import PASSES, PROVIDERS, CheckResult, Impl, check_impl, cos_sin_read
 from .bench_report import EMPTY_LAUNCH
 from .bench_shapes import (
     DEFAULT_SHAPES,
@@ -226,6 +226,7 @@ def _row(wl: Workload, provider: str, pass_: str, status: str, note: str = "", *
         "status": status,
         "bytes": wl.bytes_per_pass * (2 if pass_ == "fwdbwd" else 1),
         "n_sets": len(wl.sets),
+        "cos_sin": cos_sin_read(provider, wl),
         "note": note,
     }
     row.update(values)

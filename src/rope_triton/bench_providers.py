@@ -251,7 +251,7 @@ class InplaceImpl(Impl):
     """
 
     def __init__(self, wl: Workload) -> None:
-        self.call = partial(apply_rotary, cos=wl.cos32, sin=wl.sin32, inplace=True, **wl.rope_kwargs)
+        self.call = partial(apply_rotary, **_cos_sin(wl, wl.cos_sin_mode), inplace=True, **wl.rope_kwargs)
         self.gen = wl.gen
 
     def forward(self, q, k):
@@ -334,9 +334,30 @@ def _always(wl: Workload, requested: bool) -> str | None:
     return None
 
 
-def _build_rope(wl: Workload) -> Impl:
-    fn = partial(apply_rotary, cos=wl.cos32, sin=wl.sin32, **wl.rope_kwargs)
+def _cos_sin(wl: Workload, mode: str) -> dict:
+    return {"freqs": wl.freqs} if mode == "freqs" else {"cos": wl.cos32, "sin": wl.sin32}
+
+
+def cos_sin_read(provider: str, wl: Workload) -> str:
+    """What a rope-triton provider reads on this workload: ``"tables"`` or ``"freqs"``; ``""`` for peers."""
+    return {
+        "rope-triton": wl.cos_sin_mode, "rope-triton-inplace": wl.cos_sin_mode,
+        "rope-triton-tables": "tables", "rope-triton-freqs": "freqs",
+    }.get(provider, "")
+
+
+def _build_rope(wl: Workload, mode: str | None = None) -> Impl:
+    fn = partial(apply_rotary, **_cos_sin(wl, mode or wl.cos_sin_mode), **wl.rope_kwargs)
     return AutogradImpl(fn, _identity, _identity, wl.gen)
+
+
+def _unless_default(mode: str) -> Callable[[Workload, bool], str | None]:
+    def skip_reason(wl: Workload, requested: bool) -> str | None:
+        if wl.cos_sin_mode == mode and not requested:
+            return f"the same as rope-triton on this shape (it reads {mode})"
+        return None
+
+    return skip_reason
 
 
 def _build_hf_eager(wl: Workload) -> Impl:
@@ -391,12 +412,32 @@ def _skip_liger(wl: Workload, requested: bool) -> str | None:
 PROVIDERS: dict[str, Provider] = {
     p.name: p
     for p in (
-        Provider("rope-triton", "apply_rotary, out of place, autograd backward", _build_rope, _always),
+        Provider(
+            "rope-triton",
+            "apply_rotary, out of place, autograd backward; cos/sin as RotaryEmbedding picks for the shape "
+            "(float32 tables, or freqs= for long sequences few share)",
+            _build_rope,
+            _always,
+        ),
         Provider(
             "rope-triton-inplace",
-            "apply_rotary(inplace=True); backward: conjugate rotation of the grads in place",
+            "apply_rotary(inplace=True), cos/sin as rope-triton; backward: conjugate rotation of the grads "
+            "in place",
             lambda wl: InplaceImpl(wl),
             _always,
+        ),
+        Provider(
+            "rope-triton-tables",
+            "apply_rotary(cos, sin) with float32 tables, out of place (run where rope-triton uses freqs=)",
+            partial(_build_rope, mode="tables"),
+            _unless_default("tables"),
+        ),
+        Provider(
+            "rope-triton-freqs",
+            "apply_rotary(freqs=freq_table(...)): cos/sin computed in the kernel, out of place (run where "
+            "rope-triton reads tables)",
+            partial(_build_rope, mode="freqs"),
+            _unless_default("freqs"),
         ),
         Provider("hf-eager", "q*cos + rotate_half(q)*sin, eager, (B,H,S,D)", _build_hf_eager, _always),
         Provider("torch-compile", "the hf-eager function under torch.compile", _build_compile, _skip_compile),

@@ -25,7 +25,7 @@ import torch
 COLUMNS = (
     "shape", "dims", "dtype", "provider", "pass", "status",
     "time_us", "time_min_us", "time_max_us", "gbps", "pct_copy", "copy_us", "wall_us",
-    "max_abs_err", "max_ulp_err", "bytes", "n_sets", "repeats", "note",
+    "max_abs_err", "max_ulp_err", "bytes", "n_sets", "repeats", "cos_sin", "note",
 )
 PASS_ORDER = {"copy": 0, "launch": 1, "fwd": 2, "bwd": 3, "fwdbwd": 4}
 # The host-cost reference row's provider (pass "launch"): a Triton launch of an empty kernel.
@@ -386,9 +386,15 @@ def footer(rows: Sequence[dict], out: Path, plotted: bool, elapsed_s: float, cud
                     names.append(r["shape"])
         for (prov, note), names in shapes.items():
             lines.append(f"{status}: {prov} on {', '.join(names)}: {note}")
+    computed = [r["shape"] for r in rows if r["provider"] == "rope-triton" and r["pass"] == "fwd"
+                and r.get("cos_sin") == "freqs"]
+    if computed:
+        shapes = ", ".join(computed)
+        lines.append(f"rope-triton computes cos/sin in the kernel (freqs=, as RotaryEmbedding) on: {shapes}")
     bare = {r["shape"]: r["wall_us"] for r in rows if r["provider"] == EMPTY_LAUNCH}
     for r in rows:
-        if r["provider"].startswith("rope-triton") and r["pass"] == "fwd" and r["shape"].startswith("decode"):
+        ours = r["provider"] in ("rope-triton", "rope-triton-inplace")
+        if ours and r["pass"] == "fwd" and r["shape"].startswith("decode"):
             if r["status"] == "ok":
                 target = "target <= 15 us" if cuda else "CPU: not comparable to the GPU target"
                 if r["shape"] in bare:

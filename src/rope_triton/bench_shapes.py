@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from . import freqs, reference
+from ._launch import prefers_freqs
 
 THETA = 10000.0
 DEFAULT_L2_BYTES = 60 * 2**20  # H200
@@ -119,6 +120,11 @@ class Workload:
         (rows, D/2) float64 tables from float64 angles (theta 10000), used by the reference.
     cos32, sin32 : torch.Tensor
         The same rounded to float32, for rope-triton.
+    freqs : torch.Tensor
+        :func:`rope_triton.freqs.freq_table` of the same frequencies, for rope-triton-freqs.
+    cos_sin_mode : {"tables", "freqs"}
+        What :class:`rope_triton.RotaryEmbedding` reads for this shape by default
+        (:func:`rope_triton._launch.prefers_freqs`): what the rope-triton providers time.
     hf_cos, hf_sin : torch.Tensor
         Full-width (B or 1, S, D) tables in the input dtype, gathered per token, as Hugging Face's
         rotary module hands them to every layer.
@@ -141,6 +147,8 @@ class Workload:
     sin64: torch.Tensor
     cos32: torch.Tensor
     sin32: torch.Tensor
+    freqs: torch.Tensor
+    cos_sin_mode: str
     hf_cos: torch.Tensor
     hf_sin: torch.Tensor
     sets: list = field(repr=False)
@@ -207,6 +215,17 @@ def n_input_sets(set_bytes: int, device: torch.device) -> int:
     return min(MAX_SETS, max(2, math.ceil(3 * l2 / max(set_bytes, 1))))
 
 
+def cos_sin_mode(spec: ShapeSpec) -> str:
+    """``"freqs"`` where :class:`rope_triton.RotaryEmbedding` computes cos/sin in the kernel for this shape
+    by default, else ``"tables"``."""
+    itemsize = torch.empty(0, dtype=spec.dtype).element_size()
+    shared = spec.n_seqs if spec.kind == "varlen" else spec.batch
+    use = prefers_freqs(
+        spec.batch * spec.seqlen, shared, spec.heads_q + spec.heads_k, spec.head_dim, spec.head_dim, itemsize
+    )
+    return "freqs" if use else "tables"
+
+
 def build_workload(
     spec: ShapeSpec, device: torch.device, *, seed: int = 0, n_sets: int | None = None
 ) -> Workload:
@@ -257,6 +276,8 @@ def build_workload(
         sin64=sin64,
         cos32=cos64.float(),
         sin32=sin64.float(),
+        freqs=freqs.freq_table(inv_freq, device=device),
+        cos_sin_mode=cos_sin_mode(spec),
         hf_cos=hf_cos,
         hf_sin=hf_sin,
         sets=sets,

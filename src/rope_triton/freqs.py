@@ -21,6 +21,7 @@ to the kernel; the frequencies are the same.
 """
 
 import math
+from fractions import Fraction
 
 import torch
 
@@ -29,6 +30,9 @@ __all__ = [
     "angles",
     "cos_sin_tables",
     "default_low_bits",
+    "freq_table",
+    "freq_table_angles",
+    "freq_table_factor",
     "inv_freq_and_scale",
     "parse_hf_config",
     "rope_type_of",
@@ -825,3 +829,102 @@ def split_tables(
         cos_lo.to(f32),
         sin_lo.to(f32),
     )
+
+
+# freq_table: positions are split into FREQ_CHUNK_BITS-bit chunks, turns are fixed point with FREQ_FRAC_BITS
+# fraction bits; chunk x row products stay below 2**60, their sum below 2**62: exact in int64.
+FREQ_CHUNK_BITS = 12
+FREQ_CHUNKS = 3  # positions below 2**31 (36 bits of chunks)
+FREQ_FRAC_BITS = 48
+FREQ_ROWS = FREQ_CHUNKS + 1  # the chunk rows, then the attention factor
+# The kernel's bound check is pos < FREQ_MAX_POSITION + 1, an int32 argument: torch 2.11's inductor fails on
+# int arguments past int32 (expr_fits_within_32bit on a Python int).
+FREQ_MAX_POSITION = 2**31 - 2
+# 1 / (2 pi) to 2**-190: pi's first 60 digits.
+_INV_TWO_PI = 1 / (2 * Fraction("3.14159265358979323846264338327950288419716939937510582097494459"))
+
+
+def freq_table(
+    inv_freq: torch.Tensor,
+    *,
+    attention_factor: float = 1.0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """What the kernel needs to compute each position's cos/sin itself: no table rows to read.
+
+    ``apply_rotary(q, k, freqs=freq_table(inv_freq))`` rotates as full cos/sin tables do, at any position
+    up to 2**31 - 2, without their bytes (float32 tables of a 32k context and 64 pairs are 16 MiB, read on
+    every call: 2.5% of long-context traffic; split tables cost extra loads). Row k holds, for each
+    frequency f = inv_freq / (2 pi) in turns per position, frac(2**(12 k) f) as an integer multiple of
+    2**-48, computed exactly from the float64 ``inv_freq``. The kernel splits a position into 12-bit
+    chunks p_k and sums p_k * row_k in int64 (exact), which is the angle's turns modulo 1 to 2**-37, then
+    evaluates cos and sin in float32 (within ~2 ulps, against 0.5 for rounded float64 tables).
+
+    Parameters
+    ----------
+    inv_freq : torch.Tensor
+        Shape ``(n,)``, as from :func:`inv_freq_and_scale` (rotary_dim = 2 n).
+    attention_factor : float, default 1.0
+        Multiplied into cos and sin (HF's ``attention_scaling``).
+    device : torch.device or str, optional
+        Defaults to ``inv_freq.device``.
+
+    Returns
+    -------
+    torch.Tensor
+        int64, shape ``(4, n)``: the three rows of fixed-point turns, then the attention factor's float32
+        bits (the kernel reads integers, with no float64 conversion per element).
+
+    Examples
+    --------
+    >>> inv_freq, scale = inv_freq_and_scale(128, base=500000.0)
+    >>> freq_table(inv_freq, attention_factor=scale).shape
+    torch.Size([4, 64])
+    """
+    attention_factor = _as_real(attention_factor, "attention_factor")
+    device = inv_freq.device if device is None else torch.device(device)
+    inv = inv_freq.detach().to(device="cpu", dtype=_F64).reshape(-1).tolist()
+    one = 1 << FREQ_FRAC_BITS
+    rows = []
+    for k in range(FREQ_CHUNKS):
+        scale = 1 << (FREQ_CHUNK_BITS * k)
+        row = []
+        for value in inv:
+            # Exact rational arithmetic on the float64 value: turns = inv / (2 pi) needs pi, to 2**-100.
+            turns = Fraction(value) * scale * _INV_TWO_PI
+            row.append(round((turns - math.floor(turns)) * one) % one)
+        rows.append(row)
+    table = torch.empty(FREQ_ROWS, len(inv), dtype=torch.int64)
+    table[:FREQ_CHUNKS] = torch.tensor(rows, dtype=torch.int64).reshape(FREQ_CHUNKS, len(inv))
+    factor_bits = torch.full((len(inv),), attention_factor, dtype=torch.float32).view(torch.int32)
+    table[FREQ_CHUNKS] = factor_bits.to(torch.int64)
+    return table.to(device)
+
+
+def freq_table_factor(freqs: torch.Tensor) -> torch.Tensor:
+    """The attention factor of each pair stored in a :func:`freq_table` (float32, ``(n,)``)."""
+    return freqs[FREQ_CHUNKS].to(torch.int32).view(torch.float32)
+
+
+def freq_table_angles(freqs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The angles, in [0, 2 pi), that a :func:`freq_table` stands for at ``positions`` (float64).
+
+    Parameters
+    ----------
+    freqs : torch.Tensor
+        ``(4, n)`` from :func:`freq_table`.
+    positions : torch.Tensor
+        Integers in [0, 2**31 - 2], any shape.
+
+    Returns
+    -------
+    torch.Tensor
+        float64, ``(*positions.shape, n)``: 2 pi times the exact sum of the chunk products modulo 1.
+    """
+    f = freqs[:FREQ_CHUNKS].to(positions.device)
+    pos = positions.to(torch.int64).unsqueeze(-1)
+    mask = (1 << FREQ_CHUNK_BITS) - 1
+    acc = sum(((pos >> (FREQ_CHUNK_BITS * k)) & mask) * f[k] for k in range(FREQ_CHUNKS))
+    acc = acc & ((1 << FREQ_FRAC_BITS) - 1)
+    # Two float64 parts: acc has 48 bits, float64 53; the scaling by 2**-48 is exact.
+    return (2 * math.pi) * (acc.to(_F64) / float(1 << FREQ_FRAC_BITS))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import check
-from ._launch import plan_key
+from ._launch import signature
 from ._ops import PLANS, RotaryFunction, replay, run
 
 
@@ -29,9 +29,10 @@ def _refuse_inplace_on_leaves(q, k) -> None:
 def apply_rotary(
     q: torch.Tensor,
     k: torch.Tensor | None,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
+    cos: torch.Tensor | None = None,
+    sin: torch.Tensor | None = None,
     *,
+    freqs: torch.Tensor | None = None,
     positions: torch.Tensor | None = None,
     offsets: int | torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
@@ -61,7 +62,12 @@ def apply_rotary(
     cos, sin : torch.Tensor
         Tables of shape (P, >= R/2), any float dtype (float32 recommended); row p holds cos and sin of
         position p's angles. Only the first R/2 columns are read. They are constants: no gradient flows
-        to them.
+        to them. Leave them out when ``freqs`` is given.
+    freqs : torch.Tensor, optional
+        Instead of tables: :func:`rope_triton.freqs.freq_table` of the frequencies, shape (4, >= R/2).
+        The kernel computes each position's cos/sin itself (exact angles at any position up to 2**31 - 2,
+        cos/sin within ~2 float32 ulps), reading no table rows: for long sequences, whose tables are
+        megabytes read on every call. Not for float64 q and k.
     positions : torch.Tensor, optional
         Explicit table row of every token, int32 or int64: (B, S) (or (1, S), (S,), broadcast over the
         batch), or (T,) for ``"thd"``. Exclusive with ``offsets``.
@@ -108,6 +114,14 @@ def apply_rotary(
     >>> q_rot.shape, k_rot.shape
     (torch.Size([2, 16, 8, 64]), torch.Size([2, 16, 2, 64]))
     """
+    if freqs is not None:
+        if cos is not None or sin is not None:
+            raise ValueError("freqs: cos/sin tables and freqs are exclusive, got both")
+        # The freq table travels in the tables' slots (both), flagged by the options.
+        cos = sin = freqs
+    elif cos is None or sin is None:
+        missing = "cos" if cos is None else "sin"
+        raise TypeError(f"{missing}: expected cos and sin tables (or freqs=...), got None")
     is_tensor = isinstance(q, torch.Tensor) and (k is None or isinstance(k, torch.Tensor))
     needs_grad = is_tensor and torch.is_grad_enabled() and (
         q.requires_grad or (k is not None and k.requires_grad)
@@ -121,14 +135,15 @@ def apply_rotary(
     )
     if is_tensor and plain_options and q.is_cuda and not torch.compiler.is_compiling():
         # Hot path: a signature validated and launched before skips validation and is replayed.
-        options = (layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen)
-        key = plan_key(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, options)
+        options = (layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen, freqs is not None)
+        key, pointers = signature(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, options)
         plan = PLANS.get(key) if key is not None else None
         if plan is not None:
             p = PLANS.problem_if_valid(plan, offsets)
             if p is not None and not needs_grad:
                 out = replay(
-                    plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, inplace=inplace
+                    plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, inplace=inplace,
+                    pointers=pointers,
                 )
                 if inplace:
                     torch.autograd.graph.increment_version([t for t in (q, k) if t is not None])
@@ -147,6 +162,7 @@ def apply_rotary(
             sin_lo=sin_lo,
             interleaved=interleaved,
             conjugate=conjugate,
+            freqs=freqs is not None,
         )
     offsets_t = offsets if isinstance(offsets, torch.Tensor) else None
     if needs_grad:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from . import freqs
+from ._launch import prefers_freqs
 from .functional import apply_rotary
 from .reference import BSHD_AXES
 
@@ -40,6 +41,13 @@ class RotaryEmbedding(nn.Module):
     kernel combines with the angle-addition formulas (measured on the H200: 1-13 points of a same-bytes
     copy slower on large shapes, docs/performance.md).
 
+    Large calls whose table rows few sequences share (a long single sequence) can instead compute cos/sin
+    in the kernel from a :func:`rope_triton.freqs.freq_table` (``freqs=``): no table bytes, exact angles at
+    any position, cos/sin within ~2 float32 ulps instead of 0.5. By default (``compute_cos_sin=None``)
+    each call takes the faster of the two (:func:`rope_triton._launch.prefers_freqs`); set True or False
+    for results that do not depend on the call's shape to the last bit (batch invariance). float64 inputs
+    always read the tables.
+
     Parameters
     ----------
     head_dim : int
@@ -63,6 +71,9 @@ class RotaryEmbedding(nn.Module):
     max_table_bytes : int
         Largest size of full cos/sin tables (float32, ``2 * positions * rotary_dim / 2 * 4`` bytes;
         default 64 MiB: 131072 positions at rotary_dim 128); larger ones are split (see above).
+    compute_cos_sin : bool or None
+        True: always compute cos/sin in the kernel; False: always read tables; None (default): per
+        call, whichever is faster for its shape (see above).
 
     Examples
     --------
@@ -84,8 +95,12 @@ class RotaryEmbedding(nn.Module):
         max_position_embeddings: int | None = None,
         device: torch.device | str | None = None,
         max_table_bytes: int = 64 * 2**20,
+        compute_cos_sin: bool | None = None,
     ) -> None:
         super().__init__()
+        if compute_cos_sin is not None and type(compute_cos_sin) is not bool:
+            raise TypeError(f"compute_cos_sin: expected True, False or None, got {compute_cos_sin!r}")
+        self.compute_cos_sin = compute_cos_sin
         if isinstance(max_table_bytes, bool) or not isinstance(max_table_bytes, int) or max_table_bytes < 0:
             raise ValueError(f"max_table_bytes: expected a non-negative int, got {max_table_bytes!r}")
         self.max_table_bytes = max_table_bytes
@@ -114,6 +129,8 @@ class RotaryEmbedding(nn.Module):
         empty = torch.empty(0, self.rotary_dim // 2, device=device)
         for name in _TABLES:
             self.register_buffer(name, empty.clone(), persistent=False)
+        no_freqs = torch.empty(0, self.rotary_dim // 2, dtype=torch.int64, device=device)
+        self.register_buffer("freq_table", no_freqs, persistent=False)
         self._build_tables(self.max_positions, torch.device(device) if device is not None else empty.device)
 
     @classmethod
@@ -192,6 +209,9 @@ class RotaryEmbedding(nn.Module):
         )
         for name, t in zip(_TABLES, tables, strict=True):
             setattr(self, name, t)
+        self.freq_table = freqs.freq_table(
+            self._inv_freq, attention_factor=self.attention_factor, device=device
+        )
         self._tables_valid = True
 
     def _update_frequencies(self, length: int) -> bool:
@@ -260,6 +280,12 @@ class RotaryEmbedding(nn.Module):
                 rebuild |= self._update_frequencies(length)
         if rebuild or (length is not None and length > self.max_positions):
             self._build_tables(length or 0, q.device)
+        if self._use_freqs(q, k, layout, positions, cu_seqlens):
+            return apply_rotary(
+                q, k, freqs=self.freq_table, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens,
+                max_seqlen=max_seqlen, layout=layout, interleaved=self.interleaved,
+                rotary_dim=self.rotary_dim, inplace=inplace,
+            )
         return apply_rotary(
             q, k, self.cos_hi, self.sin_hi,
             cos_lo=self.cos_lo if self.cos_lo.shape[0] > 1 else None,
@@ -273,6 +299,27 @@ class RotaryEmbedding(nn.Module):
             rotary_dim=self.rotary_dim,
             inplace=inplace,
         )
+
+    def _use_freqs(self, q, k, layout, positions, cu_seqlens) -> bool:
+        if not isinstance(q, torch.Tensor) or q.dtype == torch.float64:
+            return False  # float64 needs float64 cos/sin (the float32 tables are promoted exactly)
+        if self.compute_cos_sin is not None:
+            return self.compute_cos_sin
+        if type(layout) is not str or layout not in BSHD_AXES:
+            return False  # apply_rotary explains what is wrong
+        axes = BSHD_AXES[layout]
+        if q.dim() != (3 if layout == "thd" else 4) or (isinstance(k, torch.Tensor) and k.dim() != q.dim()):
+            return False
+        heads_q = q.shape[axes[2]]
+        heads = heads_q + (k.shape[axes[2]] if isinstance(k, torch.Tensor) else 0)
+        n_tokens = q.numel() // max(1, heads_q * q.shape[-1])
+        if layout == "thd":
+            # Packed sequences share their low positions; explicit positions: reuse unknown.
+            packed = isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.dim() == 1 and positions is None
+            shared = cu_seqlens.shape[0] - 1 if packed else 1
+        else:
+            shared = q.shape[axes[0]]
+        return prefers_freqs(n_tokens, shared, heads, q.shape[-1], self.rotary_dim, q.element_size())
 
     @staticmethod
     def _device_length(q, layout, positions, offsets, cu_seqlens) -> int:
@@ -289,7 +336,7 @@ class RotaryEmbedding(nn.Module):
         return (
             f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, base={self.base}, "
             f"rope_type={self.rope_type!r}, max_positions={self.max_positions}, "
-            f"interleaved={self.interleaved}"
+            f"interleaved={self.interleaved}, compute_cos_sin={self.compute_cos_sin}"
         )
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .freqs import FREQ_MAX_POSITION, freq_table_angles, freq_table_factor
+
 LAYOUTS = ("bshd", "bhsd", "sbhd", "thd")
 # Which axis of a tensor in each layout is batch, seq, head and dim (thd: no batch axis). The one
 # place the layouts are spelled out: validation, the launcher's strides and the module read it.
@@ -83,6 +85,20 @@ def gather_rows(table: torch.Tensor, pos: torch.Tensor, width: int, dtype: torch
     return torch.where(inside.unsqueeze(-1), picked, torch.full_like(picked, float("nan")))
 
 
+def freq_rows(
+    freqs: torch.Tensor, pos: torch.Tensor, width: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the angles a ``freq_table`` gives positions ``pos`` (first ``width`` pairs), times its
+    attention factor, computed in float64; positions outside [0, 2**31 - 2] read as NaN."""
+    inside = ((pos >= 0) & (pos <= FREQ_MAX_POSITION)).unsqueeze(-1)
+    theta = freq_table_angles(freqs[:, :width], pos.clamp(0, FREQ_MAX_POSITION))
+    amplitude = freq_table_factor(freqs)[:width].to(device=pos.device, dtype=torch.float64)
+    nan = torch.full_like(theta, float("nan"))
+    cos = torch.where(inside, torch.cos(theta) * amplitude, nan)
+    sin = torch.where(inside, torch.sin(theta) * amplitude, nan)
+    return cos.to(dtype), sin.to(dtype)
+
+
 def rotate(
     x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved: bool, conjugate: bool
 ) -> torch.Tensor:
@@ -132,9 +148,10 @@ def _rotate_one(
 def apply_rotary(
     q: torch.Tensor,
     k: torch.Tensor | None,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
+    cos: torch.Tensor | None = None,
+    sin: torch.Tensor | None = None,
     *,
+    freqs: torch.Tensor | None = None,
     positions: torch.Tensor | None = None,
     offsets: int | torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
@@ -169,14 +186,16 @@ def apply_rotary(
     True
     """
     if rotary_dim is None:
-        rotary_dim = 2 * cos.shape[-1]
+        rotary_dim = 2 * (cos if freqs is None else freqs).shape[-1]
     half = rotary_dim // 2
     qb = to_bshd(q, layout)
     batch, seqlen = qb.shape[0], qb.shape[1]
     pos = token_positions(
         batch, seqlen, q.device, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens
     )
-    if cos_lo is None:
+    if freqs is not None:
+        cos_rows, sin_rows = freq_rows(freqs, pos, half, compute_dtype)
+    elif cos_lo is None:
         cos_rows = gather_rows(cos, pos, half, compute_dtype)
         sin_rows = gather_rows(sin, pos, half, compute_dtype)
     else:
