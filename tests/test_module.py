@@ -532,11 +532,16 @@ def test_compute_cos_sin_modes(compute_cos_sin, dtype, monkeypatch, device):
         ("thd", 1, 131072, (32, 8), {"cu": 64}, "tables"),  # 64 packed sequences share low positions
         ("thd", 1, 32768, (32, 8), {"cu": 1}, "freqs"),
         ("thd", 1, 32768, (32, 8), {"positions": True}, "freqs"),  # reuse unknown: counted once
+        # Split tables (past max_table_bytes): any large call computes, decode steps read them.
+        ("bshd", 4, 4096, (32, 8), {"split": True}, "freqs"),
+        ("bshd", 64, 1, (32, 8), {"offsets": 5000, "split": True}, "tables"),
     ],
 )
 def test_auto_choice_follows_the_table_share(layout, batch, seqlen, heads, call, want, monkeypatch):
     calls = _spy_on_apply(monkeypatch, run=False)
     rope = RotaryEmbedding(128, base=500000.0, max_positions=64, device="meta")
+    if call.get("split"):
+        rope.cos_lo = torch.empty(256, 64, device="meta")
     shape = {"bshd": (batch, seqlen, heads[0], 128), "bhsd": (batch, heads[0], seqlen, 128),
              "thd": (seqlen, heads[0], 128)}[layout]
     k_shape = {"bshd": (batch, seqlen, heads[1], 128), "bhsd": (batch, heads[1], seqlen, 128),

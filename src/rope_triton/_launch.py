@@ -37,7 +37,14 @@ FREQS_MIN_TABLE_SHARE = 0.013
 
 
 def prefers_freqs(
-    n_tokens: int, n_sequences: int, heads: int, head_dim: int, rotary_dim: int, itemsize: int
+    n_tokens: int,
+    n_sequences: int,
+    heads: int,
+    head_dim: int,
+    rotary_dim: int,
+    itemsize: int,
+    *,
+    split_tables: bool = False,
 ) -> bool:
     """Whether computing cos/sin in the kernel (``freqs=``) is expected to beat reading float32 table rows.
 
@@ -53,13 +60,17 @@ def prefers_freqs(
     head_dim, rotary_dim : int
     itemsize : int
         Bytes per element of q and k.
+    split_tables : bool
+        The alternative is split tables (``cos_lo``/``sin_lo``), whose angle sum costs more than computing
+        cos/sin (H200: 85.6 / 90.4 / 95.6% of a copy on long-32k / llama3-8b / llama2-7b against 98.4 /
+        97.1 / 97.5% for freqs).
 
     Returns
     -------
     bool
         False for a decode step (at most 256 tokens: latency-bound, and the table path is shorter there:
-        5.3 against 6.4 us for batch 64 on the H200); otherwise True when the rows' share of the bytes moved
-        exceeds :data:`FREQS_MIN_TABLE_SHARE`.
+        5.3 against 6.4 us for batch 64 on the H200); otherwise True against split tables, and against full
+        tables when the rows' share of the bytes moved exceeds :data:`FREQS_MIN_TABLE_SHARE`.
 
     Examples
     --------
@@ -70,6 +81,8 @@ def prefers_freqs(
     """
     if n_tokens <= _FEW_TOKENS or heads <= 0 or rotary_dim <= 0:
         return False
+    if split_tables:
+        return True
     row_bytes = rotary_dim // 2 * 2 * 4  # float32 cos and sin
     token_bytes = 2 * heads * head_dim * itemsize  # read and written
     return row_bytes > FREQS_MIN_TABLE_SHARE * max(1, n_sequences) * token_bytes

@@ -34,19 +34,22 @@ def _mark_tables_after_apply(module: nn.Module, names: tuple[str, ...], was_meta
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding for a model family, applied by the fused rope-triton kernel.
 
-    Angles are exact at any context length: the tables hold cos/sin built from float64 angles, never the
-    float32 ``position * inv_freq`` product whose error reaches 0.06 rad at 1M positions. Up to
-    ``max_table_bytes`` they hold every position (one row per position: the fastest kernel); beyond, the
-    cos/sin of the high and of the low bits of a position (a few MB at a million positions), which the
-    kernel combines with the angle-addition formulas (measured on the H200: 1-13 points of a same-bytes
-    copy slower on large shapes, docs/performance.md).
+    Angles are exact at any context length: never the float32 ``position * inv_freq`` product, whose error
+    reaches 0.06 rad at 1M positions. Two representations, both from float64 angles:
 
-    Large calls whose table rows few sequences share (a long single sequence) can instead compute cos/sin
-    in the kernel from a :func:`rope_triton.freqs.freq_table` (``freqs=``): no table bytes, exact angles at
-    any position, cos/sin within ~2 float32 ulps instead of 0.5. By default (``compute_cos_sin=None``)
-    each call takes the faster of the two (:func:`rope_triton._launch.prefers_freqs`); set True or False
-    for results that do not depend on the call's shape to the last bit (batch invariance). float64 inputs
-    always read the tables.
+    - float32 cos/sin tables: one row per position up to ``max_table_bytes`` (the fastest path for most
+      shapes); beyond, the cos/sin of the high and of the low bits of a position (a few MB at a million
+      positions), combined in the kernel with the angle-addition formulas (1-13 points of a same-bytes copy
+      slower on large shapes). cos/sin within half a float32 ulp (one rounding).
+    - a :func:`rope_triton.freqs.freq_table` (``freqs=``): the kernel computes cos/sin itself, with no
+      table bytes to read, at any position up to 2**31 - 2; cos/sin within ~2 float32 ulps.
+
+    By default (``compute_cos_sin=None``) each call takes the faster one for its shape
+    (:func:`rope_triton._launch.prefers_freqs`, measured on the H200): tables for decode steps and for
+    batches that share each row, computed cos/sin for long sequences few share (long-32k: 98.4% of a copy
+    against 97.0%) and for any large call once the tables are split. Set ``compute_cos_sin`` to True or
+    False for results that do not depend on the call's shape to the last bit (batch invariance). float64
+    inputs always read the tables.
 
     Parameters
     ----------
@@ -319,7 +322,10 @@ class RotaryEmbedding(nn.Module):
             shared = cu_seqlens.shape[0] - 1 if packed else 1
         else:
             shared = q.shape[axes[0]]
-        return prefers_freqs(n_tokens, shared, heads, q.shape[-1], self.rotary_dim, q.element_size())
+        return prefers_freqs(
+            n_tokens, shared, heads, q.shape[-1], self.rotary_dim, q.element_size(),
+            split_tables=self.cos_lo.shape[0] > 1,
+        )
 
     @staticmethod
     def _device_length(q, layout, positions, offsets, cu_seqlens) -> int:
