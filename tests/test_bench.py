@@ -119,6 +119,14 @@ def test_wrong_provider_is_failed_and_not_timed(tmp_path, monkeypatch):
     assert not (tmp_path / "results.png").exists()
 
 
+def test_git_commit_can_be_given(monkeypatch):
+    # A device run on a copy of the working tree may hold a stale .git: the caller names the commit.
+    monkeypatch.setenv("ROPE_TRITON_GIT_COMMIT", "abc123")
+    assert bench_report.git_commit() == "abc123"
+    monkeypatch.delenv("ROPE_TRITON_GIT_COMMIT")
+    assert bench_report.git_commit() != "abc123"
+
+
 def test_error_stats_in_ulps():
     ref = torch.randn(3, 5, 2, 16, dtype=torch.float64)
     exact = ref.to(torch.bfloat16)

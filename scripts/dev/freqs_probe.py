@@ -18,7 +18,10 @@ from rope_triton._kernels import rotary_kernel
 from rope_triton._launch import config, launch
 from rope_triton import freqs as rfreqs
 from rope_triton.bench import cuda_device_time_us
-from rope_triton.bench_shapes import SHAPES, THETA, build_workload
+from rope_triton.bench_shapes import SHAPES, THETA, ShapeSpec, build_workload
+
+# One long packed sequence (thd, cu_seqlens [0, T]): what RotaryEmbedding's auto choice sends to freqs.
+EXTRA = {"thd-1seq": ShapeSpec("thd-1seq", 1, 32768, 32, 8, 128, kind="varlen", n_seqs=1)}
 
 
 def main():
@@ -28,12 +31,12 @@ def main():
     args = ap.parse_args()
     dev = torch.device("cuda")
     for name in args.shapes.split(","):
-        wl = build_workload(SHAPES[name], dev, n_sets=2)
+        wl = build_workload(SHAPES.get(name) or EXTRA[name], dev, n_sets=2)
         kw = wl.rope_kwargs
-        offsets = kw.get("offsets")
+        offsets, cu = kw.get("offsets"), kw.get("cu_seqlens")
         q0, k0 = wl.sets[0]
-        common = dict(positions=None, offsets=offsets, cu_seqlens=None, max_seqlen=None, layout=kw["layout"],
-                      rotary_dim=None, inplace=False)
+        common = dict(positions=None, offsets=offsets, cu_seqlens=cu, max_seqlen=kw.get("max_seqlen"),
+                      layout=kw["layout"], rotary_dim=None, inplace=False)
         p_tab = check(q0, k0, wl.cos32, wl.sin32, **common)
         p_freq = check(q0, k0, wl.freqs, wl.freqs, freqs=True, **common)
         base = config(p_tab, q0.element_size())
@@ -57,6 +60,12 @@ def main():
             if bh <= 2 * max(p_tab.heads_q, p_tab.heads_k):
                 variants[f"freqs, whole token H{bh} w{nw}"] = (
                     p_freq, wl.freqs, wl.freqs, {"BLOCK_HALF": half, "BLOCK_H": bh, "BLOCK_T": 1, "num_warps": nw})
+        if args.more and kw["layout"] == "thd":
+            for bt, bh, nw in ((1, 16, 2), (2, 8, 2), (4, 4, 1), (4, 4, 4)):
+                variants[f"freqs, thd T{bt} H{bh} w{nw}"] = (
+                    p_freq, wl.freqs, wl.freqs, {**rule, "BLOCK_T": bt, "BLOCK_H": bh, "num_warps": nw})
+            variants["tables, thd T1 H16 w4"] = (p_tab, wl.cos32, wl.sin32, {**base, "BLOCK_T": 1, "BLOCK_H": 16,
+                                                                            "num_warps": 4})
         inplace = set()
         if args.more and not name.startswith("decode"):
             variants["freqs, 4 KB w1"] = (p_freq, wl.freqs, wl.freqs, {**rule, "num_warps": 1})
@@ -76,7 +85,7 @@ def main():
             jobs[vname] = [
                 lambda p=p, c=c, s=s, c_lo=c_lo, s_lo=s_lo, cfg=cfg, q=q, k=k, qo=qo, ko=ko, ip=ip: launch(
                     rotary_kernel, p, q, k, q if ip else qo, k if ip else ko, c, s, c_lo, s_lo, None, offsets,
-                    None, interleaved=False, conjugate=False, inplace=ip, cfg=cfg)
+                    cu, interleaved=False, conjugate=False, inplace=ip, cfg=cfg)
                 for (q, k), (qo, ko) in zip(wl.sets, outs)]
         n = q0.numel() + k0.numel()
         src, dst = torch.randn(n, device=dev).to(q0.dtype), torch.empty(n, device=dev, dtype=q0.dtype)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Final device call of a session: whole suite on CUDA and the full benchmark (carry .whl for Liger),
+# Final device call of a session: whole suite on CUDA and the full benchmark (carry .whl for Liger; set
+# ROPE_TRITON_GIT_COMMIT=$(git rev-parse HEAD) in the call: the device copy's .git is stale),
 # then the decode host-overhead parts. gpu-check writes under $OUT.
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; export OUT

@@ -175,7 +175,10 @@ def device_banner(device: torch.device) -> str:
 
 
 def git_commit() -> str | None:
-    """``git rev-parse HEAD`` of the checkout holding this file, or None."""
+    """``git rev-parse HEAD`` of the checkout holding this file, or None; ``ROPE_TRITON_GIT_COMMIT`` when
+    set (a copy of a working tree run elsewhere can carry a stale ``.git``)."""
+    if os.environ.get("ROPE_TRITON_GIT_COMMIT"):
+        return os.environ["ROPE_TRITON_GIT_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
