@@ -63,16 +63,22 @@ def test_freqs_rule_halves_the_warps():
     # of its own slices: fewer threads, fewer repeats); float32 and decode keep their rules.
     from rope_triton.freqs import freq_table, inv_freq_and_scale
 
-    def cfg(seqlen, dtype, freqs):
-        q = torch.empty(4, seqlen, 32, 128, dtype=dtype)
-        k = torch.empty(4, seqlen, 8, 128, dtype=dtype)
+    def cfg(seqlen, dtype, freqs, layout="bshd"):
+        shape = (4 * seqlen,) if layout == "thd" else (4, seqlen)
+        q = torch.empty(*shape, 32, 128, dtype=dtype)
+        k = torch.empty(*shape, 8, 128, dtype=dtype)
         ft = freq_table(inv_freq_and_scale(128)[0])
         tables = (ft, ft) if freqs else (torch.empty(seqlen, 64), torch.empty(seqlen, 64))
-        p = check(q, k, *tables, positions=None, offsets=None, cu_seqlens=None, max_seqlen=None, layout="bshd",
-                  rotary_dim=None, inplace=False, freqs=freqs)
+        cu = torch.tensor([0, seqlen, 2 * seqlen, 3 * seqlen, 4 * seqlen], dtype=torch.int32)
+        packed = {"cu_seqlens": cu, "max_seqlen": seqlen} if layout == "thd" else {}
+        p = check(q, k, *tables, positions=None, offsets=None, cu_seqlens=packed.get("cu_seqlens"),
+                  max_seqlen=packed.get("max_seqlen"), layout=layout, rotary_dim=None, inplace=False, freqs=freqs)
         return config(p, q.element_size())
 
     with_tables, with_freqs = cfg(4096, torch.bfloat16, False), cfg(4096, torch.bfloat16, True)
     assert with_freqs == {**with_tables, "num_warps": with_tables["num_warps"] // 2}
     assert cfg(4096, torch.float32, True) == cfg(4096, torch.float32, False)
     assert cfg(1, torch.bfloat16, True) == cfg(1, torch.bfloat16, False)
+    # Packed sequences: tables take blocks of 4 tokens; freqs the dense programs (one token, 16 heads).
+    thd_tables, thd_freqs = cfg(4096, torch.bfloat16, False, "thd"), cfg(4096, torch.bfloat16, True, "thd")
+    assert thd_tables["BLOCK_T"] == 4 and thd_freqs == with_freqs

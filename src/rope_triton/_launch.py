@@ -117,9 +117,12 @@ def config(p: Problem, itemsize: int = 2) -> dict[str, int]:
     # Split programs (one chunk of heads of a block of tokens each, the chunks of a token block adjacent
     # in the grid) of about _PROGRAM_BYTES, and 16 bytes per thread in each half-tile.
     per_program = max(1, _PROGRAM_BYTES // (2 * block_half * itemsize))
-    if p.layout == "thd":
+    if p.layout == "thd" and not p.freqs:
         # Packed sequences: blocks of _THD_TOKENS tokens, fewer heads each (varlen 98.4-98.7% of a copy
         # against 94.7-96.9% for one token and 16 heads; scripts/dev/probe_s3.py --sweep, NOTES.md v0.5).
+        # Not with freqs=: each thread would compute the cos/sin of several tokens (varlen 79% at 4 tokens
+        # x 4 heads, 99.0% at 1 token x 16 heads, 2 warps; one 32k-token sequence 97.9 vs 98.3%;
+        # freqs-probe-thd.txt).
         block_t = min(_THD_TOKENS, per_program)
         block_h = min(triton.next_power_of_2(heads), max(1, per_program // block_t))
     else:
