@@ -312,7 +312,9 @@ def write_plot(rows: Sequence[dict], path: Path, title: str = "") -> bool:
         ax.set_xticks(range(len(shapes)), shapes, rotation=20)
         ax.set_ylabel("% of same-bytes copy")
         ax.set_title(f"{pass_} {('- ' + title) if title else ''}")
-        ax.legend(fontsize="small", ncols=min(len(providers), 5))
+    # One legend below the panels: inside them it covered the bars.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", fontsize="small", ncols=min(len(providers), 8))
     fig.savefig(path, dpi=120)
     return True
 
