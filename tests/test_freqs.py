@@ -788,3 +788,19 @@ def test_freq_table_gives_exact_angles_at_any_position():
             diff = abs(float(exact) - got[i, j].item())
             worst = max(worst, min(diff, 2 * math.pi - diff))
     assert worst < 2e-10
+
+
+@pytest.mark.parametrize(
+    "inv_freq, error, match",
+    [
+        ([0.5, 0.25], TypeError, "inv_freq: expected a 1-D floating-point tensor, got list"),
+        (torch.ones(2, 4), TypeError, r"got torch.float32 of shape \(2, 4\)"),
+        (torch.arange(4), TypeError, "inv_freq: expected a 1-D floating-point tensor, got torch.int64"),
+        (torch.tensor([0.5, float("nan")]), ValueError, "inv_freq: expected finite values"),
+        (torch.tensor([0.5, float("inf")]), ValueError, "inv_freq: expected finite values"),
+    ],
+    ids=["list", "2-d", "int", "nan", "inf"],
+)
+def test_freq_table_rejects_bad_inv_freq(inv_freq, error, match):
+    with pytest.raises(error, match=match):
+        freq_table(inv_freq)

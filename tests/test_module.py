@@ -580,6 +580,36 @@ def test_compute_cos_sin_float64_reads_tables(monkeypatch, device):
     assert err <= 2 * U * scale * pair_magnitude(x, "bshd", 12, False).max().item()
 
 
+def test_type_cast_of_integer_buffers_rebuilds_the_freq_table(device):
+    # nn.Module.type() casts integer buffers too (.to(dtype) and .half() do not): the fixed-point freq
+    # table must not be used as cast, but rebuilt.
+    rope = _yarn_rope(max_positions=64, device=device, compute_cos_sin=True)
+    x = torch.randn(1, 5, 2, 16, device=device)
+    want, _ = rope(x, offsets=3)
+    rope.type(torch.float32)
+    assert rope.freq_table.dtype == torch.float32
+    got, _ = rope(x, offsets=3)
+    assert rope.freq_table.dtype == torch.int64 and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("rebuild", ["to_empty", "grow", "half"])
+def test_compiled_forward_rebuilds_tables_without_graph_break(rebuild):
+    # The freq table is built on the host when the frequencies change; a table rebuild inside a compiled
+    # region only moves it, so the region stays one graph.
+    rope = _yarn_rope(max_positions=16, device="meta" if rebuild == "to_empty" else None)
+    if rebuild == "to_empty":
+        rope.to_empty(device="cpu")
+    elif rebuild == "half":
+        rope.half()
+    x = torch.randn(1, 40 if rebuild == "grow" else 8, 2, 16)
+    # Static shapes: table sizes follow the sequence length, which must stay an int here.
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: rope(t)[0], fullgraph=True, backend="eager", dynamic=False)
+    out = compiled(x)
+    ref, scale = _exact_for(rope, x, torch.arange(x.shape[1])[None], layout="bshd")
+    assert_ours_close(out, ref, x, scale=scale, rotary_dim=12, layout="bshd")
+
+
 @pytest.mark.parametrize("bad", ["yes", 1, 0.0])
 def test_compute_cos_sin_must_be_bool_or_none(bad):
     with pytest.raises(TypeError, match=r"compute_cos_sin: expected True, False or None, got"):

@@ -881,9 +881,18 @@ def freq_table(
     >>> freq_table(inv_freq, attention_factor=scale).shape
     torch.Size([4, 64])
     """
+    if not isinstance(inv_freq, torch.Tensor):
+        raise TypeError(f"inv_freq: expected a 1-D floating-point tensor, got {type(inv_freq).__name__}")
+    if inv_freq.dim() != 1 or not inv_freq.is_floating_point():
+        raise TypeError(
+            f"inv_freq: expected a 1-D floating-point tensor, got {inv_freq.dtype} of shape "
+            f"{tuple(inv_freq.shape)}"
+        )
     attention_factor = _as_real(attention_factor, "attention_factor")
     device = inv_freq.device if device is None else torch.device(device)
-    inv = inv_freq.detach().to(device="cpu", dtype=_F64).reshape(-1).tolist()
+    inv = inv_freq.detach().to(device="cpu", dtype=_F64).tolist()
+    if not all(math.isfinite(v) for v in inv):
+        raise ValueError("inv_freq: expected finite values, got NaN or infinity")
     one = 1 << FREQ_FRAC_BITS
     rows = []
     for k in range(FREQ_CHUNKS):

@@ -18,16 +18,25 @@ from .reference import BSHD_AXES
 _TABLES = ("cos_hi", "sin_hi", "cos_lo", "sin_lo")
 
 
+def _freq_table_off(module: nn.Module, device: torch.device) -> bool:
+    # nn.Module.type() casts integer buffers too: a float freq_table has lost its fixed-point turns.
+    table = getattr(module, "freq_table", None)
+    return table is not None and (table.dtype != torch.int64 or table.device != device)
+
+
 def _tables_need_rebuild(module: nn.Module, names: tuple[str, ...], device: torch.device) -> bool:
     first = getattr(module, names[0])
-    return not module._tables_valid or first.device != device or first.dtype != torch.float32
+    return (
+        not module._tables_valid or first.device != device or first.dtype != torch.float32
+        or _freq_table_off(module, device)
+    )
 
 
 def _mark_tables_after_apply(module: nn.Module, names: tuple[str, ...], was_meta: bool) -> None:
     # After .to()/.cuda()/to_empty(): values moved from a real device are still right; a meta module
     # (or a cast to another dtype, e.g. model.bfloat16()) needs fresh float32 tables at the next call.
     first = getattr(module, names[0])
-    if was_meta or first.is_meta or first.dtype != torch.float32:
+    if was_meta or first.is_meta or first.dtype != torch.float32 or _freq_table_off(module, first.device):
         module._tables_valid = False
 
 
@@ -61,7 +70,9 @@ class RotaryEmbedding(nn.Module):
         ``rope_theta``.
     max_positions : int, optional
         Positions the tables cover up front (default ``max_position_embeddings`` or 4096). Longer inputs
-        whose length is known on the host grow them; device-side positions past them give NaN.
+        whose length is known on the host grow them; device-side positions past them give NaN in calls
+        that read the tables, and their exact rotation in calls that compute cos/sin (which cover every
+        position up to 2**31 - 2).
     scaling : dict, optional
         A Hugging Face ``rope_scaling`` / ``rope_parameters`` dict (``rope_type`` ``linear``,
         ``dynamic``, ``yarn``, ``longrope``, ``llama3``, ``proportional``, ...).
@@ -121,7 +132,7 @@ class RotaryEmbedding(nn.Module):
         if max_positions is not None and bad_max:
             raise ValueError(f"max_positions: expected a positive int or None, got {max_positions!r}")
         self.max_positions = max_positions or self._default_positions()
-        self._inv_freq = inv_freq
+        self._set_frequencies(inv_freq, self.attention_factor)
         self._dynamic_len = self._dynamic_threshold()  # HF's max_seq_len_cached for dynamic NTK
         if self.rope_type == "dynamic" and self._dynamic_len is None:
             raise ValueError(
@@ -212,10 +223,14 @@ class RotaryEmbedding(nn.Module):
         )
         for name, t in zip(_TABLES, tables, strict=True):
             setattr(self, name, t)
-        self.freq_table = freqs.freq_table(
-            self._inv_freq, attention_factor=self.attention_factor, device=device
-        )
+        # Built on the host when the frequencies change (exact rational arithmetic: untraceable, and ~4 ms);
+        # here only moved, so that a table rebuild inside torch.compile stays traceable.
+        self.freq_table = self._freq_table_host.to(device)
         self._tables_valid = True
+
+    def _set_frequencies(self, inv_freq: torch.Tensor, attention_factor: float) -> None:
+        self._inv_freq, self.attention_factor = inv_freq, attention_factor
+        self._freq_table_host = freqs.freq_table(inv_freq, attention_factor=attention_factor, device="cpu")
 
     def _update_frequencies(self, length: int) -> bool:
         """Length-dependent rope types, exactly as Hugging Face updates them; True if they changed."""
@@ -233,7 +248,8 @@ class RotaryEmbedding(nn.Module):
         else:
             return False
         changed = not torch.equal(inv_freq, self._inv_freq) or factor != self.attention_factor
-        self._inv_freq, self.attention_factor = inv_freq, factor
+        if changed:
+            self._set_frequencies(inv_freq, factor)
         return changed
 
     def reset_parameters(self) -> None:
