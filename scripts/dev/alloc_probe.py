@@ -11,14 +11,12 @@ Usage: PYTHONPATH=src:scripts/dev python3 scripts/dev/alloc_probe.py [--shapes l
 """
 
 import argparse
-import statistics
-
 import torch
 from probe_s3 import _setup
+from rounds import copy_jobs, report, time_rounds
 
 from rope_triton._kernels import rotary_kernel
 from rope_triton._launch import launch
-from rope_triton.bench import cuda_device_time_us
 
 
 def main():
@@ -42,24 +40,13 @@ def main():
             for conj in (False, True):
                 for inplace in (False, True):
                     label = f"alloc {a} {'conj' if conj else 'fwd '} {'in place' if inplace else 'out     '}"
-                    jobs[label] = (
+                    jobs[label] = [
                         lambda q=q, k=k, qo=qo, ko=ko, conj=conj, ip=inplace: launch(
                             rotary_kernel, p, q, k, q if ip else qo, k if ip else ko, wl.cos32, wl.sin32,
                             None, None, None, offsets, cu, interleaved=False, conjugate=conj, inplace=ip,
-                            cfg=cfg))
-        n = q0.numel() + k0.numel()
-        src, dst = torch.randn(n, device=dev).to(q0.dtype), torch.empty(n, device=dev, dtype=q0.dtype)
-        jobs["copy_"] = lambda: dst.copy_(src)
-        times = {key: [] for key in jobs}
-        for _ in range(args.rounds):
-            for key, fn in jobs.items():
-                times[key].append(cuda_device_time_us(fn, warmup_ms=5, rep_ms=20))
-        copy_us = statistics.median(times["copy_"])
-        print(f"== {name}: copy_ {copy_us:.1f} us, rule {cfg}")
-        for key, ts in times.items():
-            t = statistics.median(ts)
-            print(f"   {key:28s} {t:8.1f} us {100 * copy_us / t:6.1f}%  (min {min(ts):.1f}, max {max(ts):.1f})")
-
+                            cfg=cfg)]
+        jobs["copy_"] = copy_jobs(q0, k0)
+        report(f"{name} (rule {cfg})", time_rounds(jobs, args.rounds), width=28)
 
 if __name__ == "__main__":
     main()

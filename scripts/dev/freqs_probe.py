@@ -9,15 +9,14 @@ rule in place for tables and freqs.
 """
 
 import argparse
-import statistics
 
 import torch
+from rounds import copy_jobs, report, time_rounds
 
 from rope_triton._checks import check
 from rope_triton._kernels import rotary_kernel
 from rope_triton._launch import config, launch
 from rope_triton import freqs as rfreqs
-from rope_triton.bench import cuda_device_time_us
 from rope_triton.bench_shapes import SHAPES, THETA, ShapeSpec, build_workload
 
 # One long packed sequence (thd, cu_seqlens [0, T]): what RotaryEmbedding's auto choice sends to freqs.
@@ -87,20 +86,8 @@ def main():
                     rotary_kernel, p, q, k, q if ip else qo, k if ip else ko, c, s, c_lo, s_lo, None, offsets,
                     cu, interleaved=False, conjugate=False, inplace=ip, cfg=cfg)
                 for (q, k), (qo, ko) in zip(wl.sets, outs)]
-        n = q0.numel() + k0.numel()
-        src, dst = torch.randn(n, device=dev).to(q0.dtype), torch.empty(n, device=dev, dtype=q0.dtype)
-        jobs["copy_"] = [lambda: dst.copy_(src)]
-        # Interleaved: each round times every variant once per input set, so drift hits all alike.
-        times = {key: [] for key in jobs}
-        for _ in range(3):
-            for key, fns in jobs.items():
-                times[key] += [cuda_device_time_us(f, warmup_ms=5, rep_ms=20) for f in fns]
-        copy_us = statistics.median(times["copy_"])
-        print(f"== {name}: copy_ {copy_us:.1f} us")
-        for key, ts in times.items():
-            t = statistics.median(ts)
-            print(f"   {key:36s} {t:8.1f} us {100 * copy_us / t:6.1f}%")
-
+        jobs["copy_"] = copy_jobs(q0, k0)
+        report(name, time_rounds(jobs, 3))
 
 if __name__ == "__main__":
     main()

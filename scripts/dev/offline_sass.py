@@ -16,7 +16,8 @@ import importlib.util
 import os
 
 if os.environ.get("KERNEL_FILE"):  # another version of the kernel file (e.g. from a branch), standalone
-    _spec = importlib.util.spec_from_file_location("kvar", os.environ["KERNEL_FILE"])
+    # Named inside the package, so that the copy's relative imports (``from .freqs import ...``) resolve.
+    _spec = importlib.util.spec_from_file_location("rope_triton._kernels_variant", os.environ["KERNEL_FILE"])
     _mod = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(_mod)
     rotary_kernel = _mod.rotary_kernel

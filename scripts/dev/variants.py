@@ -9,18 +9,17 @@ Usage: PYTHONPATH=src:scripts/dev python3 scripts/dev/variants.py main=/tmp/v/k_
 
 import argparse
 import importlib.util
-import statistics
-
 import torch
 from probe_s3 import _setup
+from rounds import copy_jobs, report, time_rounds
 
 from rope_triton._launch import launch
-from rope_triton.bench import cuda_device_time_us
 from rope_triton.bench_providers import PROVIDERS
 
 
 def _load(name, path):
-    spec = importlib.util.spec_from_file_location(f"kernels_{name}", path)
+    # Named inside the package, so that the copy's relative imports (``from .freqs import ...``) resolve.
+    spec = importlib.util.spec_from_file_location(f"rope_triton._kernels_variant_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.rotary_kernel
@@ -66,27 +65,9 @@ def main():
             for pass_ in ("fwd", "bwd"):
                 jobs[f"provider {name} {pass_}"] = [impl.timed(pass_, q, k) for q, k in wl.sets]
         q0, k0 = wl.sets[0]
-        n = q0.numel() + k0.numel()
-        flats = [(torch.randn(n, device=dev).to(q0.dtype), torch.empty(n, device=dev, dtype=q0.dtype))
-                 for _ in range(args.sets)]
-        jobs["copy_"] = [lambda x=x, y=y: y.copy_(x) for x, y in flats]
-        for fns in jobs.values():
-            for f in fns:
-                f()
-        torch.cuda.synchronize()
-        times = {k: [] for k in jobs}
-        keys = list(jobs)
-        for r in range(args.repeats):
-            order = keys[r % len(keys):] + keys[:r % len(keys)]
-            for key in (order if r % 2 == 0 else order[::-1]):
-                for f in jobs[key]:
-                    times[key].append(cuda_device_time_us(f, warmup_ms=5, rep_ms=25))
-        copy_us = statistics.median(times["copy_"])
-        print(f"== {shape}: copy_ {copy_us:.2f} us  rule {base}")
-        for key, ts in times.items():
-            t = statistics.median(ts)
-            print(f"   {key:48s} {t:8.2f} us {100 * copy_us / t:6.1f}%   spread {min(ts):.1f}-{max(ts):.1f}")
-
+        jobs["copy_"] = copy_jobs(q0, k0, args.sets)
+        times = time_rounds(jobs, args.repeats, rep_ms=25, rotate=True)
+        report(f"{shape} (rule {base})", times, width=48)
 
 if __name__ == "__main__":
     main()
