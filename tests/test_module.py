@@ -532,6 +532,9 @@ def test_compute_cos_sin_modes(compute_cos_sin, dtype, monkeypatch, device):
         ("thd", 1, 131072, (32, 8), {"cu": 64}, "tables"),  # 64 packed sequences share low positions
         ("thd", 1, 32768, (32, 8), {"cu": 1}, "freqs"),
         ("thd", 1, 32768, (32, 8), {"positions": True}, "freqs"),  # reuse unknown: counted once
+        # Narrower rotations compute at a higher cost (d64: ~4 points): rows 3.1% of the bytes keep tables.
+        ("bshd", 1, 32768, (16, 16), {"head_dim": 64}, "tables"),
+        ("bshd", 1, 32768, (4, 1), {"head_dim": 64}, "freqs"),  # rows 10% of the bytes
         # Split tables (past max_table_bytes): any large call computes, decode steps read them.
         ("bshd", 4, 4096, (32, 8), {"split": True}, "freqs"),
         ("bshd", 64, 1, (32, 8), {"offsets": 5000, "split": True}, "tables"),
@@ -539,13 +542,14 @@ def test_compute_cos_sin_modes(compute_cos_sin, dtype, monkeypatch, device):
 )
 def test_auto_choice_follows_the_table_share(layout, batch, seqlen, heads, call, want, monkeypatch):
     calls = _spy_on_apply(monkeypatch, run=False)
-    rope = RotaryEmbedding(128, base=500000.0, max_positions=64, device="meta")
+    d = call.get("head_dim", 128)
+    rope = RotaryEmbedding(d, base=500000.0, max_positions=64, device="meta")
     if call.get("split"):
-        rope.cos_lo = torch.empty(256, 64, device="meta")
-    shape = {"bshd": (batch, seqlen, heads[0], 128), "bhsd": (batch, heads[0], seqlen, 128),
-             "thd": (seqlen, heads[0], 128)}[layout]
-    k_shape = {"bshd": (batch, seqlen, heads[1], 128), "bhsd": (batch, heads[1], seqlen, 128),
-               "thd": (seqlen, heads[1], 128)}[layout]
+        rope.cos_lo = torch.empty(256, d // 2, device="meta")
+    shape = {"bshd": (batch, seqlen, heads[0], d), "bhsd": (batch, heads[0], seqlen, d),
+             "thd": (seqlen, heads[0], d)}[layout]
+    k_shape = {"bshd": (batch, seqlen, heads[1], d), "bhsd": (batch, heads[1], seqlen, d),
+               "thd": (seqlen, heads[1], d)}[layout]
     q, k = torch.empty(shape, device="meta", dtype=torch.bfloat16), torch.empty(k_shape, device="meta",
                                                                                  dtype=torch.bfloat16)
     kw = {"offsets": call["offsets"]} if "offsets" in call else {}

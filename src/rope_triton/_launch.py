@@ -29,11 +29,14 @@ _DECODE_CHUNK_BYTES = 1024
 _DECODE_WARPS = 4
 
 
-# Computing cos/sin in the kernel (freqs=) costs about 1.3 points of a same-bytes copy on large shapes;
-# reading table rows costs about their share of the bytes moved when nothing reuses them from the L2
-# (H200, session 5: llama3-8b, rows 0.6% of the bytes, tables 97.7% / freqs 97.0%; long-32k, rows 2.5%
-# read once, tables 96.7% / freqs 97.9%). Break-even near a 1.3% share.
+# Computing cos/sin in the kernel (freqs=) costs about 1.3 points of a same-bytes copy on large shapes with
+# 128-wide rotations; reading table rows costs about their share of the bytes moved when nothing reuses them
+# from the L2 (H200, session 5: llama3-8b, rows 0.6% of the bytes, tables 97.7% / freqs 97.0%; long-32k,
+# rows 2.5% read once, tables 96.7% / freqs 97.9%). Break-even near a 1.3% share. Narrower rotations pay
+# more (d64, 32 pairs: freqs 92.8-93.1% against tables 96.8-97.2%, about 4 points): measured at 128 and 64
+# only, so narrower ones than 128 take the 64-wide figure.
 FREQS_MIN_TABLE_SHARE = 0.013
+FREQS_MIN_TABLE_SHARE_NARROW = 0.04
 
 
 def prefers_freqs(
@@ -70,7 +73,8 @@ def prefers_freqs(
     bool
         False for a decode step (at most 256 tokens: latency-bound, and the table path is shorter there:
         5.3 against 6.4 us for batch 64 on the H200); otherwise True against split tables, and against full
-        tables when the rows' share of the bytes moved exceeds :data:`FREQS_MIN_TABLE_SHARE`.
+        tables when the rows' share of the bytes moved exceeds :data:`FREQS_MIN_TABLE_SHARE`
+        (:data:`FREQS_MIN_TABLE_SHARE_NARROW` for rotary_dim < 128).
 
     Examples
     --------
@@ -85,7 +89,8 @@ def prefers_freqs(
         return True
     row_bytes = rotary_dim // 2 * 2 * 4  # float32 cos and sin
     token_bytes = 2 * heads * head_dim * itemsize  # read and written
-    return row_bytes > FREQS_MIN_TABLE_SHARE * max(1, n_sequences) * token_bytes
+    threshold = FREQS_MIN_TABLE_SHARE if rotary_dim >= 128 else FREQS_MIN_TABLE_SHARE_NARROW
+    return row_bytes > threshold * max(1, n_sequences) * token_bytes
 
 
 def bshd_strides(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
