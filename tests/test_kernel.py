@@ -264,6 +264,12 @@ _RULES = {
     # eviction hint (the rule for large problems).
     "split-blocks": lambda cfg, p: dict(cfg, BLOCK_T=2, BLOCK_H=2, SPLIT_HEADS=True, LOADS_FIRST=False,
                                         TABLE_EVICT="evict_last", num_warps=1),
+    # Every q program before every k program: the same block shape (table rows loaded before the q/k
+    # branch), or k's own (1 token x 2 heads for q, 4 tokens x 1 head for k: rows loaded in each branch).
+    "qk-major": lambda cfg, p: dict(cfg, BLOCK_T=2, BLOCK_H=2, SPLIT_HEADS=True, LOADS_FIRST=False,
+                                    QK_MAJOR=True, BLOCK_T_K=2, BLOCK_H_K=2, num_warps=1),
+    "qk-major-k-blocks": lambda cfg, p: dict(cfg, BLOCK_T=1, BLOCK_H=2, SPLIT_HEADS=True, LOADS_FIRST=False,
+                                             QK_MAJOR=True, BLOCK_T_K=4, BLOCK_H_K=1, num_warps=1),
 }
 
 
@@ -290,6 +296,14 @@ def test_launch_rules(rule, layout, inplace, positions, device):
     check_against_reference(
         q, k, cos, sin, layout=layout, rotary_dim=16, inplace=inplace, **kw, **_thd_kwargs(layout, seqlen, device)
     )
+
+
+@pytest.mark.parametrize("layout", ["bshd", "thd"])
+def test_launch_rules_q_only(rule, layout, device):
+    # No k: the grid holds q programs only.
+    q, _ = make_qk(layout, _batch(layout, 2), 5, 3, 1, 16, torch.bfloat16, device, "packed")
+    cos, sin = random_tables(9, 8, device)
+    check_against_reference(q, None, cos, sin, layout=layout, **_thd_kwargs(layout, 5, device))
 
 
 @pytest.mark.parametrize("conjugate", [False, True], ids=["fwd", "conj"])

@@ -11,11 +11,18 @@ from rope_triton._launch import _PROGRAM_BYTES, config
 
 # name: (layout, batch, seqlen, heads_q, heads_k, head_dim, dtype), and the rule's answer.
 CASES = {
-    "llama3-8b": (("bshd", 4, 4096, 32, 8, 128, torch.bfloat16), dict(BLOCK_T=1, BLOCK_H=16, num_warps=4)),
-    "llama2-7b": (("bshd", 4, 4096, 32, 32, 128, torch.bfloat16), dict(BLOCK_T=1, BLOCK_H=16, num_warps=4)),
+    # q programs, then k programs with chunks sized for k's heads.
+    "llama3-8b": (("bshd", 4, 4096, 32, 8, 128, torch.bfloat16),
+                  dict(BLOCK_T=1, BLOCK_H=16, num_warps=4, QK_MAJOR=True, BLOCK_T_K=2, BLOCK_H_K=8)),
+    "llama2-7b": (("bshd", 4, 4096, 32, 32, 128, torch.bfloat16),
+                  dict(BLOCK_T=1, BLOCK_H=16, num_warps=4, QK_MAJOR=True, BLOCK_T_K=1, BLOCK_H_K=16)),
+    # Table rows of one sequence, 2.5% of the bytes: a token block's q and k chunks together (the k
+    # programs would read the rows again).
     "long-32k": (("bshd", 1, 32768, 32, 8, 128, torch.bfloat16), dict(BLOCK_T=1, BLOCK_H=16, num_warps=4)),
-    "d64": (("bshd", 8, 2048, 16, 16, 64, torch.bfloat16), dict(BLOCK_T=2, BLOCK_H=16, num_warps=4)),
-    "fp32": (("bshd", 2, 4096, 32, 8, 128, torch.float32), dict(BLOCK_T=1, BLOCK_H=8, num_warps=4)),
+    "d64": (("bshd", 8, 2048, 16, 16, 64, torch.bfloat16),
+            dict(BLOCK_T=2, BLOCK_H=16, num_warps=4, QK_MAJOR=True, BLOCK_T_K=2, BLOCK_H_K=16)),
+    "fp32": (("bshd", 2, 4096, 32, 8, 128, torch.float32),
+             dict(BLOCK_T=1, BLOCK_H=8, num_warps=4, QK_MAJOR=True, BLOCK_T_K=1, BLOCK_H_K=8)),
     "varlen": (("thd", 1, 131072, 32, 8, 128, torch.bfloat16), dict(BLOCK_T=4, BLOCK_H=4, num_warps=4)),
     "decode": (("bshd", 64, 1, 32, 8, 128, torch.bfloat16), dict(BLOCK_T=1, BLOCK_H=8, num_warps=4, LOADS_FIRST=True)),
 }
@@ -40,11 +47,14 @@ def test_rule_for_benchmark_shapes(name):
     cfg = config(p, itemsize)
     assert {k: cfg[k] for k in want} == want
     assert cfg.get("SPLIT_HEADS") is True
+    assert cfg.get("QK_MAJOR", False) == want.get("QK_MAJOR", False)
     if name != "decode":  # decode: one token, 1 KB chunks (latency-bound, its own rule)
         # About _PROGRAM_BYTES of q/k per program, one 16-byte vector per thread and half-tile.
         half_tile = cfg["BLOCK_T"] * cfg["BLOCK_H"] * cfg["BLOCK_HALF"] * itemsize
         assert 2 * half_tile == _PROGRAM_BYTES
         assert half_tile == 16 * 32 * cfg["num_warps"]
+        if cfg.get("QK_MAJOR"):  # k's programs as full as q's
+            assert cfg["BLOCK_T_K"] * cfg["BLOCK_H_K"] * cfg["BLOCK_HALF"] * itemsize == half_tile
         assert cfg["TABLE_EVICT"] == "evict_last"
         assert not cfg.get("LOADS_FIRST", False)  # table rows first: the dense shapes' measured best
 
@@ -81,4 +91,6 @@ def test_freqs_rule_halves_the_warps():
     assert cfg(1, torch.bfloat16, True) == cfg(1, torch.bfloat16, False)
     # Packed sequences: tables take blocks of 4 tokens; freqs the dense programs (one token, 16 heads).
     thd_tables, thd_freqs = cfg(4096, torch.bfloat16, False, "thd"), cfg(4096, torch.bfloat16, True, "thd")
-    assert thd_tables["BLOCK_T"] == 4 and thd_freqs == with_freqs
+    assert thd_tables["BLOCK_T"] == 4
+    assert (thd_freqs["BLOCK_T"], thd_freqs["BLOCK_H"]) == (1, 16) and not thd_freqs.get("QK_MAJOR")
+    assert thd_freqs["num_warps"] == with_freqs["num_warps"]

@@ -65,6 +65,12 @@ def main():
                     p_freq, wl.freqs, wl.freqs, {**rule, "BLOCK_T": bt, "BLOCK_H": bh, "num_warps": nw})
             variants["tables, thd T1 H16 w4"] = (p_tab, wl.cos32, wl.sin32, {**base, "BLOCK_T": 1, "BLOCK_H": 16,
                                                                             "num_warps": 4})
+        if rule.get("QK_MAJOR") and not base.get("QK_MAJOR"):
+            # Session 6: the rule runs q's programs before k's with computed cos/sin, not with tables here.
+            qk = {key: rule[key] for key in ("QK_MAJOR", "BLOCK_T", "BLOCK_H", "BLOCK_T_K", "BLOCK_H_K")}
+            variants["tables, q-major"] = (p_tab, wl.cos32, wl.sin32, {**base, **qk})
+            variants["freqs, chunks of a token together"] = (
+                p_freq, wl.freqs, wl.freqs, {**base, "num_warps": rule["num_warps"]})
         inplace = set()
         if args.more and not name.startswith("decode"):
             variants["freqs, 4 KB w1"] = (p_freq, wl.freqs, wl.freqs, {**rule, "num_warps": 1})

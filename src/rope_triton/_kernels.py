@@ -1,7 +1,8 @@
 """The Triton kernel: rotate q and k in one launch.
 
 A program takes a block of tokens and either one chunk of their heads (``SPLIT_HEADS``: the launcher's
-rule, programs of a few KB like the fastest copies) or all of their q and k heads, chunk after chunk.
+rule, programs of a few KB like the fastest copies; ``QK_MAJOR``: all of q's programs before k's, each
+tensor with its own block shape) or all of their q and k heads, chunk after chunk.
 
 Every tensor is addressed as a strided (batch, seq, head, dim) view; ``thd`` is batch 1. All index
 arithmetic is int64, so tensors past 2**31 elements and strides past 2**31 are safe. The backward pass
@@ -224,6 +225,57 @@ def _tables(
 
 
 @triton.jit
+def _tokens(blk, n_tokens, seqlen, BLOCK_T: tl.constexpr, VARLEN: tl.constexpr):
+    """Token indices of block ``blk``, which exist, and their (batch, seq) coordinates (thd: batch 0, seq =
+    token): where each token's rows are needs no load, unlike its position."""
+    tok = blk.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
+    if VARLEN:
+        return tok, tok < n_tokens, tl.zeros((BLOCK_T,), dtype=tl.int64), tok
+    return tok, tok < n_tokens, tok // seqlen, tok % seqlen
+
+
+@triton.jit
+def _split_program(
+    X, Y, blk, chunk, n_heads, sx_b, sx_s, sx_h, sx_d, sy_b, sy_s, sy_h, sy_d,
+    COS, SIN, COS_LO, SIN_LO, POS, CU, n_tokens, seqlen, n_seqs, table_rows, offset,
+    scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
+    HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, TAIL: tl.constexpr, BLOCK_TAIL: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr, CONJUGATE: tl.constexpr,
+    COPY_TAIL: tl.constexpr, POS_MODE: tl.constexpr, LO_BITS: tl.constexpr, VARLEN: tl.constexpr,
+    SEARCH_STEPS: tl.constexpr, ROUND_BY_HAND: tl.constexpr, EVICT: tl.constexpr, TABLE_EVICT: tl.constexpr,
+    LOADS_FIRST: tl.constexpr, FREQS: tl.constexpr,
+    cos, sin, cl, sl, HAVE_TABLES: tl.constexpr,
+):
+    """Rotate heads chunk * BLOCK_H .. + BLOCK_H - 1 of token block ``blk`` of one tensor (X into Y);
+    HAVE_TABLES: with the tokens' (cos, sin, cos_lo, sin_lo) as given (loaded before the q/k branch).
+
+    A warp issues in order and waits at the first use of a pending load. LOADS_FIRST issues the q/k loads
+    before the position (a search or a load) and the table rows it addresses: the programs of a decode step
+    then wait for one round trip instead of two. Otherwise the table rows go first, as one batch of loads:
+    measured best for the dense shapes (loads first splits them around the first multiplies there,
+    -0.3-0.6 points; NOTES.md v0.6)."""
+    FP64: tl.constexpr = X.dtype.element_ty == tl.float64
+    tok, tok_ok, b, s = _tokens(blk, n_tokens, seqlen, BLOCK_T, VARLEN)
+    xh, yh, ok = _chunk(b * sx_b + s * sx_s, b * sy_b + s * sy_s, tok_ok, chunk * BLOCK_H, n_heads,
+                        sx_h, sy_h, BLOCK_H)
+    if not LOADS_FIRST and not HAVE_TABLES:
+        cos, sin, cl, sl = _tables(
+            tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
+            scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
+            HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, FP64, FREQS,
+        )
+    xa, xb = _load_chunk(X, xh, ok, sx_d, HALF, BLOCK_HALF, INTERLEAVED, EVICT)
+    if LOADS_FIRST:
+        cos, sin, cl, sl = _tables(
+            tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
+            scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
+            HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, FP64, FREQS,
+        )
+    _finish_chunk(X, Y, xh, yh, ok, xa, xb, cos, sin, cl, sl, sx_d, sy_d, HALF, BLOCK_HALF, TAIL, BLOCK_TAIL,
+                  INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, LO_BITS, CONJUGATE)
+
+
+@triton.jit
 def rotary_kernel(
     XQ, XK, YQ, YK,  # q, k in; q, k out (out may be in: in place). XK/YK unused without HAS_K
     COS, SIN,  # tables (rows, >= HALF), any strides; with LO_BITS, the tables of the high position bits
@@ -264,81 +316,86 @@ def rotary_kernel(
     TABLE_EVICT: tl.constexpr = "",  # eviction hint for cos/sin loads ("" or "evict_last": reused)
     LOADS_FIRST: tl.constexpr = False,  # SPLIT_HEADS: q/k loads before the position and table loads
     FREQS: tl.constexpr = False,  # COS is a freq_table: cos/sin computed, not read (SIN unused)
+    QK_MAJOR: tl.constexpr = False,  # SPLIT_HEADS: every q program first, then every k program
+    BLOCK_T_K: tl.constexpr = 1,  # QK_MAJOR: tokens and heads of a k program
+    BLOCK_H_K: tl.constexpr = 1,
 ):
-    q_chunks: tl.constexpr = (HEADS_Q + BLOCK_H - 1) // BLOCK_H
-    k_chunks: tl.constexpr = (HEADS_K + BLOCK_H - 1) // BLOCK_H
     if SPLIT_HEADS:
-        # One program per (token block, chunk of BLOCK_H heads), the chunks of a token block adjacent in
-        # the grid: programs that run together touch neighbouring memory, as a copy's do.
-        pid = tl.program_id(0)
-        blk = pid // (q_chunks + k_chunks)
-        chunk = pid % (q_chunks + k_chunks)
-    else:
-        blk = tl.program_id(0)
-        chunk = 0
-    tok = blk.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
-    tok_ok = tok < n_tokens
-    # Where each token's rows are needs no load (thd: batch 0, row = token), unlike its position.
-    if VARLEN:
-        b = tl.zeros((BLOCK_T,), dtype=tl.int64)
-        s = tok
-    else:
-        b = tok // seqlen
-        s = tok % seqlen
-    xq_row, yq_row = b * sxq_b + s * sxq_s, b * syq_b + s * syq_s
-    xk_row, yk_row = b * sxk_b + s * sxk_s, b * syk_b + s * syk_s
-    fp64: tl.constexpr = XQ.dtype.element_ty == tl.float64
-    # A warp issues in order and waits at the first use of a pending load. LOADS_FIRST issues a chunk's
-    # q/k loads before the position (a search or a load) and the table rows it addresses: the programs
-    # of a decode step then wait for one round trip instead of two. Otherwise the table rows go first,
-    # as one batch of loads: measured best for the dense shapes (loads first splits them around the
-    # first multiplies there, -0.3-0.6 points; NOTES.md v0.6).
-    if SPLIT_HEADS:
-        if not LOADS_FIRST:
+        # One program per (token block, chunk of heads). QK_MAJOR: every q program, then every k program,
+        # each tensor with its own block shape (a k program as many bytes as a q program even when k has
+        # fewer heads than a q chunk): the programs in flight then read one tensor and write one, as a
+        # copy's do (see _launch.config). Otherwise the chunks of a token block are adjacent in the grid,
+        # q's then k's (k's chunks index from q_chunks).
+        pid = tl.program_id(0).to(tl.int64)
+        bt_k: tl.constexpr = BLOCK_T_K if QK_MAJOR else BLOCK_T
+        bh_k: tl.constexpr = BLOCK_H_K if QK_MAJOR else BLOCK_H
+        q_chunks: tl.constexpr = (HEADS_Q + BLOCK_H - 1) // BLOCK_H
+        k_chunks: tl.constexpr = (HEADS_K + bh_k - 1) // bh_k
+        if QK_MAJOR:
+            # (divisors of at least 1: a tensor without heads has no programs, but both sides are computed)
+            q_div: tl.constexpr = q_chunks if q_chunks > 0 else 1
+            k_div: tl.constexpr = k_chunks if k_chunks > 0 else 1
+            n_q = (n_tokens + BLOCK_T - 1) // BLOCK_T * q_chunks
+            is_q = pid < n_q
+            blk = tl.where(is_q, pid // q_div, (pid - n_q) // k_div)
+            chunk = tl.where(is_q, pid % q_div, (pid - n_q) % k_div + q_chunks)
+        else:
+            blk = pid // (q_chunks + k_chunks)
+            chunk = pid % (q_chunks + k_chunks)
+            is_q = chunk < q_chunks
+        # Same-shaped q and k programs load their table rows before branching: the rows are then issued
+        # before the q/k loads (measured best for the dense shapes; inside a branch the compiler moves the
+        # q/k loads first, -0.3-0.6 points, NOTES.md v0.6). Otherwise each branch loads its own.
+        same: tl.constexpr = bt_k == BLOCK_T and bh_k == BLOCK_H and not LOADS_FIRST
+        if same:
+            tok, tok_ok, b, s = _tokens(blk, n_tokens, seqlen, BLOCK_T, VARLEN)
             cos, sin, cl, sl = _tables(
                 tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
                 scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
-                HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, fp64, FREQS,
+                HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT,
+                XQ.dtype.element_ty == tl.float64, FREQS,
             )
-        if chunk < q_chunks:
-            xh, yh, ok = _chunk(xq_row, yq_row, tok_ok, chunk * BLOCK_H, HEADS_Q, sxq_h, syq_h, BLOCK_H)
-            xa, xb = _load_chunk(XQ, xh, ok, sxq_d, HALF, BLOCK_HALF, INTERLEAVED, EVICT)
-            if LOADS_FIRST:
-                cos, sin, cl, sl = _tables(
-                    tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
-                    scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
-                    HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, fp64,
-                    FREQS,
-                )
-            _finish_chunk(XQ, YQ, xh, yh, ok, xa, xb, cos, sin, cl, sl, sxq_d, syq_d, HALF, BLOCK_HALF,
-                          TAIL, BLOCK_TAIL, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, LO_BITS, CONJUGATE)
         else:
-            xh, yh, ok = _chunk(xk_row, yk_row, tok_ok, (chunk - q_chunks) * BLOCK_H, HEADS_K, sxk_h, syk_h,
-                                BLOCK_H)
-            xa, xb = _load_chunk(XK, xh, ok, sxk_d, HALF, BLOCK_HALF, INTERLEAVED, EVICT)
-            if LOADS_FIRST:
-                cos, sin, cl, sl = _tables(
-                    tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
-                    scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
-                    HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, fp64,
-                    FREQS,
-                )
-            _finish_chunk(XK, YK, xh, yh, ok, xa, xb, cos, sin, cl, sl, sxk_d, syk_d, HALF, BLOCK_HALF,
-                          TAIL, BLOCK_TAIL, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, LO_BITS, CONJUGATE)
+            cos, sin, cl, sl = 0.0, 0.0, 0.0, 0.0
+        if is_q:
+            _split_program(
+                XQ, YQ, blk, chunk, HEADS_Q, sxq_b, sxq_s, sxq_h, sxq_d, syq_b, syq_s, syq_h, syq_d,
+                COS, SIN, COS_LO, SIN_LO, POS, CU, n_tokens, seqlen, n_seqs, table_rows, offset,
+                scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
+                HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_T, BLOCK_H, INTERLEAVED, CONJUGATE, COPY_TAIL,
+                POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, ROUND_BY_HAND, EVICT, TABLE_EVICT, LOADS_FIRST,
+                FREQS, cos, sin, cl, sl, same,
+            )
+        else:
+            _split_program(
+                XK, YK, blk, chunk - q_chunks, HEADS_K,
+                sxk_b, sxk_s, sxk_h, sxk_d, syk_b, syk_s, syk_h, syk_d,
+                COS, SIN, COS_LO, SIN_LO, POS, CU, n_tokens, seqlen, n_seqs, table_rows, offset,
+                scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
+                HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, bt_k, bh_k, INTERLEAVED, CONJUGATE, COPY_TAIL,
+                POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, ROUND_BY_HAND, EVICT, TABLE_EVICT, LOADS_FIRST,
+                FREQS, cos, sin, cl, sl, same,
+            )
     else:
         # All heads of the block of tokens, chunk after chunk (a launch-rule option): the tables once.
+        q_chunks_all: tl.constexpr = (HEADS_Q + BLOCK_H - 1) // BLOCK_H
+        k_chunks_all: tl.constexpr = (HEADS_K + BLOCK_H - 1) // BLOCK_H
+        FP64: tl.constexpr = XQ.dtype.element_ty == tl.float64
+        tok, tok_ok, b, s = _tokens(tl.program_id(0), n_tokens, seqlen, BLOCK_T, VARLEN)
+        xq_row, yq_row = b * sxq_b + s * sxq_s, b * syq_b + s * syq_s
+        xk_row, yk_row = b * sxk_b + s * sxk_s, b * syk_b + s * syk_s
         cos, sin, cl, sl = _tables(
             tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
             scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
-            HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, fp64, FREQS,
+            HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, FP64, FREQS,
         )
-        for step in range(q_chunks):
+        for step in range(q_chunks_all):
             xh, yh, ok = _chunk(xq_row, yq_row, tok_ok, step * BLOCK_H, HEADS_Q, sxq_h, syq_h, BLOCK_H)
             xa, xb = _load_chunk(XQ, xh, ok, sxq_d, HALF, BLOCK_HALF, INTERLEAVED, EVICT)
             _finish_chunk(XQ, YQ, xh, yh, ok, xa, xb, cos, sin, cl, sl, sxq_d, syq_d, HALF, BLOCK_HALF,
                           TAIL, BLOCK_TAIL, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, LO_BITS, CONJUGATE)
         if HAS_K:
-            for step in range(k_chunks):
+            for step in range(k_chunks_all):
                 xh, yh, ok = _chunk(xk_row, yk_row, tok_ok, step * BLOCK_H, HEADS_K, sxk_h, syk_h, BLOCK_H)
                 xa, xb = _load_chunk(XK, xh, ok, sxk_d, HALF, BLOCK_HALF, INTERLEAVED, EVICT)
                 _finish_chunk(XK, YK, xh, yh, ok, xa, xb, cos, sin, cl, sl, sxk_d, syk_d, HALF, BLOCK_HALF,

@@ -13,7 +13,7 @@ try:  # the launch-hook registry the replay honours (Triton >= 3.4); without it,
 except ImportError:  # pragma: no cover
     knobs = None
 
-from ._checks import POS_EXPLICIT, POS_OFFSETS, Problem
+from ._checks import POS_DEFAULT, POS_EXPLICIT, POS_OFFSETS, Problem
 from ._kernels import rotary_kernel
 from .reference import BSHD_AXES
 
@@ -93,6 +93,21 @@ def prefers_freqs(
     return row_bytes > threshold * max(1, n_sequences) * token_bytes
 
 
+def _qk_major(p: Problem, itemsize: int) -> bool:
+    """Whether a large call's programs go q first, then k (see :func:`config`). Not for packed sequences
+    (varlen 98.4% with a token block's chunks together against 97.2%), nor when table rows that no other
+    sequence shares are past FREQS_MIN_TABLE_SHARE of the bytes: the k programs would read them again,
+    after the q programs pushed them out of the L2 (long-32k with tables 94.4-94.6% against 95.9%)."""
+    if p.layout == "thd":
+        return False
+    if p.freqs:
+        return True
+    shared = p.batch if p.pos_mode == POS_DEFAULT else 1
+    row_bytes = p.rotary_dim // 2 * 2 * 4
+    token_bytes = 2 * (p.heads_q + p.heads_k) * p.head_dim * itemsize
+    return row_bytes <= FREQS_MIN_TABLE_SHARE * shared * token_bytes
+
+
 def bshd_strides(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
     """Strides of ``x`` in (batch, seq, head, dim) order; ``thd`` has batch stride 0."""
     st = x.stride()
@@ -119,9 +134,18 @@ def config(p: Problem, itemsize: int = 2) -> dict[str, int]:
             # (decode 5.3 -> 5.1 us on the H200; the dense shapes lose 0.3-0.6 points with it).
             "LOADS_FIRST": True,
         }
-    # Split programs (one chunk of heads of a block of tokens each, the chunks of a token block adjacent
-    # in the grid) of about _PROGRAM_BYTES, and 16 bytes per thread in each half-tile.
+    # Split programs (one chunk of heads of a block of tokens each) of about _PROGRAM_BYTES, and 16 bytes
+    # per thread in each half-tile.
     per_program = max(1, _PROGRAM_BYTES // (2 * block_half * itemsize))
+    # Keep the grid many waves deep when tokens are few.
+    waves_cap = max(1, triton.next_power_of_2(max(1, n_tokens // 2048)))
+
+    def dense_block(n_heads: int) -> tuple[int, int]:
+        # All heads of a token first, then more tokens (measured best on llama3-8b, llama2-7b, d64, fp32).
+        block_h = min(triton.next_power_of_2(max(1, n_heads)), per_program)
+        return min(max(1, per_program // block_h), waves_cap), block_h
+
+    cfg = {"BLOCK_HALF": block_half, "SPLIT_HEADS": True}
     if p.layout == "thd" and not p.freqs:
         # Packed sequences: blocks of _THD_TOKENS tokens, fewer heads each (varlen 98.4-98.7% of a copy
         # against 94.7-96.9% for one token and 16 heads; scripts/dev/probe_s3.py --sweep, NOTES.md v0.5).
@@ -130,29 +154,30 @@ def config(p: Problem, itemsize: int = 2) -> dict[str, int]:
         # freqs-probe-thd.txt).
         block_t = min(_THD_TOKENS, per_program)
         block_h = min(triton.next_power_of_2(heads), max(1, per_program // block_t))
+        cfg.update(BLOCK_T=min(block_t, waves_cap), BLOCK_H=block_h)
+    elif _qk_major(p, itemsize):
+        # Every q program, then every k program, k's chunks of heads sized for k: each tensor's programs
+        # take its contiguous 4 KB slices, and the programs in flight read one tensor and write one, as a
+        # copy's do (H200, session 6, variants-qk.txt: llama2-7b 97.5 -> 98.4% of a copy out of place and
+        # 96.9 -> 98.7% in place, d64 97.3 -> 97.9 / 99.3, fp32 98.1 -> 98.5 / 99.0, llama3-8b 97.6 -> 98.0 /
+        # 98.3). k's programs must be full: chunks of q's width on 8 kv heads cost 3-4 points.
+        (block_t, block_h), (block_t_k, block_h_k) = dense_block(p.heads_q), dense_block(p.heads_k)
+        cfg.update(BLOCK_T=block_t, BLOCK_H=block_h, QK_MAJOR=True, BLOCK_T_K=block_t_k, BLOCK_H_K=block_h_k)
     else:
-        # Dense: all heads of a token first, then more tokens (measured best on llama3-8b, llama2-7b,
-        # d64 and fp32).
-        block_h = min(triton.next_power_of_2(heads), per_program)
-        block_t = max(1, per_program // block_h)
-    # Keep the grid many waves deep when tokens are few.
-    block_t = min(block_t, max(1, triton.next_power_of_2(max(1, n_tokens // 2048))))
-    warps = max(1, min(8, block_t * block_h * block_half * itemsize // 512))
+        # q's and k's chunks of a token block adjacent in the grid, all of one width.
+        block_t, block_h = dense_block(heads)
+        cfg.update(BLOCK_T=block_t, BLOCK_H=block_h)
+    elements = max(cfg["BLOCK_T"] * cfg["BLOCK_H"], cfg.get("BLOCK_T_K", 0) * cfg.get("BLOCK_H_K", 0))
+    warps = max(1, min(8, elements * block_half * itemsize // 512))
     if p.freqs and itemsize < 4:
         # cos/sin computed in the kernel: every thread computes the pairs of its own 16-byte slices, and the
         # threads covering other heads repeat them (16x at 4 warps). Half the warps, two vectors per thread
         # and half (SASS per program: 504 warp-instructions at 2 warps, 1536 at 4, tables 720): 97.0 /
         # 97.9% of a copy on llama3-8b / long-32k against 38% at 4 warps (H200, freqs-probe-s5.txt).
         warps = max(1, warps // 2)
-    return {
-        "BLOCK_HALF": block_half,
-        "BLOCK_H": block_h,
-        "BLOCK_T": block_t,
-        "num_warps": warps,
-        "SPLIT_HEADS": True,
-        # The cos/sin rows come back for every chunk and batch row: keep them in the L2 (+0.1-0.5 points).
-        "TABLE_EVICT": "evict_last",
-    }
+    # The cos/sin rows come back for every chunk and batch row: keep them in the L2 (+0.1-0.5 points).
+    cfg.update(num_warps=warps, TABLE_EVICT="evict_last")
+    return cfg
 
 
 def launch(
@@ -240,10 +265,19 @@ def launch(
         "TABLE_EVICT": cfg.pop("TABLE_EVICT", ""),
         "LOADS_FIRST": cfg.pop("LOADS_FIRST", False),
         "FREQS": p.freqs,
+        "QK_MAJOR": cfg.pop("QK_MAJOR", False),
+        "BLOCK_T_K": cfg.pop("BLOCK_T_K", 1),
+        "BLOCK_H_K": cfg.pop("BLOCK_H_K", 1),
     }
     n_blocks = triton.cdiv(n_tokens, cfg["BLOCK_T"])
-    chunks = triton.cdiv(p.heads_q, cfg["BLOCK_H"]) + (triton.cdiv(p.heads_k, cfg["BLOCK_H"]) if has_k else 0)
-    grid = (n_blocks * chunks if consts["SPLIT_HEADS"] else n_blocks, 1)
+    q_chunks = triton.cdiv(p.heads_q, cfg["BLOCK_H"])
+    if not consts["SPLIT_HEADS"]:
+        grid = (n_blocks, 1)
+    elif consts["QK_MAJOR"]:
+        k_programs = triton.cdiv(n_tokens, consts["BLOCK_T_K"]) * triton.cdiv(p.heads_k, consts["BLOCK_H_K"])
+        grid = (n_blocks * q_chunks + (k_programs if has_k else 0), 1)
+    else:
+        grid = (n_blocks * (q_chunks + (triton.cdiv(p.heads_k, cfg["BLOCK_H"]) if has_k else 0)), 1)
     compiled = kernel[grid](*args, **consts, num_warps=cfg["num_warps"])
     if plans is not None and plan_key is not None:
         plans.record(plan_key, compiled, grid, args, consts, p.max_offset, p)
