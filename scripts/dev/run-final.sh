@@ -11,3 +11,5 @@ PYTHONPATH=src python3 scripts/dev/overhead.py > $OUT/overhead.txt 2>&1
 grep -E "^batch  64" $OUT/overhead.txt | tail -11
 grep -E "^│ [a-z0-9-]+ +│ [a-z0-9]+ +│ (rope-triton|liger|torch-compile|copy)" $OUT/gpu-check.txt | cut -c1-120 | awk 'NR%1==0' | head -120
 tail -8 $OUT/gpu-check.txt
+# The device returns a limited number of files: keep the results (csv, json, png) and the logs.
+rm -f $OUT/junit.xml $OUT/gpu.txt
