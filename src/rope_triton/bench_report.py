@@ -107,6 +107,13 @@ class _TqdmProgress:
 
 
 class _RichProgress:
+    # rich redraws from a thread of its own by default, which takes the GIL in the middle of the host
+    # wall-time loops; redrawn here from the main thread instead, between measurements, at most this often.
+    # (No difference measurable on the H200's host, whose own launch cost moves by 1.5x within a minute:
+    # benchmarks/results/h200-2026-11-30-s6/progress-wall.txt; kept so that no thread runs in the loops.)
+    AUTO_REFRESH = False
+    REDRAW_S = 0.2
+
     def __init__(self, total: int, console) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -116,8 +123,16 @@ class _RichProgress:
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=console,
+            auto_refresh=self.AUTO_REFRESH,
         )
         self.task = self.progress.add_task("bench", total=total)
+        self.drawn = 0.0
+
+    def _redraw(self) -> None:
+        now = time.monotonic()
+        if not self.AUTO_REFRESH and now - self.drawn >= self.REDRAW_S:
+            self.drawn = now
+            self.progress.refresh()
 
     def __enter__(self):
         self.progress.start()
@@ -128,9 +143,11 @@ class _RichProgress:
 
     def update(self, description: str) -> None:
         self.progress.update(self.task, description=description)
+        self._redraw()
 
     def advance(self, n: int) -> None:
         self.progress.advance(self.task, n)
+        self._redraw()
 
     def add_total(self, n: int) -> None:
         self.progress.update(self.task, total=self.progress.tasks[0].total + n)
