@@ -28,14 +28,14 @@ CASES = {
 }
 
 
-def _problem(layout, batch, seqlen, hq, hk, d, dtype):
+def _problem(layout, batch, seqlen, hq, hk, d, dtype, positions=None, offsets=None):
     # The validated Problem of full-size CPU tensors (never written: their pages are not touched).
     shape = (seqlen,) if layout == "thd" else (batch, seqlen)
     q = torch.empty(*shape, hq, d, dtype=dtype)
     k = torch.empty(*shape, hk, d, dtype=dtype)
     cos = torch.empty(seqlen, d // 2)
     cu = torch.tensor([0, seqlen], dtype=torch.int32) if layout == "thd" else None
-    return check(q, k, cos, cos.clone(), positions=None, offsets=None, cu_seqlens=cu, max_seqlen=None,
+    return check(q, k, cos, cos.clone(), positions=positions, offsets=offsets, cu_seqlens=cu, max_seqlen=None,
                  layout=layout, rotary_dim=None, inplace=False)
 
 
@@ -94,3 +94,39 @@ def test_freqs_rule_halves_the_warps():
     assert thd_tables["BLOCK_T"] == 4
     assert (thd_freqs["BLOCK_T"], thd_freqs["BLOCK_H"]) == (1, 16) and not thd_freqs.get("QK_MAJOR")
     assert thd_freqs["num_warps"] == with_freqs["num_warps"]
+
+
+def test_qk_major_follows_table_row_sharing():
+    # q's programs before k's unless unshared table rows pass 1.3% of the bytes (the k programs would read
+    # them from DRAM again): llama3-8b's rows are 2.5% of a sequence's bytes, shared by the batch of 4 when
+    # the positions are the default or broadcast over the batch.
+    llama = ("bshd", 4, 4096, 32, 8, 128, torch.bfloat16)
+    arange = torch.arange(4096)
+    shared = {
+        "default": {},
+        "int offset": {"offsets": 0},
+        "positions (seq,)": {"positions": arange},
+        "positions (1, seq)": {"positions": arange[None]},
+        "positions expanded": {"positions": arange[None].expand(4, -1)},
+    }
+    for name, kw in shared.items():
+        p = _problem(*llama, **kw)
+        assert p.rows_shared == 4, name
+        assert config(p, 2).get("QK_MAJOR"), name
+    unshared = {
+        "positions (batch, seq)": {"positions": arange.repeat(4, 1)},
+        "tensor offsets": {"offsets": torch.zeros(4, dtype=torch.int64)},
+    }
+    for name, kw in unshared.items():
+        p = _problem(*llama, **kw)
+        assert p.rows_shared == 1, name
+        assert not config(p, 2).get("QK_MAJOR"), name
+    # One sequence: unshared rows; computed cos/sin read none, so long-32k goes q-major with freqs.
+    from rope_triton.freqs import freq_table, inv_freq_and_scale
+
+    q, k = torch.empty(1, 32768, 32, 128, dtype=torch.bfloat16), torch.empty(1, 32768, 8, 128, dtype=torch.bfloat16)
+    ft = freq_table(inv_freq_and_scale(128)[0])
+    p = check(q, k, ft, ft, positions=None, offsets=None, cu_seqlens=None, max_seqlen=None, layout="bshd",
+              rotary_dim=None, inplace=False, freqs=True)
+    cfg = config(p, 2)
+    assert cfg.get("QK_MAJOR") and (cfg["BLOCK_T_K"], cfg["BLOCK_H_K"]) == (2, 8) and cfg["num_warps"] == 2

@@ -38,6 +38,9 @@ class Problem(NamedTuple):
     lo_bits: int  # split tables: log2 of the low table's rows; 0 for one table
     max_offset: float  # largest scalar offset the tables allow (inf when the host cannot tell)
     freqs: bool = False  # cos is a freq_table (cos/sin computed in the kernel), sin is the same tensor
+    # Sequences known to read the same table rows (default positions, or positions broadcast over the
+    # batch): each row comes from DRAM once and from the L2 for the others. 1 when unknown.
+    rows_shared: int = 1
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -248,9 +251,13 @@ def check(
         # The kernel writes q before it reads k: the same memory would be rotated twice.
         if k is not None and k.numel() and q.numel() and _same_address(q, k):
             raise ValueError("k: inplace=True needs q and k in separate memory, got k sharing q's")
+    broadcast = pos_mode == POS_EXPLICIT and (
+        positions.dim() == 1 or positions.shape[0] == 1 or positions.stride(0) == 0
+    )
+    rows_shared = batch if layout != "thd" and (pos_mode == POS_DEFAULT or broadcast) else 1
     return Problem(
         layout, batch, seqlen, heads_q, heads_k, head_dim, rotary_dim, n_seqs, pos_mode, offset, table_rows,
-        lo_bits, max_offset, freqs,
+        lo_bits, max_offset, freqs, rows_shared,
     )
 
 

@@ -13,7 +13,7 @@ try:  # the launch-hook registry the replay honours (Triton >= 3.4); without it,
 except ImportError:  # pragma: no cover
     knobs = None
 
-from ._checks import POS_DEFAULT, POS_EXPLICIT, POS_OFFSETS, Problem
+from ._checks import POS_EXPLICIT, POS_OFFSETS, Problem
 from ._kernels import rotary_kernel
 from .reference import BSHD_AXES
 
@@ -102,7 +102,7 @@ def _qk_major(p: Problem, itemsize: int) -> bool:
         return False
     if p.freqs:
         return True
-    shared = p.batch if p.pos_mode == POS_DEFAULT else 1
+    shared = p.rows_shared
     row_bytes = p.rotary_dim // 2 * 2 * 4
     token_bytes = 2 * (p.heads_q + p.heads_k) * p.head_dim * itemsize
     return row_bytes <= FREQS_MIN_TABLE_SHARE * shared * token_bytes
