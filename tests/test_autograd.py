@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import LAYOUTS, assert_rotary_close, make_qk, random_tables, ref64
+from helpers import FREQS_TABLE_BOUND, LAYOUTS, assert_rotary_close, make_qk, random_tables, ref64
 
 import rope_triton
 
@@ -173,6 +173,5 @@ def test_freqs_grads(layout, inplace, device):
     inv_freq, _ = freqs.inv_freq_and_scale(16, base=10000.0)
     ft = freqs.freq_table(inv_freq, attention_factor=1.1, device=device)
     q, k = make_qk(layout, 1 if layout == "thd" else 2, 6, 3, 1, 16, torch.float32, device)
-    # 3.0: the kernel's computed cos/sin (tests/test_kernel.py FREQS_TABLE_BOUND).
     _grads_against_reference(q, k, None, None, freqs=ft, offsets=2**31 - 64, layout=layout, inplace=inplace,
-                             table_bound=3.0, **_thd(layout, 6, device))
+                             table_bound=FREQS_TABLE_BOUND, **_thd(layout, 6, device))

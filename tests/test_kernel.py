@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DTYPES, LAYOUTS, VIEWS, assert_rotary_close, make_qk, random_tables, ref64
+from helpers import (
+    DTYPES, FREQS_TABLE_BOUND, LAYOUTS, VIEWS, assert_rotary_close, make_qk, random_tables, ref64,
+)
 
 import rope_triton
 
@@ -334,11 +336,6 @@ def _freq_table(dim: int, device, attention_factor: float = 1.0):
     return freqs.freq_table(inv_freq, attention_factor=attention_factor, device=device)
 
 
-# The kernel's cos/sin are within 3 float32 ulps (u = 2**-24) of the exact values times the attention
-# factor: the angle rounds once or twice (<= 1.5 u), the polynomials add about 1 u, the factor 0.5 u
-# (measured: 1.6 u at factor 1, 2.9 u at 1.2, over positions up to 2**31). With the rotation's 2 u of
-# arithmetic: (2 + 3 * 1.2) / 2 < 3 times the table bound of assert_rotary_close.
-FREQS_TABLE_BOUND = 3.0
 
 
 @pytest.mark.parametrize("mode", ["default", "int-offset", "tensor-offset", "positions-int64"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_rotary_close, random_tables, ref64
+from helpers import FREQS_TABLE_BOUND, assert_rotary_close, random_tables, ref64
 
 import rope_triton
 
@@ -15,7 +15,12 @@ def _free_bytes() -> int:
     return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 0
 
 
-def test_more_than_2_31_elements(device):
+@pytest.mark.parametrize("cos_sin", ["tables", "freqs"])
+def test_more_than_2_31_elements(cos_sin, device):
+    # Tables: one sequence's unshared rows keep a token block's q and k programs together; computed
+    # cos/sin take the q-major grid (k's programs after q's, indices past 2**31 elements in both).
+    from rope_triton import freqs
+
     heads, dim = 32, 128
     seqlen = 2**31 // (heads * dim) + 3  # the last tokens sit past element 2**31
     if _free_bytes() < 3 * seqlen * heads * dim * 2:
@@ -24,14 +29,21 @@ def test_more_than_2_31_elements(device):
     assert q.numel() > 2**31
     q.normal_()
     k = torch.randn(1, seqlen, 1, dim, device=device, dtype=torch.bfloat16)
-    cos, sin = random_tables(seqlen, dim // 2, device)
-    q_out, k_out = rope_triton.apply_rotary(q, k, cos, sin)
+    if cos_sin == "tables":
+        tables = dict(zip(("cos", "sin"), random_tables(seqlen, dim // 2, device)))
+        bound = 1.0
+    else:
+        inv_freq, _ = freqs.inv_freq_and_scale(dim, base=10000.0)
+        tables = {"cos": None, "sin": None, "freqs": freqs.freq_table(inv_freq, device=device)}
+        bound = FREQS_TABLE_BOUND
+    q_out, k_out = rope_triton.apply_rotary(q, k, **tables)
     # Check the first and the last tokens (past the int32 wrap) against the reference.
     for sl in (slice(0, 4), slice(seqlen - 8, seqlen)):
         pos = torch.arange(seqlen, device=device)[sl].unsqueeze(0)
-        rq, rk = ref64(q[:, sl], k[:, sl], cos, sin, positions=pos)
-        assert_rotary_close(q_out[:, sl], rq, q[:, sl], layout="bshd", rotary_dim=dim, interleaved=False)
-        assert_rotary_close(k_out[:, sl], rk, k[:, sl], layout="bshd", rotary_dim=dim, interleaved=False)
+        rq, rk = ref64(q[:, sl], k[:, sl], **tables, positions=pos)
+        close = dict(layout="bshd", rotary_dim=dim, interleaved=False, table_bound=bound)
+        assert_rotary_close(q_out[:, sl], rq, q[:, sl], **close)
+        assert_rotary_close(k_out[:, sl], rk, k[:, sl], **close)
     del q, k, q_out, k_out
     torch.cuda.empty_cache()
 

@@ -335,7 +335,9 @@ def rotary_kernel(
             # (divisors of at least 1: a tensor without heads has no programs, but both sides are computed)
             q_div: tl.constexpr = q_chunks if q_chunks > 0 else 1
             k_div: tl.constexpr = k_chunks if k_chunks > 0 else 1
-            n_q = (n_tokens + BLOCK_T - 1) // BLOCK_T * q_chunks
+            # q's programs, in int64 (a token count near 2**31 times the chunks; pid * 0 makes the int64
+            # even where Triton passes n_tokens as a constant 1)
+            n_q = (pid * 0 + (n_tokens - 1) // BLOCK_T + 1) * q_chunks
             is_q = pid < n_q
             blk = tl.where(is_q, pid // q_div, (pid - n_q) // k_div)
             chunk = tl.where(is_q, pid % q_div, (pid - n_q) % k_div + q_chunks)
