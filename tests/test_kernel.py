@@ -260,12 +260,14 @@ def test_split_tables(layout, interleaved, device):
 
 _RULES = {
     # The launcher's two rules on any size (tests are small: the decode rule would take them all).
-    "decode-split": lambda cfg, p: dict(cfg, BLOCK_T=1, BLOCK_H=2, SPLIT_HEADS=True, LOADS_FIRST=True, num_warps=1),
-    "token-blocks": lambda cfg, p: dict(cfg, BLOCK_T=2, BLOCK_H=2, SPLIT_HEADS=False, num_warps=2),
+    # (QK_MAJOR=False throughout: the base rule of a larger test could carry the q-major keys.)
+    "decode-split": lambda cfg, p: dict(cfg, BLOCK_T=1, BLOCK_H=2, SPLIT_HEADS=True, LOADS_FIRST=True, num_warps=1,
+                                        QK_MAJOR=False),
+    "token-blocks": lambda cfg, p: dict(cfg, BLOCK_T=2, BLOCK_H=2, SPLIT_HEADS=False, num_warps=2, QK_MAJOR=False),
     # Split programs over blocks of 2 tokens (the last one partial), table rows loaded first with an
     # eviction hint (the rule for large problems).
     "split-blocks": lambda cfg, p: dict(cfg, BLOCK_T=2, BLOCK_H=2, SPLIT_HEADS=True, LOADS_FIRST=False,
-                                        TABLE_EVICT="evict_last", num_warps=1),
+                                        TABLE_EVICT="evict_last", num_warps=1, QK_MAJOR=False),
     # Every q program before every k program: the same block shape (table rows loaded before the q/k
     # branch), or k's own (1 token x 2 heads for q, 4 tokens x 1 head for k: rows loaded in each branch).
     "qk-major": lambda cfg, p: dict(cfg, BLOCK_T=2, BLOCK_H=2, SPLIT_HEADS=True, LOADS_FIRST=False,

@@ -190,6 +190,33 @@ def test_replay_of_every_argument_kind(kind, inplace, device):
             assert torch.equal(q, q0)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+@pytest.mark.parametrize("heads_k", [8, 16], ids=["k-blocks", "same-blocks"])
+def test_replay_of_q_major_launches(heads_k, inplace, device):
+    # Past 256 tokens the grid is q-major (every q program, then every k program; with fewer k heads, k's
+    # programs have their own block shape): its recorded plan replays on new tensors like any other.
+    from rope_triton._checks import check
+    from rope_triton._launch import config
+
+    cos, sin = random_tables(64, 16, device)
+    for step in range(3):
+        q, k = make_qk("bshd", 8, 40, 16, heads_k, 32, torch.bfloat16, device, "packed")
+        if step == 0:
+            p = check(q, k, cos, sin, positions=None, offsets=None, cu_seqlens=None, max_seqlen=None,
+                      layout="bshd", rotary_dim=None, inplace=inplace)
+            cfg = config(p, 2)
+            assert cfg.get("QK_MAJOR") and (cfg["BLOCK_H_K"] == cfg["BLOCK_H"]) == (heads_k == 16)
+        q0, k0 = q.clone(), k.clone()
+        before = len(_ops.PLANS._plans)
+        q_out, k_out = rope_triton.apply_rotary(q, k, cos, sin, offsets=step * 8, inplace=inplace)
+        if step:
+            assert len(_ops.PLANS._plans) == before, "not replayed"
+        rq, rk = ref64(q0, k0, cos, sin, offsets=step * 8)
+        assert_rotary_close(q_out, rq, q0, layout="bshd", rotary_dim=32, interleaved=False)
+        assert_rotary_close(k_out, rk, k0, layout="bshd", rotary_dim=32, interleaved=False)
+
+
 def test_signature_reads_each_address_once(monkeypatch):
     # CPU: the key/address logic alone (the device query is the only CUDA call).
     from rope_triton import _launch

@@ -99,7 +99,7 @@ def _qk_major(p: Problem, itemsize: int) -> bool:
     sequence shares are past FREQS_MIN_TABLE_SHARE of the bytes: the k programs would read them again,
     after the q programs pushed them out of the L2 (long-32k with tables 94.4-94.9% against 95.9-96.9%).
     Rows count as shared by the batch for default positions and positions broadcast over it."""
-    if p.layout == "thd":
+    if p.layout == "thd" or p.heads_k == 0:  # (q alone: nothing to order; q-major measured level)
         return False
     if p.freqs:
         return True
