@@ -156,6 +156,7 @@ def config(p: Problem, itemsize: int = 2) -> dict[str, int]:
         block_t = min(_THD_TOKENS, per_program)
         block_h = min(triton.next_power_of_2(heads), max(1, per_program // block_t))
         cfg.update(BLOCK_T=min(block_t, waves_cap), BLOCK_H=block_h)
+        elements = cfg["BLOCK_T"] * block_h
     elif _qk_major(p, itemsize):
         # Every q program, then every k program, k's chunks of heads sized for k: each tensor's programs
         # take its contiguous 4 KB slices, and the programs in flight read one tensor and write one, as a
@@ -163,12 +164,20 @@ def config(p: Problem, itemsize: int = 2) -> dict[str, int]:
         # 96.9 -> 98.7% in place, d64 97.3 -> 97.9 / 99.3, fp32 98.1 -> 98.5 / 99.0, llama3-8b 97.6 -> 98.0 /
         # 98.3). k's programs must be full: chunks of q's width on 8 kv heads cost 3-4 points.
         (block_t, block_h), (block_t_k, block_h_k) = dense_block(p.heads_q), dense_block(p.heads_k)
+        elements = max(block_t * block_h, block_t_k * block_h_k)
+        if p.heads_k < p.heads_q:
+            # k narrower than q (GQA, MQA): k's programs take twice the tokens at the same warps, 0.2-1.0
+            # points closer to the copy on every GQA / MQA shape measured (H200, session 7,
+            # kblock-probe.txt: llama3-8b 98.3 -> 98.9% out of place, 4 tokens x 8 heads; long-32k with
+            # computed cos/sin 99.1 -> 99.7; 28/4 and 64/8 heads +0.3-0.7; one kv head 16 tokens +0.2-0.8;
+            # float32 level). Four times the tokens loses 2-7 points.
+            block_t_k *= 2
         cfg.update(BLOCK_T=block_t, BLOCK_H=block_h, QK_MAJOR=True, BLOCK_T_K=block_t_k, BLOCK_H_K=block_h_k)
     else:
         # q's and k's chunks of a token block adjacent in the grid, all of one width.
         block_t, block_h = dense_block(heads)
         cfg.update(BLOCK_T=block_t, BLOCK_H=block_h)
-    elements = max(cfg["BLOCK_T"] * cfg["BLOCK_H"], cfg.get("BLOCK_T_K", 0) * cfg.get("BLOCK_H_K", 0))
+        elements = block_t * block_h
     warps = max(1, min(8, elements * block_half * itemsize // 512))
     if p.freqs and itemsize < 4:
         # cos/sin computed in the kernel: every thread computes the pairs of its own 16-byte slices, and the
