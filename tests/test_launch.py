@@ -14,17 +14,17 @@ CASES = {
     # q programs, then k programs with chunks sized for k's heads.
     # k narrower than q: k's programs of twice the tokens (twice q's bytes), at q's warps.
     "llama3-8b": (("bshd", 4, 4096, 32, 8, 128, torch.bfloat16),
-                  dict(BLOCK_T=1, BLOCK_H=16, num_warps=4, QK_MAJOR=True, BLOCK_T_K=4, BLOCK_H_K=8)),
+                  dict(BLOCK_T=1, BLOCK_H=8, num_warps=2, QK_MAJOR=True, BLOCK_T_K=2, BLOCK_H_K=8)),
     "llama2-7b": (("bshd", 4, 4096, 32, 32, 128, torch.bfloat16),
-                  dict(BLOCK_T=1, BLOCK_H=16, num_warps=4, QK_MAJOR=True, BLOCK_T_K=1, BLOCK_H_K=16)),
+                  dict(BLOCK_T=1, BLOCK_H=8, num_warps=2, QK_MAJOR=True, BLOCK_T_K=1, BLOCK_H_K=8)),
     # Table rows of one sequence, 2.5% of the bytes: a token block's q and k chunks together (the k
     # programs would read the rows again).
-    "long-32k": (("bshd", 1, 32768, 32, 8, 128, torch.bfloat16), dict(BLOCK_T=1, BLOCK_H=16, num_warps=4)),
+    "long-32k": (("bshd", 1, 32768, 32, 8, 128, torch.bfloat16), dict(BLOCK_T=1, BLOCK_H=8, num_warps=2)),
     "d64": (("bshd", 8, 2048, 16, 16, 64, torch.bfloat16),
-            dict(BLOCK_T=2, BLOCK_H=16, num_warps=4, QK_MAJOR=True, BLOCK_T_K=2, BLOCK_H_K=16)),
+            dict(BLOCK_T=1, BLOCK_H=16, num_warps=2, QK_MAJOR=True, BLOCK_T_K=1, BLOCK_H_K=16)),
     "fp32": (("bshd", 2, 4096, 32, 8, 128, torch.float32),
-             dict(BLOCK_T=1, BLOCK_H=8, num_warps=4, QK_MAJOR=True, BLOCK_T_K=2, BLOCK_H_K=8)),
-    "varlen": (("thd", 1, 131072, 32, 8, 128, torch.bfloat16), dict(BLOCK_T=4, BLOCK_H=4, num_warps=4)),
+             dict(BLOCK_T=1, BLOCK_H=4, num_warps=2, QK_MAJOR=True, BLOCK_T_K=2, BLOCK_H_K=4)),
+    "varlen": (("thd", 1, 131072, 32, 8, 128, torch.bfloat16), dict(BLOCK_T=4, BLOCK_H=2, num_warps=2)),
     "decode": (("bshd", 64, 1, 32, 8, 128, torch.bfloat16), dict(BLOCK_T=1, BLOCK_H=8, num_warps=4, LOADS_FIRST=True)),
 }
 
@@ -85,8 +85,8 @@ def test_narrow_k_programs_take_twice_the_tokens(heads_q, heads_k):
 
 
 def test_freqs_rule_halves_the_warps():
-    # freqs=: the split rule's programs with half the warps for 2-byte data (each thread computes the cos/sin
-    # of its own slices: fewer threads, fewer repeats); float32 and decode keep their rules.
+    # freqs=: programs of _FREQS_PROGRAM_BYTES with half the warps for 2-byte data (each thread computes the
+    # cos/sin of its own slices: fewer threads, fewer repeats); decode keeps its rule.
     from rope_triton.freqs import freq_table, inv_freq_and_scale
 
     def cfg(seqlen, dtype, freqs, layout="bshd"):
@@ -102,8 +102,13 @@ def test_freqs_rule_halves_the_warps():
         return config(p, q.element_size())
 
     with_tables, with_freqs = cfg(4096, torch.bfloat16, False), cfg(4096, torch.bfloat16, True)
-    assert with_freqs == {**with_tables, "num_warps": with_tables["num_warps"] // 2}
-    assert cfg(4096, torch.float32, True) == cfg(4096, torch.float32, False)
+    # Tables: 2 KB programs (8 heads, 2 warps); freqs: 4 KB programs (16 heads) at the same 2 warps.
+    assert (with_tables["BLOCK_H"], with_tables["num_warps"]) == (8, 2)
+    assert with_freqs == {**with_tables, "BLOCK_H": 16, "BLOCK_T_K": 2 * with_tables["BLOCK_T_K"]}
+    # float32: freqs keep 4 KB programs at full warps (8 heads, 4 warps), tables 2 KB (4 heads, 2 warps).
+    fp32_freqs, fp32_tables = cfg(4096, torch.float32, True), cfg(4096, torch.float32, False)
+    assert (fp32_freqs["BLOCK_H"], fp32_freqs["num_warps"]) == (8, 4)
+    assert (fp32_tables["BLOCK_H"], fp32_tables["num_warps"]) == (4, 2)
     assert cfg(1, torch.bfloat16, True) == cfg(1, torch.bfloat16, False)
     # Packed sequences: tables take blocks of 4 tokens; freqs the dense programs (one token, 16 heads).
     thd_tables, thd_freqs = cfg(4096, torch.bfloat16, False, "thd"), cfg(4096, torch.bfloat16, True, "thd")

@@ -19,8 +19,13 @@ from .reference import BSHD_AXES
 
 # q/k bytes one program reads (both halves of BLOCK_T x BLOCK_H heads), one 16-byte vector per thread and
 # half: the shape of the fastest flat Triton copies on the H200 (2-4 KB per program at 16 B per thread run at
-# 99.7-100.4% of cudaMemcpy, 16 KB programs at 95%; scripts/dev/copy_sweep.py, NOTES.md v0.5).
-_PROGRAM_BYTES = 4096
+# 99.7-100.4% of cudaMemcpy, 16 KB programs at 95%; scripts/dev/copy_sweep.py, NOTES.md v0.5). Since the
+# q-major order, 2 KB programs (2 warps) beat 4 KB (4 warps) by 0.3-0.8 points on llama2-7b, llama3-8b and
+# varlen, level on d64 and float32 (H200, session 7, variants-2k.txt).
+_PROGRAM_BYTES = 2048
+# With cos/sin computed in the kernel (freqs=): 4 KB programs at half the warps (2-byte data); 2 KB programs
+# of one warp ran 2-3 points slower (freqs-probe-qk.txt: long-32k 96.6 vs 98.9%, llama3-8b 94.9 vs 98.0%).
+_FREQS_PROGRAM_BYTES = 4096
 # At most this many tokens (a decode step), each program takes one token and one chunk of heads of about
 # _DECODE_CHUNK_BYTES per half, with _DECODE_WARPS warps: all chunks in flight at once.
 _FEW_TOKENS = 256
@@ -136,8 +141,9 @@ def config(p: Problem, itemsize: int = 2) -> dict[str, int]:
             "LOADS_FIRST": True,
         }
     # Split programs (one chunk of heads of a block of tokens each) of about _PROGRAM_BYTES, and 16 bytes
-    # per thread in each half-tile.
-    per_program = max(1, _PROGRAM_BYTES // (2 * block_half * itemsize))
+    # per thread in each half-tile (freqs=: see _FREQS_PROGRAM_BYTES).
+    program_bytes = _FREQS_PROGRAM_BYTES if p.freqs else _PROGRAM_BYTES
+    per_program = max(1, program_bytes // (2 * block_half * itemsize))
     # Keep the grid many waves deep when tokens are few.
     waves_cap = max(1, triton.next_power_of_2(max(1, n_tokens // 2048)))
 
@@ -152,14 +158,15 @@ def config(p: Problem, itemsize: int = 2) -> dict[str, int]:
         # against 94.7-96.9% for one token and 16 heads; scripts/dev/probe_s3.py --sweep, NOTES.md v0.5).
         # Not with freqs=: each thread would compute the cos/sin of several tokens (varlen 79% at 4 tokens
         # x 4 heads, 99.0% at 1 token x 16 heads, 2 warps; one 32k-token sequence 97.9 vs 98.3%;
-        # freqs-probe-thd.txt).
+        # freqs-probe-thd.txt). At 2 KB: 4 tokens x 2 heads, 98.5 / 98.1% out of / in place against 97.9 /
+        # 97.4 for 4 KB programs of 4 x 4 (variants-2k.txt).
         block_t = min(_THD_TOKENS, per_program)
         block_h = min(triton.next_power_of_2(heads), max(1, per_program // block_t))
         cfg.update(BLOCK_T=min(block_t, waves_cap), BLOCK_H=block_h)
         elements = cfg["BLOCK_T"] * block_h
     elif _qk_major(p, itemsize):
         # Every q program, then every k program, k's chunks of heads sized for k: each tensor's programs
-        # take its contiguous 4 KB slices, and the programs in flight read one tensor and write one, as a
+        # take its contiguous slices, and the programs in flight read one tensor and write one, as a
         # copy's do (H200, session 6, variants-qk.txt: llama2-7b 97.5 -> 98.4% of a copy out of place and
         # 96.9 -> 98.7% in place, d64 97.3 -> 97.9 / 99.3, fp32 98.1 -> 98.5 / 99.0, llama3-8b 97.6 -> 98.0 /
         # 98.3). k's programs must be full: chunks of q's width on 8 kv heads cost 3-4 points.
@@ -168,9 +175,10 @@ def config(p: Problem, itemsize: int = 2) -> dict[str, int]:
         if p.heads_k < p.heads_q:
             # k narrower than q (GQA, MQA): k's programs take twice the tokens at the same warps, 0.2-1.0
             # points closer to the copy on every GQA / MQA shape measured (H200, session 7,
-            # kblock-probe.txt: llama3-8b 98.3 -> 98.9% out of place, 4 tokens x 8 heads; long-32k with
-            # computed cos/sin 99.1 -> 99.7; 28/4 and 64/8 heads +0.3-0.7; one kv head 16 tokens +0.2-0.8;
-            # float32 level). Four times the tokens loses 2-7 points.
+            # kblock-probe.txt, 4 KB rule: llama3-8b 98.3 -> 98.9% out of place, 4 tokens x 8 heads;
+            # long-32k with computed cos/sin 99.1 -> 99.7; 28/4 and 64/8 heads +0.3-0.7; one kv head 16
+            # tokens +0.2-0.8; float32 level; variants-2k.txt, 2 KB rule: llama3-8b's 2 x 8 98.9-99.0%,
+            # 1 x 8 at 2 warps with 4 x 8 k programs 95.5%). Four times the tokens loses 2-7 points.
             block_t_k *= 2
         cfg.update(BLOCK_T=block_t, BLOCK_H=block_h, QK_MAJOR=True, BLOCK_T_K=block_t_k, BLOCK_H_K=block_h_k)
     else:
