@@ -17,7 +17,7 @@ def _thd(layout, seqlen, device):
 
 def _grads_against_reference(q, k, cos, sin, *, layout, inplace=False, grad_view="dense", **kw):
     """Backward of apply_rotary vs autograd through the float64 reference; returns nothing, asserts."""
-    rotary_dim = kw.get("rotary_dim") or 2 * (cos if cos is not None else kw["freqs"]).shape[1]
+    rotary_dim = kw.get("rotary_dim") or 2 * (cos if cos is not None else kw["freqs"]).shape[-1]
     interleaved = kw.get("interleaved", False)
     table_bound = kw.pop("table_bound", 1.0)
     leaves = [t.detach().clone().requires_grad_() for t in (q, k) if t is not None]
@@ -60,6 +60,16 @@ def test_stride0_grads(dtype, inplace, device):
     q, k = make_qk("bhsd", 2, 4, 2, 2, 8, dtype, device)
     cos, sin = random_tables(4, 4, device)
     _grads_against_reference(q, k, cos, sin, layout="bshd", inplace=inplace, grad_view="stride0")
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+@pytest.mark.parametrize("layout", ["bhsd", "thd"])
+def test_per_sequence_table_grads(layout, inplace, device):
+    # cos/sin per batch row (thd: per packed sequence): the backward reads each sequence's own rows too.
+    seqlen = 5
+    q, k = make_qk(layout, 1 if layout == "thd" else 2, seqlen, 3, 1, 8, torch.float32, device, "packed")
+    cos, sin = (t.reshape(2, seqlen, 4) for t in random_tables(2 * seqlen, 4, device))
+    _grads_against_reference(q, k, cos, sin, layout=layout, inplace=inplace, **_thd(layout, seqlen, device))
 
 
 def test_q_only_grads_and_positions(device):

@@ -38,7 +38,12 @@ CASES = [
     ("float-rotary", {"rotary_dim": 8.0}, TypeError, "rotary_dim"),
     ("narrow-table", {"cos": torch.ones(8, 3), "sin": torch.zeros(8, 3), "rotary_dim": 8}, ValueError, "cos: expected at least"),
     ("table-shape", {"sin": torch.zeros(8, 7)}, ValueError, "sin: expected the shape of cos"),
-    ("table-rank", {"cos": torch.ones(8, 8, 1), "sin": torch.zeros(8, 8, 1)}, ValueError, "cos: expected a 2-D table"),
+    ("table-rank", {"cos": torch.ones(1, 8, 8, 1), "sin": torch.zeros(1, 8, 8, 1)}, ValueError,
+     "cos: expected a 2-D table .* or 3-D per sequence"),
+    ("table-batch", {"cos": torch.ones(3, 8, 8), "sin": torch.zeros(3, 8, 8)}, ValueError,
+     "cos: per-sequence tables need a first dim of batch = 2 \\(or 1\\), got shape \\(3, 8, 8\\)"),
+    ("table-3d-sin-2d", {"cos": torch.ones(2, 8, 8)}, ValueError, "sin: expected the shape of cos"),
+    ("short-3d-table", {"cos": torch.ones(2, 4, 8), "sin": torch.zeros(2, 4, 8)}, ValueError, "at least 5 rows, got 4"),
     ("int-table", {"cos": torch.ones(8, 8, dtype=torch.int64)}, TypeError, "cos: expected a floating-point"),
     ("short-table", {"cos": torch.ones(4, 8), "sin": torch.zeros(4, 8)}, ValueError, "at least 5 rows, got 4"),
     ("offset-past-table", {"offsets": 4}, ValueError, "at least 9 rows, got 8"),
@@ -71,6 +76,8 @@ THD_CASES = [
     ("offsets-shape", {"cu_seqlens": torch.tensor([0, 2, 6]), "offsets": torch.zeros(3, dtype=torch.int64)}, ValueError, "offsets: expected shape \\(num_seqs,\\)"),
     ("max-seqlen-past-table", {"cu_seqlens": torch.tensor([0, 2, 6]), "max_seqlen": 9}, ValueError, "at least 9 rows, got 8"),
     ("bad-max-seqlen", {"cu_seqlens": torch.tensor([0, 6]), "max_seqlen": -2}, ValueError, "max_seqlen"),
+    ("table-seqs", {"cu_seqlens": torch.tensor([0, 2, 6]), "cos": torch.ones(3, 8, 8), "sin": torch.zeros(3, 8, 8)},
+     ValueError, "cos: per-sequence tables need a first dim of num_seqs = 2"),
 ]
 
 
@@ -78,7 +85,9 @@ THD_CASES = [
 def test_bad_thd_input(kw, exc, msg):
     q, k = torch.randn(6, 4, 16), torch.randn(6, 2, 16)
     with pytest.raises(exc, match=msg):
-        rope_triton.apply_rotary(q, k, torch.ones(8, 8), torch.zeros(8, 8), layout="thd", **kw)
+        kw = dict(kw)  # (the case's dict is shared by reruns)
+        tables = {"cos": kw.pop("cos", torch.ones(8, 8)), "sin": kw.pop("sin", torch.zeros(8, 8))}
+        rope_triton.apply_rotary(q, k, **tables, layout="thd", **kw)
 
 
 @pytest.mark.gpu
@@ -110,6 +119,8 @@ SPLIT_CASES = [
     ("width", {"cos_lo": torch.ones(4, 6), "sin_lo": torch.zeros(4, 6)}, ValueError, "cos_lo: expected the width of cos"),
     ("lo-shapes", {"cos_lo": torch.ones(4, 8), "sin_lo": torch.zeros(2, 8)}, ValueError, "sin_lo: expected the shape of cos_lo"),
     ("too-short", {"cos_lo": torch.ones(4, 8), "sin_lo": torch.zeros(4, 8), "offsets": 30}, ValueError, "at least 35 rows, got 32"),
+    ("per-sequence", {"cos": torch.ones(2, 8, 8), "sin": torch.zeros(2, 8, 8), "cos_lo": torch.ones(4, 8),
+                      "sin_lo": torch.zeros(4, 8)}, ValueError, "cos: expected a 2-D table .*split tables take 2-D"),
 ]
 
 

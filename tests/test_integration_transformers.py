@@ -178,6 +178,24 @@ def test_drop_in_matches_hf(dtype, unsqueeze_dim, cos_batch, device):
         torch.testing.assert_close(q_out, q_hf)
 
 
+def test_drop_in_per_batch_tables_need_no_extra_work(device, monkeypatch):
+    """Per-row tables (left-padded batches) go to the kernel as they are: no index tensor is built (an
+    earlier version allocated an arange per call: one more launch per layer and step)."""
+    q, k = torch.randn(B, S, HQ, D, device=device), torch.randn(B, S, HK, D, device=device)
+    cos, sin = _hf_tables(B, D, torch.float32, device)
+    want = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.arange called")
+
+    monkeypatch.setattr(torch, "arange", refuse)
+    got = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
+    monkeypatch.undo()
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    q_ref, _ = _exact(HF_STANDARD, q, k, cos, sin, unsqueeze_dim=2)
+    assert_rotary_close(got[0], q_ref, q, layout="bshd", rotary_dim=D, interleaved=False)
+
+
 def test_drop_in_reads_strided_views(device):
     """q and k sliced from one fused qkv projection and transposed (as Phi-3 does), cos/sin columns of a
     wider buffer, and a batch-expanded (stride 0) table: all read in place."""

@@ -31,7 +31,7 @@ def check_against_reference(q, k, cos, sin, *, layout, inplace=False, table_boun
     q0, k0 = q.clone(), (k.clone() if k is not None else None)
     rq, rk = ref64(q0, k0, cos, sin, layout=layout, **kw)
     q_out, k_out = rope_triton.apply_rotary(q, k, cos, sin, layout=layout, inplace=inplace, **kw)
-    rotary_dim = kw.get("rotary_dim") or 2 * (cos if cos is not None else kw["freqs"]).shape[1]
+    rotary_dim = kw.get("rotary_dim") or 2 * (cos if cos is not None else kw["freqs"]).shape[-1]
     interleaved = kw.get("interleaved", False)
     close = dict(layout=layout, rotary_dim=rotary_dim, interleaved=interleaved, table_bound=table_bound)
     assert_rotary_close(q_out, rq, q0, **close)
@@ -300,6 +300,50 @@ def test_launch_rules(rule, layout, inplace, positions, device):
     check_against_reference(
         q, k, cos, sin, layout=layout, rotary_dim=16, inplace=inplace, **kw, **_thd_kwargs(layout, seqlen, device)
     )
+
+
+def per_sequence_tables(n_seqs: int, rows: int, half: int, device, form: str):
+    """cos/sin of shape (n_seqs, rows, half), each sequence its own random angles; ``form`` "shared": one
+    table (first dim 1), "expanded": one table expanded to n_seqs (stride 0), "strided": every other
+    sequence of a larger batch of tables with transposed rows and columns."""
+    cos, sin = random_tables(2 * n_seqs * rows, half, device)
+    cos, sin = cos.reshape(2 * n_seqs, rows, half), sin.reshape(2 * n_seqs, rows, half)
+    if form == "shared":
+        return cos[:1], sin[:1]
+    if form == "expanded":
+        return cos[:1].expand(n_seqs, -1, -1), sin[:1].expand(n_seqs, -1, -1)
+    if form == "strided":
+        return cos.transpose(1, 2).contiguous().transpose(1, 2)[::2], sin[::2]
+    return cos[:n_seqs].contiguous(), sin[:n_seqs].contiguous()
+
+
+@pytest.mark.parametrize("positions", ["default", "tensor-offset", "positions"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_launch_rules_per_sequence_tables(rule, layout, positions, device):
+    # cos/sin per batch row (thd: per packed sequence), as Hugging Face's rotary embedding returns them.
+    seqlen, rows = 5, 9
+    batch = _batch(layout, 2)
+    n_seqs = 3 if layout == "thd" else batch
+    q, k = make_qk(layout, batch, seqlen, 3, 1, 24, torch.bfloat16, device, "packed")
+    cos, sin = per_sequence_tables(n_seqs, rows, 8, device, "own")
+    kw = _position_kwargs(positions, layout, batch, seqlen, rows, device)
+    check_against_reference(
+        q, k, cos, sin, layout=layout, rotary_dim=16, inplace=positions == "default", **kw,
+        **_thd_kwargs(layout, seqlen, device),
+    )
+
+
+@pytest.mark.parametrize("form", ["shared", "expanded", "strided"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_per_sequence_table_forms(layout, form, device):
+    # One table for all (first dim 1, or expanded: stride 0), or strided views of several.
+    seqlen, rows = 6, 8
+    batch = _batch(layout, 3)
+    n_seqs = 3
+    q, k = make_qk(layout, batch, seqlen, 2, 2, 16, torch.float16, device, "transposed" if layout != "thd" else "packed")
+    cos, sin = per_sequence_tables(n_seqs, rows, 8, device, form)
+    kw = _position_kwargs("tensor-offset", layout, batch, seqlen, rows, device)
+    check_against_reference(q, k, cos, sin, layout=layout, **kw, **_thd_kwargs(layout, seqlen, device))
 
 
 @pytest.mark.parametrize("layout", ["bshd", "thd"])

@@ -70,6 +70,35 @@ def test_token_positions():
     assert reference.token_positions(2, 2, torch.device("cpu"), offsets=3).tolist() == [[3, 4], [3, 4]]
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_per_sequence_tables_are_each_sequence_alone(layout):
+    # (B, P, R/2) tables (thd: (num_seqs, P, R/2)) rotate sequence i exactly as table i alone would.
+    cpu = torch.device("cpu")
+    lengths = [2, 0, 3, 4]
+    n_seqs = len(lengths) if layout == "thd" else 3
+    seqlen = sum(lengths) if layout == "thd" else 4
+    q, _ = make_qk(layout, 1 if layout == "thd" else n_seqs, seqlen, 2, None, 8, torch.float64, cpu)
+    angle = torch.rand(n_seqs, 6, 4, dtype=torch.float64) * 6.3
+    kw = {"offsets": torch.tensor([2, 0, 1, 2][:n_seqs])}
+    if layout == "thd":
+        kw["cu_seqlens"] = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    out, _ = reference.apply_rotary(q, None, angle.cos(), angle.sin(), layout=layout, compute_dtype=torch.float64, **kw)
+    out_b, q_b = reference.to_bshd(out, layout), reference.to_bshd(q, layout)
+    starts = kw["cu_seqlens"].tolist() if layout == "thd" else None
+    for i in range(n_seqs):
+        part = q_b[:, starts[i]:starts[i + 1]] if layout == "thd" else q_b[i:i + 1]
+        want, _ = reference.apply_rotary(part, None, angle[i].cos(), angle[i].sin(),
+                                         offsets=int(kw["offsets"][i]), compute_dtype=torch.float64)
+        got = out_b[:, starts[i]:starts[i + 1]] if layout == "thd" else out_b[i:i + 1]
+        assert torch.equal(got, want), i
+    # A first dim of 1 is one table for every sequence.
+    one, _ = reference.apply_rotary(q, None, angle[:1].cos(), angle[:1].sin(), layout=layout,
+                                    compute_dtype=torch.float64, **kw)
+    two_d, _ = reference.apply_rotary(q, None, angle[0].cos(), angle[0].sin(), layout=layout,
+                                      compute_dtype=torch.float64, **kw)
+    assert torch.equal(one, two_d)
+
+
 def test_rows_off_the_table_are_nan():
     table = torch.arange(6.0).reshape(3, 2)
     rows = reference.gather_rows(table, torch.tensor([[0, 2, 3, -1]]), 2, torch.float64)

@@ -28,7 +28,8 @@ else:
 CONSTS = dict(HEADS_Q=32, HEADS_K=8, HALF=64, BLOCK_HALF=64, TAIL=0, BLOCK_TAIL=1, BLOCK_T=1, BLOCK_H=16,
               INTERLEAVED=False, CONJUGATE=False, HAS_K=True, COPY_TAIL=False, POS_MODE=0, LO_BITS=0,
               VARLEN=False, SEARCH_STEPS=1, ROUND_BY_HAND=False, EVICT="", SPLIT_HEADS=True,
-              TABLE_EVICT="evict_last", LOADS_FIRST=False, FREQS=False, QK_MAJOR=False, BLOCK_T_K=1, BLOCK_H_K=1)
+              TABLE_EVICT="evict_last", LOADS_FIRST=False, FREQS=False, QK_MAJOR=False, BLOCK_T_K=1, BLOCK_H_K=1,
+              TABLE_BATCH=False)
 ONES = ("sxq_d", "sxk_d", "syq_d", "syk_d", "scos_c", "ssin_c", "slcos_c", "slsin_c")  # specialized == 1
 NUM_WARPS = int(os.environ.get("NUM_WARPS", "4"))
 

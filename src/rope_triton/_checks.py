@@ -41,6 +41,8 @@ class Problem(NamedTuple):
     # Sequences known to read the same table rows (default positions, or positions broadcast over the
     # batch): each row comes from DRAM once and from the L2 for the others. 1 when unknown.
     rows_shared: int = 1
+    # cos/sin given per sequence, (batch or num_seqs, rows, columns): each sequence reads its own rows.
+    table_batch: bool = False
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -125,10 +127,12 @@ def check(
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
         if not t.is_floating_point() and not freqs:  # (a freq table is int64, checked above)
             raise TypeError(f"{name}: expected a floating-point table, got dtype {t.dtype}")
-        if t.dim() != 2:
+        per_sequence = name in ("cos", "sin") and cos_lo is None
+        if t.dim() != 2 and not (per_sequence and t.dim() == 3):
+            also = " or 3-D per sequence (batch, num_positions, rotary_dim // 2)" if per_sequence else ""
             raise ValueError(
-                f"{name}: expected a 2-D table (num_positions, "
-                f"rotary_dim // 2), got {_shape(t)}"
+                f"{name}: expected a 2-D table (num_positions, rotary_dim // 2){also}, got {_shape(t)}"
+                + (" (split tables take 2-D cos/sin)" if name in ("cos", "sin") and t.dim() == 3 else "")
             )
     if cos.shape != sin.shape:
         raise ValueError(f"sin: expected the shape of cos {tuple(cos.shape)}, got {tuple(sin.shape)}")
@@ -142,20 +146,20 @@ def check(
         rows_lo = cos_lo.shape[0]
         if rows_lo < 1 or rows_lo & (rows_lo - 1):
             raise ValueError(f"cos_lo: expected a power-of-two number of rows, got {_shape(cos_lo)}")
-        if cos_lo.shape[1] != cos.shape[1]:
+        if cos_lo.shape[1] != cos.shape[-1]:
             raise ValueError(
                 "cos_lo: expected the width of cos "
-                f"({cos.shape[1]} columns), got {_shape(cos_lo)}"
+                f"({cos.shape[-1]} columns), got {_shape(cos_lo)}"
             )
         lo_bits = rows_lo.bit_length() - 1
 
     if rotary_dim is None:
-        rotary_dim = 2 * cos.shape[1]
+        rotary_dim = 2 * cos.shape[-1]
     elif isinstance(rotary_dim, bool) or not isinstance(rotary_dim, int):
         raise TypeError(f"rotary_dim: expected an int or None, got {type(rotary_dim).__name__}")
     if rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
         raise ValueError(f"rotary_dim: expected an even int in (0, head_dim={head_dim}], got {rotary_dim}")
-    if cos.shape[1] < rotary_dim // 2:
+    if cos.shape[-1] < rotary_dim // 2:
         raise ValueError(
             f"{tables[0][0]}: expected at least rotary_dim // 2 = {rotary_dim // 2} columns, "
             f"got {_shape(cos)}"
@@ -190,7 +194,13 @@ def check(
         if layout != "thd":
             raise ValueError(f"max_seqlen: only used with layout 'thd', got it with layout {layout!r}")
 
-    table_rows = FREQ_MAX_POSITION + 1 if freqs else cos.shape[0] << lo_bits
+    table_batch = cos.dim() == 3
+    if table_batch and cos.shape[0] not in (1, n_seqs):
+        what = "num_seqs" if layout == "thd" else "batch"
+        raise ValueError(
+            f"cos: per-sequence tables need a first dim of {what} = {n_seqs} (or 1), got {_shape(cos)}"
+        )
+    table_rows = FREQ_MAX_POSITION + 1 if freqs else cos.shape[-2] << lo_bits
     offset = 0
     max_offset = float("inf")
     if positions is not None:
@@ -254,10 +264,11 @@ def check(
     broadcast = pos_mode == POS_EXPLICIT and (
         positions.dim() == 1 or positions.shape[0] == 1 or positions.stride(0) == 0
     )
-    rows_shared = batch if layout != "thd" and (pos_mode == POS_DEFAULT or broadcast) else 1
+    own_rows = table_batch and cos.shape[0] > 1 and (cos.stride(0) != 0 or sin.stride(0) != 0)
+    rows_shared = batch if layout != "thd" and (pos_mode == POS_DEFAULT or broadcast) and not own_rows else 1
     return Problem(
         layout, batch, seqlen, heads_q, heads_k, head_dim, rotary_dim, n_seqs, pos_mode, offset, table_rows,
-        lo_bits, max_offset, freqs, rows_shared,
+        lo_bits, max_offset, freqs, rows_shared, table_batch,
     )
 
 

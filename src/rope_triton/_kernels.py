@@ -166,10 +166,10 @@ def _freq_cos_sin(F, sf_r, sf_c, pos, pos_ok, j, mj):
 @triton.jit
 def _tables(
     tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
-    scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
+    scos_b, ssin_b, scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
     HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_T: tl.constexpr, POS_MODE: tl.constexpr,
     LO_BITS: tl.constexpr, VARLEN: tl.constexpr, SEARCH_STEPS: tl.constexpr, TABLE_EVICT: tl.constexpr,
-    FP64: tl.constexpr, FREQS: tl.constexpr,
+    FP64: tl.constexpr, FREQS: tl.constexpr, TABLE_BATCH: tl.constexpr,
 ):
     """Each token's position and its table rows: (cos, sin, cos_lo, sin_lo), [BLOCK_T, BLOCK_HALF] in
     float32 (float64 for float64 data); cos/sin NaN for positions off the table; without split tables
@@ -208,9 +208,16 @@ def _tables(
         cos, sin = _freq_cos_sin(COS, scos_r, scos_c, pos, pos_ok, j, j < HALF)
         return cos, sin, cos, sin
     row = pos >> LO_BITS
-    cos = tl.load(COS + row[:, None] * scos_r + j[None, :] * scos_c, mask=mc, other=float("nan"),
+    if TABLE_BATCH:
+        # Per-sequence tables: each batch row (thd: sequence) reads its own (cos, sin); stride 0 broadcasts.
+        cos_row = seq_id * scos_b + row * scos_r
+        sin_row = seq_id * ssin_b + row * ssin_r
+    else:
+        cos_row = row * scos_r
+        sin_row = row * ssin_r
+    cos = tl.load(COS + cos_row[:, None] + j[None, :] * scos_c, mask=mc, other=float("nan"),
                   eviction_policy=TABLE_EVICT).to(ct)
-    sin = tl.load(SIN + row[:, None] * ssin_r + j[None, :] * ssin_c, mask=mc, other=float("nan"),
+    sin = tl.load(SIN + sin_row[:, None] + j[None, :] * ssin_c, mask=mc, other=float("nan"),
                   eviction_policy=TABLE_EVICT).to(ct)
     if LO_BITS > 0:
         low = pos & ((1 << LO_BITS) - 1)
@@ -238,12 +245,12 @@ def _tokens(blk, n_tokens, seqlen, BLOCK_T: tl.constexpr, VARLEN: tl.constexpr):
 def _split_program(
     X, Y, blk, chunk, n_heads, sx_b, sx_s, sx_h, sx_d, sy_b, sy_s, sy_h, sy_d,
     COS, SIN, COS_LO, SIN_LO, POS, CU, n_tokens, seqlen, n_seqs, table_rows, offset,
-    scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
+    scos_b, ssin_b, scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
     HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, TAIL: tl.constexpr, BLOCK_TAIL: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr, CONJUGATE: tl.constexpr,
     COPY_TAIL: tl.constexpr, POS_MODE: tl.constexpr, LO_BITS: tl.constexpr, VARLEN: tl.constexpr,
     SEARCH_STEPS: tl.constexpr, ROUND_BY_HAND: tl.constexpr, EVICT: tl.constexpr, TABLE_EVICT: tl.constexpr,
-    LOADS_FIRST: tl.constexpr, FREQS: tl.constexpr,
+    LOADS_FIRST: tl.constexpr, FREQS: tl.constexpr, TABLE_BATCH: tl.constexpr,
     cos, sin, cl, sl, HAVE_TABLES: tl.constexpr,
 ):
     """Rotate heads chunk * BLOCK_H .. + BLOCK_H - 1 of token block ``blk`` of one tensor (X into Y);
@@ -261,15 +268,19 @@ def _split_program(
     if not LOADS_FIRST and not HAVE_TABLES:
         cos, sin, cl, sl = _tables(
             tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
-            scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
+            scos_b, ssin_b, scos_r, scos_c, ssin_r, ssin_c,
+            slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
             HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, FP64, FREQS,
+            TABLE_BATCH,
         )
     xa, xb = _load_chunk(X, xh, ok, sx_d, HALF, BLOCK_HALF, INTERLEAVED, EVICT)
     if LOADS_FIRST:
         cos, sin, cl, sl = _tables(
             tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
-            scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
+            scos_b, ssin_b, scos_r, scos_c, ssin_r, ssin_c,
+            slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
             HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, FP64, FREQS,
+            TABLE_BATCH,
         )
     _finish_chunk(X, Y, xh, yh, ok, xa, xb, cos, sin, cl, sl, sx_d, sy_d, HALF, BLOCK_HALF, TAIL, BLOCK_TAIL,
                   INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, LO_BITS, CONJUGATE)
@@ -291,7 +302,7 @@ def rotary_kernel(
     sxk_b, sxk_s, sxk_h, sxk_d,
     syq_b, syq_s, syq_h, syq_d,
     syk_b, syk_s, syk_h, syk_d,
-    scos_r, scos_c, ssin_r, ssin_c,
+    scos_b, ssin_b, scos_r, scos_c, ssin_r, ssin_c,  # (sequence, row, column); sequence only with TABLE_BATCH
     slcos_r, slcos_c, slsin_r, slsin_c,
     spos_b, spos_s,  # POS strides: (batch, seq) for positions, (seq,) for offsets in spos_b
     HEADS_Q: tl.constexpr,
@@ -319,6 +330,7 @@ def rotary_kernel(
     QK_MAJOR: tl.constexpr = False,  # SPLIT_HEADS: every q program first, then every k program
     BLOCK_T_K: tl.constexpr = 1,  # QK_MAJOR: tokens and heads of a k program
     BLOCK_H_K: tl.constexpr = 1,
+    TABLE_BATCH: tl.constexpr = False,  # COS/SIN per sequence (batch or sequences, rows, >= HALF)
 ):
     if SPLIT_HEADS:
         # One program per (token block, chunk of heads). QK_MAJOR: every q program, then every k program,
@@ -353,9 +365,10 @@ def rotary_kernel(
             tok, tok_ok, b, s = _tokens(blk, n_tokens, seqlen, BLOCK_T, VARLEN)
             cos, sin, cl, sl = _tables(
                 tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
-                scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
+                scos_b, ssin_b, scos_r, scos_c, ssin_r, ssin_c,
+                slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
                 HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT,
-                XQ.dtype.element_ty == tl.float64, FREQS,
+                XQ.dtype.element_ty == tl.float64, FREQS, TABLE_BATCH,
             )
         else:
             cos, sin, cl, sl = 0.0, 0.0, 0.0, 0.0
@@ -363,20 +376,22 @@ def rotary_kernel(
             _split_program(
                 XQ, YQ, blk, chunk, HEADS_Q, sxq_b, sxq_s, sxq_h, sxq_d, syq_b, syq_s, syq_h, syq_d,
                 COS, SIN, COS_LO, SIN_LO, POS, CU, n_tokens, seqlen, n_seqs, table_rows, offset,
-                scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
+                scos_b, ssin_b, scos_r, scos_c, ssin_r, ssin_c,
+                slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
                 HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_T, BLOCK_H, INTERLEAVED, CONJUGATE, COPY_TAIL,
                 POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, ROUND_BY_HAND, EVICT, TABLE_EVICT, LOADS_FIRST,
-                FREQS, cos, sin, cl, sl, same,
+                FREQS, TABLE_BATCH, cos, sin, cl, sl, same,
             )
         else:
             _split_program(
                 XK, YK, blk, chunk - q_chunks, HEADS_K,
                 sxk_b, sxk_s, sxk_h, sxk_d, syk_b, syk_s, syk_h, syk_d,
                 COS, SIN, COS_LO, SIN_LO, POS, CU, n_tokens, seqlen, n_seqs, table_rows, offset,
-                scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
+                scos_b, ssin_b, scos_r, scos_c, ssin_r, ssin_c,
+                slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
                 HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, bt_k, bh_k, INTERLEAVED, CONJUGATE, COPY_TAIL,
                 POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, ROUND_BY_HAND, EVICT, TABLE_EVICT, LOADS_FIRST,
-                FREQS, cos, sin, cl, sl, same,
+                FREQS, TABLE_BATCH, cos, sin, cl, sl, same,
             )
     else:
         # All heads of the block of tokens, chunk after chunk (a launch-rule option): the tables once.
@@ -388,8 +403,10 @@ def rotary_kernel(
         xk_row, yk_row = b * sxk_b + s * sxk_s, b * syk_b + s * syk_s
         cos, sin, cl, sl = _tables(
             tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
-            scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
+            scos_b, ssin_b, scos_r, scos_c, ssin_r, ssin_c,
+            slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
             HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, FP64, FREQS,
+            TABLE_BATCH,
         )
         for step in range(q_chunks_all):
             xh, yh, ok = _chunk(xq_row, yq_row, tok_ok, step * BLOCK_H, HEADS_Q, sxq_h, syq_h, BLOCK_H)

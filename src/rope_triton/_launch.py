@@ -114,6 +114,17 @@ def _qk_major(p: Problem, itemsize: int) -> bool:
     return row_bytes <= FREQS_MIN_TABLE_SHARE * shared * token_bytes
 
 
+def _table_strides(cos: torch.Tensor, sin: torch.Tensor, per_sequence: bool) -> tuple[int, ...]:
+    """(scos_b, ssin_b, scos_r, scos_c, ssin_r, ssin_c): the sequence strides of per-sequence tables (0 for a
+    first dim of 1: one table for all), then each table's row and column strides."""
+    if per_sequence:
+        return (
+            cos.stride(0) if cos.shape[0] > 1 else 0, sin.stride(0) if sin.shape[0] > 1 else 0,
+            cos.stride(1), cos.stride(2), sin.stride(1), sin.stride(2),
+        )
+    return (0, 0, cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1))
+
+
 def bshd_strides(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
     """Strides of ``x`` in (batch, seq, head, dim) order; ``thd`` has batch stride 0."""
     st = x.stride()
@@ -256,7 +267,7 @@ def launch(
         *bshd_strides(kk, p.layout),
         *bshd_strides(q_out, p.layout),
         *bshd_strides(kko, p.layout),
-        cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1),
+        *_table_strides(cos, sin, p.table_batch),
         *((0, 0, 0, 0) if cos_lo is None else (*cos_lo.stride(), *sin_lo.stride())),
         spos_b, spos_s,
     ]
@@ -286,6 +297,7 @@ def launch(
         "QK_MAJOR": cfg.pop("QK_MAJOR", False),
         "BLOCK_T_K": cfg.pop("BLOCK_T_K", 1),
         "BLOCK_H_K": cfg.pop("BLOCK_H_K", 1),
+        "TABLE_BATCH": p.table_batch,
     }
     n_blocks = triton.cdiv(n_tokens, cfg["BLOCK_T"])
     q_chunks = triton.cdiv(p.heads_q, cfg["BLOCK_H"])

@@ -62,7 +62,10 @@ def apply_rotary(
     cos, sin : torch.Tensor
         Tables of shape (P, >= R/2), any float dtype (float32 recommended); row p holds cos and sin of
         position p's angles. Only the first R/2 columns are read. They are constants: no gradient flows
-        to them. Leave them out when ``freqs`` is given.
+        to them. Leave them out when ``freqs`` is given. Per-sequence tables: shape (B, P, >= R/2) (for
+        ``"thd"`` (num_seqs, P, >= R/2)), each batch row (packed sequence) reading its own; a first dim of
+        1, or stride 0, shares one table. This is Hugging Face's (B, S, R) cos/sin as its rotary
+        embedding returns them (e.g. left-padded batches), used as they are: no copy, no extra launch.
     freqs : torch.Tensor, optional
         Instead of tables: :func:`rope_triton.freqs.freq_table` of the frequencies, shape (4, >= R/2).
         The kernel computes each position's cos/sin itself (exact angles at any position up to 2**31 - 2,
@@ -96,7 +99,7 @@ def apply_rotary(
         :func:`rope_triton.freqs.split_tables`): ``cos_lo``/``sin_lo`` of shape (2**b, >= R/2) hold the
         angles of positions 0 .. 2**b - 1, and ``cos``/``sin`` then hold those of positions
         0, 2**b, 2 * 2**b, ...; the kernel combines rows p >> b and p & (2**b - 1) by the angle-addition
-        formulas. The tables then cover ``cos.shape[0] * 2**b`` positions.
+        formulas. The tables then cover ``cos.shape[0] * 2**b`` positions. cos/sin are 2-D then.
 
     Returns
     -------

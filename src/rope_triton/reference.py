@@ -77,11 +77,32 @@ def token_positions(
     return pos
 
 
-def gather_rows(table: torch.Tensor, pos: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
-    """Rows ``pos`` of ``table[:, :width]`` in ``dtype``; rows outside the table read as NaN."""
-    rows = table.shape[0]
+def token_sequences(
+    batch: int, seqlen: int, device: torch.device, cu_seqlens: torch.Tensor | None
+) -> torch.Tensor:
+    """Sequence of every token, int64 of shape (B, S) (its batch row), or (1, T) for ``thd`` (its packed
+    sequence): which table of per-sequence cos/sin it reads."""
+    if cu_seqlens is None:
+        return torch.arange(batch, device=device).reshape(batch, 1).expand(batch, seqlen)
+    cu = cu_seqlens.to(device=device, dtype=torch.int64)
+    token = torch.arange(seqlen, device=device)
+    return (torch.searchsorted(cu, token, right=True) - 1).clamp(0, cu.numel() - 2).unsqueeze(0)
+
+
+def gather_rows(
+    table: torch.Tensor, pos: torch.Tensor, width: int, dtype: torch.dtype, seq: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Rows ``pos`` of ``table[:, :width]`` in ``dtype``; rows outside the table read as NaN. A 3-D
+    ``table`` (sequences, rows, columns) is per sequence: token i reads ``table[seq[i]]`` (every token
+    the one table when its first dim is 1)."""
+    rows = table.shape[-2]
     inside = (pos >= 0) & (pos < rows)
-    picked = table[:, :width].to(dtype)[pos.clamp(0, max(rows - 1, 0))]
+    row = pos.clamp(0, max(rows - 1, 0))
+    if table.dim() == 3:
+        which = seq if table.shape[0] > 1 else torch.zeros_like(row)
+        picked = table[..., :width].to(dtype)[which, row]
+    else:
+        picked = table[:, :width].to(dtype)[row]
     return torch.where(inside.unsqueeze(-1), picked, torch.full_like(picked, float("nan")))
 
 
@@ -196,8 +217,9 @@ def apply_rotary(
     if freqs is not None:
         cos_rows, sin_rows = freq_rows(freqs, pos, half, compute_dtype)
     elif cos_lo is None:
-        cos_rows = gather_rows(cos, pos, half, compute_dtype)
-        sin_rows = gather_rows(sin, pos, half, compute_dtype)
+        seq = token_sequences(batch, seqlen, q.device, cu_seqlens) if cos.dim() == 3 else None
+        cos_rows = gather_rows(cos, pos, half, compute_dtype, seq)
+        sin_rows = gather_rows(sin, pos, half, compute_dtype, seq)
     else:
         # Split tables: angle(p) = angle(high part) + angle(low part), by the angle-addition formulas.
         lo_rows = cos_lo.shape[0]

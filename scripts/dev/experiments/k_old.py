@@ -239,6 +239,7 @@ def rotary_kernel(
     sxk_b, sxk_s, sxk_h, sxk_d,
     syq_b, syq_s, syq_h, syq_d,
     syk_b, syk_s, syk_h, syk_d,
+    scos_b, ssin_b,  # unused here (2-D tables only)
     scos_r, scos_c, ssin_r, ssin_c,
     slcos_r, slcos_c, slsin_r, slsin_c,
     spos_b, spos_s,  # POS strides: (batch, seq) for positions, (seq,) for offsets in spos_b
@@ -265,6 +266,7 @@ def rotary_kernel(
     LOADS_FIRST: tl.constexpr = False,  # SPLIT_HEADS: q/k loads before the position and table loads
     FREQS: tl.constexpr = False,  # COS is a freq_table: cos/sin computed, not read (SIN unused)
     QK_MAJOR: tl.constexpr = False, BLOCK_T_K: tl.constexpr = 1, BLOCK_H_K: tl.constexpr = 1,  # unused here
+    TABLE_BATCH: tl.constexpr = False,  # unused here
 ):
     q_chunks: tl.constexpr = (HEADS_Q + BLOCK_H - 1) // BLOCK_H
     k_chunks: tl.constexpr = (HEADS_K + BLOCK_H - 1) // BLOCK_H

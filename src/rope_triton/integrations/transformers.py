@@ -103,8 +103,8 @@ def apply_rotary_pos_emb_gptj(tensor: torch.Tensor, sin: torch.Tensor, cos: torc
 def _rotate(q, k, cos, sin, layout: str, *, interleaved: bool):
     """Rotate by per-token half-width tables ``cos``/``sin`` of shape (batch or 1, seq, R/2) or (seq, R/2).
 
-    The tables are handed to the kernel as 2-D views, without a copy: one sequence's rows when they are
-    shared by the batch, else the batch's rows one after the other, sequence b starting at row b * seq.
+    The tables are handed to the kernel as they are, without a copy: one sequence's rows when the batch
+    shares them, else as per-sequence tables (batch, seq, R/2), each batch row reading its own.
     """
     batch, seqlen = q.shape[0], q.shape[2 if layout == "bhsd" else 1]
     tables = []
@@ -118,9 +118,8 @@ def _rotate(q, k, cos, sin, layout: str, *, interleaved: bool):
     per_batch = batch > 1 and any(t.shape[0] > 1 and t.stride(0) != 0 for t in tables)
     if not per_batch:
         return apply_rotary(q, k, tables[0][0], tables[1][0], layout=layout, interleaved=interleaved)
-    rows = [t.expand(batch, -1, -1).flatten(0, 1) for t in tables]  # a view unless the strides forbid it
-    offsets = torch.arange(0, batch * seqlen, seqlen, device=q.device)
-    return apply_rotary(q, k, rows[0], rows[1], offsets=offsets, layout=layout, interleaved=interleaved)
+    cos3, sin3 = (t.expand(batch, -1, -1) for t in tables)  # views; a first dim of 1 gets stride 0
+    return apply_rotary(q, k, cos3, sin3, layout=layout, interleaved=interleaved)
 
 
 # ---- patching ----------------------------------------------------------------------------------------
