@@ -4,34 +4,15 @@ per-row offsets per call (one more launch and allocation); now the (B, S, R) tab
 per-sequence tables. Both paths are timed here (the old one rebuilt from the public API), beside the
 shared-table call and an empty Triton launch.
 
-Usage: PYTHONPATH=src python3 scripts/dev/hf_perbatch_probe.py
+Usage: PYTHONPATH=src:scripts/dev python3 scripts/dev/hf_perbatch_probe.py
 """
 
-import time
-
 import torch
-import triton
-import triton.language as tl
+from overhead import _empty, wall  # (scripts/dev on PYTHONPATH)
 
 from rope_triton import apply_rotary
 from rope_triton.bench import cuda_device_time_us
 from rope_triton.integrations.transformers import apply_rotary_pos_emb
-
-
-@triton.jit
-def _empty(X):
-    pass
-
-
-def wall(fn, n=2000):
-    for _ in range(50):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / n * 1e6
 
 
 def old_path(q, k, cos, sin):
