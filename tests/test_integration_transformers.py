@@ -196,6 +196,18 @@ def test_drop_in_per_batch_tables_need_no_extra_work(device, monkeypatch):
     assert_rotary_close(got[0], q_ref, q, layout="bshd", rotary_dim=D, interleaved=False)
 
 
+@pytest.mark.parametrize("forms", ["2d-3d", "b1-bB"])
+def test_drop_in_mixed_table_forms(forms, device):
+    """cos and sin of different batch forms (one shared, one per row): each read as given."""
+    q, k = torch.randn(B, HQ, S, D, device=device), torch.randn(B, HK, S, D, device=device)
+    cos, sin = _hf_tables(B, D, torch.float32, device)
+    sin = sin[0] if forms == "2d-3d" else sin[:1]
+    q_out, k_out = apply_rotary_pos_emb(q, k, cos, sin)
+    q_ref, k_ref = _exact(HF_STANDARD, q, k, cos, sin.expand(B, S, D))
+    assert_rotary_close(q_out, q_ref, q, layout="bhsd", rotary_dim=D, interleaved=False)
+    assert_rotary_close(k_out, k_ref, k, layout="bhsd", rotary_dim=D, interleaved=False)
+
+
 def test_drop_in_reads_strided_views(device):
     """q and k sliced from one fused qkv projection and transposed (as Phi-3 does), cos/sin columns of a
     wider buffer, and a batch-expanded (stride 0) table: all read in place."""

@@ -86,7 +86,8 @@ def apply_rotary_pos_emb(
     width = cos.shape[-1]
     if width % 2:
         raise ValueError(f"cos: expected an even width cat(freqs, freqs), got shape {tuple(cos.shape)}")
-    return _rotate(q, k, cos[..., : width // 2], sin[..., : width // 2], _LAYOUTS[axis], interleaved=False)
+    # rotary_dim = the tables' width: the kernel reads their first half (no slice views on the host).
+    return _rotate(q, k, cos, sin, _LAYOUTS[axis], interleaved=False, rotary_dim=width)
 
 
 def apply_rotary_pos_emb_gptj(tensor: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
@@ -100,26 +101,27 @@ def apply_rotary_pos_emb_gptj(tensor: torch.Tensor, sin: torch.Tensor, cos: torc
     return out
 
 
-def _rotate(q, k, cos, sin, layout: str, *, interleaved: bool):
-    """Rotate by per-token half-width tables ``cos``/``sin`` of shape (batch or 1, seq, R/2) or (seq, R/2).
+def _rotate(q, k, cos, sin, layout: str, *, interleaved: bool, rotary_dim: int | None = None):
+    """Rotate by per-token tables ``cos``/``sin`` of shape (batch or 1, seq, >= R/2) or (seq, >= R/2).
 
     The tables are handed to the kernel as they are, without a copy: one sequence's rows when the batch
-    shares them, else as per-sequence tables (batch, seq, R/2), each batch row reading its own.
+    shares them, else as per-sequence tables (batch, seq, >= R/2), each batch row reading its own. A
+    decode step or a training step makes one view at most (each of them costs a microsecond of host time).
     """
     batch, seqlen = q.shape[0], q.shape[2 if layout == "bhsd" else 1]
-    tables = []
     for name, t in (("cos", cos), ("sin", sin)):
-        t = t.unsqueeze(0) if t.dim() == 2 else t
-        if t.dim() != 3 or t.shape[1] != seqlen or t.shape[0] not in (1, batch):
+        if not (t.dim() == 2 and t.shape[0] == seqlen) and not (
+            t.dim() == 3 and t.shape[1] == seqlen and t.shape[0] in (1, batch)
+        ):
             raise ValueError(
                 f"{name}: expected shape (batch={batch} or 1, seq={seqlen}, rotary_dim), got {tuple(t.shape)}"
             )
-        tables.append(t)
-    per_batch = batch > 1 and any(t.shape[0] > 1 and t.stride(0) != 0 for t in tables)
+    per_batch = batch > 1 and any(t.dim() == 3 and t.shape[0] > 1 and t.stride(0) != 0 for t in (cos, sin))
     if not per_batch:
-        return apply_rotary(q, k, tables[0][0], tables[1][0], layout=layout, interleaved=interleaved)
-    cos3, sin3 = (t.expand(batch, -1, -1) for t in tables)  # views; a first dim of 1 gets stride 0
-    return apply_rotary(q, k, cos3, sin3, layout=layout, interleaved=interleaved)
+        cos, sin = (t[0] if t.dim() == 3 else t for t in (cos, sin))
+    elif cos.shape != sin.shape:  # one of them shared: views of batch rows (stride 0)
+        cos, sin = ((t if t.dim() == 3 else t[None]).expand(batch, -1, -1) for t in (cos, sin))
+    return apply_rotary(q, k, cos, sin, layout=layout, interleaved=interleaved, rotary_dim=rotary_dim)
 
 
 # ---- patching ----------------------------------------------------------------------------------------
