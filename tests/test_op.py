@@ -49,12 +49,15 @@ def _rope_loss(q, k, cos, sin, offsets, inplace):
     return (qo.float() ** 2).sum() + (ko.float() * 3).sum(), qo, ko
 
 
+@pytest.mark.parametrize("tables", ["shared", "per-sequence"])
 @pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
-def test_compile_fullgraph(inplace, device):
+def test_compile_fullgraph(inplace, tables, device):
     # aot_eager on the CPU (the interpreter cannot be compiled by inductor); inductor on the GPU.
     backend = "inductor" if device.type == "cuda" else "aot_eager"
     q, k = make_qk("bhsd", 2, 5, 4, 2, 16, torch.float32, device)
-    cos, sin = random_tables(12, 8, device)
+    cos, sin = random_tables(24 if tables == "per-sequence" else 12, 8, device)
+    if tables == "per-sequence":  # (batch, rows, R/2): each batch row its own table
+        cos, sin = cos.reshape(2, 12, 8), sin.reshape(2, 12, 8)
     offsets = torch.tensor([0, 7], device=device)
     compiled = torch.compile(_rope_loss, fullgraph=True, backend=backend)
     results = []
