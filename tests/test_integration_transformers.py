@@ -268,6 +268,11 @@ def test_drop_in_signature(device):
         apply_rotary_pos_emb(q, k, cos[:, :-1], sin[:, :-1], unsqueeze_dim=2)
     with pytest.raises(ValueError, match="4-D"):
         apply_rotary_pos_emb(q[0], k[0], cos, sin)
+    wide = torch.cat((cos, cos), dim=-1)  # tables wider than head_dim
+    with pytest.raises(ValueError, match=f"cos: expected an even width .* at most head_dim = {D}"):
+        apply_rotary_pos_emb(q, k, wide, wide, unsqueeze_dim=2)
+    with pytest.raises(ValueError, match="cos: expected an even width"):
+        apply_rotary_pos_emb(q, k, cos[..., :-1], sin[..., :-1], unsqueeze_dim=2)
 
 
 # ---- patched models -------------------------------------------------------------------------------------

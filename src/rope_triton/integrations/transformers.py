@@ -84,8 +84,11 @@ def apply_rotary_pos_emb(
             f"got {unsqueeze_dim!r}"
         )
     width = cos.shape[-1]
-    if width % 2:
-        raise ValueError(f"cos: expected an even width cat(freqs, freqs), got shape {tuple(cos.shape)}")
+    if width % 2 or width > q.shape[-1]:
+        raise ValueError(
+            f"cos: expected an even width cat(freqs, freqs) of at most head_dim = {q.shape[-1]}, "
+            f"got shape {tuple(cos.shape)}"
+        )
     # rotary_dim = the tables' width: the kernel reads their first half (no slice views on the host).
     return _rotate(q, k, cos, sin, _LAYOUTS[axis], interleaved=False, rotary_dim=width)
 
