@@ -78,6 +78,9 @@ THD_CASES = [
     ("bad-max-seqlen", {"cu_seqlens": torch.tensor([0, 6]), "max_seqlen": -2}, ValueError, "max_seqlen"),
     ("table-seqs", {"cu_seqlens": torch.tensor([0, 2, 6]), "cos": torch.ones(3, 8, 8), "sin": torch.zeros(3, 8, 8)},
      ValueError, "cos: per-sequence tables need a first dim of num_seqs = 2"),
+    # Boundaries every other element of a buffer: the kernel would read them as consecutive (wrong sequences).
+    ("cu-strided", {"cu_seqlens": torch.tensor([0, 9, 2, 9, 6])[::2]}, ValueError,
+     "cu_seqlens: expected consecutive elements \\(stride 1\\), got stride 2"),
 ]
 
 

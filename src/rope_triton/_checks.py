@@ -183,6 +183,12 @@ def check(
                 "cu_seqlens: expected shape (num_seqs + 1,) "
                 f"with num_seqs >= 1, got {_shape(cu_seqlens)}"
             )
+        if cu_seqlens.stride(0) != 1:
+            # The kernel's binary search reads the boundaries as consecutive elements.
+            raise ValueError(
+                f"cu_seqlens: expected consecutive elements (stride 1), got stride {cu_seqlens.stride(0)}: "
+                "pass cu_seqlens.contiguous()"
+            )
         n_seqs = cu_seqlens.shape[0] - 1
     elif cu_seqlens is not None:
         raise ValueError(f"cu_seqlens: only used with layout 'thd', got a tensor with layout {layout!r}")

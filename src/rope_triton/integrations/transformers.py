@@ -119,9 +119,14 @@ def _rotate(q, k, cos, sin, layout: str, *, interleaved: bool, rotary_dim: int |
             raise ValueError(
                 f"{name}: expected shape (batch={batch} or 1, seq={seqlen}, rotary_dim), got {tuple(t.shape)}"
             )
+    if cos.shape[-1] != sin.shape[-1]:
+        raise ValueError(f"sin: expected the width of cos ({cos.shape[-1]}), got shape {tuple(sin.shape)}")
     per_batch = batch > 1 and any(t.dim() == 3 and t.shape[0] > 1 and t.stride(0) != 0 for t in (cos, sin))
     if not per_batch:
-        cos, sin = (t[0] if t.dim() == 3 else t for t in (cos, sin))
+        # (an empty batch's (0, S, R) tables have no row to take: any (S, R) table will do, none is read)
+        cos, sin = (
+            t if t.dim() == 2 else t[0] if t.shape[0] else t.new_zeros(t.shape[1:]) for t in (cos, sin)
+        )
     elif cos.shape != sin.shape:  # one of them shared: views of batch rows (stride 0)
         cos, sin = ((t if t.dim() == 3 else t[None]).expand(batch, -1, -1) for t in (cos, sin))
     return apply_rotary(q, k, cos, sin, layout=layout, interleaved=interleaved, rotary_dim=rotary_dim)
