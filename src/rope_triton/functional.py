@@ -64,8 +64,9 @@ def apply_rotary(
         position p's angles. Only the first R/2 columns are read. They are constants: no gradient flows
         to them. Leave them out when ``freqs`` is given. Per-sequence tables: shape (B, P, >= R/2) (for
         ``"thd"`` (num_seqs, P, >= R/2)), each batch row (packed sequence) reading its own; a first dim of
-        1, or stride 0, shares one table. This is Hugging Face's (B, S, R) cos/sin as its rotary
-        embedding returns them (e.g. left-padded batches), used as they are: no copy, no extra launch.
+        1, or stride 0, shares one table. Hugging Face's (B, S, R) cos/sin (``cat(freqs, freqs)``, as its
+        rotary embedding returns them, e.g. for left-padded batches) are read as they are, without a copy,
+        with ``rotary_dim=R``: only their first R/2 columns are read.
     freqs : torch.Tensor, optional
         Instead of tables: :func:`rope_triton.freqs.freq_table` of the frequencies, shape (4, >= R/2).
         The kernel computes each position's cos/sin itself (exact angles at any position up to 2**31 - 2,
