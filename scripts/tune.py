@@ -11,9 +11,9 @@ import torch
 import triton
 from triton.testing import do_bench
 
-from rope_triton._checks import check
-from rope_triton._kernels import rotary_kernel
-from rope_triton._launch import config, launch
+from rope_triton._core.checks import check
+from rope_triton._core.kernels import rotary_kernel
+from rope_triton._core.launch import config, launch
 
 SHAPES = {  # name: (B, S, Hq, Hk, D, dtype)
     "llama3-8b": (4, 4096, 32, 8, 128, torch.bfloat16),

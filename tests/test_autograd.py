@@ -148,7 +148,7 @@ def test_inplace_under_no_grad_after_save_is_caught(device):
 @pytest.mark.parametrize("which", ["q", "k"])
 def test_only_requested_gradients_are_rotated(which, device, monkeypatch):
     # LoRA on q_proj alone leaves k without grad: its gradient is neither computed nor its bytes moved.
-    from rope_triton import _ops
+    from rope_triton._core import op as _ops
 
     q, k = make_qk("bshd", 2, 5, 3, 1, 16, torch.float32, device)
     cos, sin = random_tables(5, 8, device)
@@ -178,7 +178,7 @@ def test_only_requested_gradients_are_rotated(which, device, monkeypatch):
 @pytest.mark.parametrize("layout", ["bshd", "thd"])
 def test_freqs_grads(layout, inplace, device):
     # freqs=: the backward is the conjugate rotation by the same computed angles.
-    from rope_triton import freqs
+    from rope_triton import angles as freqs
 
     inv_freq, _ = freqs.inv_freq_and_scale(16, base=10000.0)
     ft = freqs.freq_table(inv_freq, attention_factor=1.1, device=device)

@@ -11,9 +11,13 @@ import json
 import pytest
 import torch
 
-from rope_triton import bench, bench_providers, bench_report, bench_shapes, cli
-from rope_triton.bench_providers import ULP_TOLERANCE, error_stats, rotate_half
-from rope_triton.bench_report import COLUMNS
+from rope_triton.bench import cli
+from rope_triton.bench import providers as bench_providers
+from rope_triton.bench import report as bench_report
+from rope_triton.bench import run as bench
+from rope_triton.bench import shapes as bench_shapes
+from rope_triton.bench.providers import ULP_TOLERANCE, error_stats, rotate_half
+from rope_triton.bench.report import COLUMNS
 
 
 def _read_csv(path):

@@ -164,7 +164,7 @@ def test_dynamic_module_needs_max_position_embeddings():
 
 
 def _freq_table(**kw):
-    from rope_triton import freqs
+    from rope_triton import angles as freqs
 
     return freqs.freq_table(freqs.inv_freq_and_scale(16)[0], **kw)
 

@@ -1,4 +1,4 @@
-"""Tests for rope_triton.freqs: parity with transformers' RoPE init functions, table accuracy, errors.
+"""Tests for rope_triton.angles: parity with transformers' RoPE init functions, table accuracy, errors.
 
 Every config is built offline from transformers' config classes with the published numbers of the
 model it is named after; nothing is downloaded.
@@ -15,7 +15,7 @@ from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXRotaryEmbeddin
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
 
-from rope_triton.freqs import (
+from rope_triton.angles import (
     ROPE_TYPES,
     angles,
     cos_sin_tables,

@@ -237,7 +237,7 @@ def test_noncontiguous_last_dim(device):
 @pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
 def test_split_tables(layout, interleaved, device):
     # Tables of the high and low position bits, combined in the kernel by the angle-addition formulas.
-    from rope_triton import freqs
+    from rope_triton import angles as freqs
 
     seqlen, low_bits = 6, 4
     inv_freq, _ = freqs.inv_freq_and_scale(16, base=10000.0)
@@ -280,7 +280,7 @@ _RULES = {
 @pytest.fixture(params=list(_RULES))
 def rule(request, monkeypatch):
     """Every launch under one of _RULES instead of the launcher's choice."""
-    from rope_triton import _launch, _ops
+    from rope_triton._core import launch as _launch, op as _ops
 
     base = _launch.config
     monkeypatch.setattr(_launch, "config", lambda p, itemsize=2: _RULES[request.param](base(p, itemsize), p))
@@ -359,7 +359,7 @@ def test_launch_rules_q_only(rule, layout, device):
 def test_launch_rules_split_tables(rule, interleaved, conjugate, device):
     # The other code paths of each rule: interleaved pairs, the conjugate rotation (the backward) and
     # split tables (two more table loads).
-    from rope_triton import freqs
+    from rope_triton import angles as freqs
 
     inv_freq, _ = freqs.inv_freq_and_scale(16, base=10000.0)
     ch, sh, cl, sl = (t.to(device) for t in freqs.split_tables(inv_freq, 4096, low_bits=4))
@@ -376,7 +376,7 @@ def test_launch_rules_split_tables(rule, interleaved, conjugate, device):
 
 
 def _freq_table(dim: int, device, attention_factor: float = 1.0):
-    from rope_triton import freqs
+    from rope_triton import angles as freqs
 
     inv_freq, _ = freqs.inv_freq_and_scale(dim, base=10000.0)
     return freqs.freq_table(inv_freq, attention_factor=attention_factor, device=device)
@@ -412,7 +412,7 @@ def test_freqs_far_positions(interleaved, conjugate, dtype, device):
 
 def test_freqs_agree_with_tables(device):
     # The same rotation as float32 tables of the same frequencies, within both tables' rounding.
-    from rope_triton import freqs
+    from rope_triton import angles as freqs
 
     inv_freq, scale = freqs.inv_freq_and_scale(32, base=500000.0)
     cos, sin = (t.to(device) for t in freqs.cos_sin_tables(inv_freq, 70_000, attention_factor=scale))
@@ -430,7 +430,7 @@ def test_freqs_cos_sin_accuracy(device):
     # Rotating (1, 0) pairs returns (cos, sin) themselves: the kernel's values against the exact ones, at
     # positions spread over [0, 2**31) and at every pair's frequency. Bound: the reduced angle rounds to
     # 0.5 u (|angle| <= pi / 4), the polynomials' last additions 0.5 u and their small terms under 0.5 u.
-    from rope_triton import freqs
+    from rope_triton import angles as freqs
 
     gen = torch.Generator().manual_seed(0)
     n, dim = 256, 128

@@ -19,7 +19,7 @@ def _free_bytes() -> int:
 def test_more_than_2_31_elements(cos_sin, device):
     # Tables: one sequence's unshared rows keep a token block's q and k programs together; computed
     # cos/sin take the q-major grid (k's programs after q's, indices past 2**31 elements in both).
-    from rope_triton import freqs
+    from rope_triton import angles as freqs
 
     heads, dim = 32, 128
     seqlen = 2**31 // (heads * dim) + 3  # the last tokens sit past element 2**31

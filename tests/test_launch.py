@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rope_triton._checks import check
-from rope_triton._launch import _PROGRAM_BYTES, config
+from rope_triton._core.checks import check
+from rope_triton._core.launch import _PROGRAM_BYTES, config
 
 # name: (layout, batch, seqlen, heads_q, heads_k, head_dim, dtype), and the rule's answer.
 CASES = {
@@ -87,7 +87,7 @@ def test_narrow_k_programs_take_twice_the_tokens(heads_q, heads_k):
 def test_freqs_rule_halves_the_warps():
     # freqs=: programs of _FREQS_PROGRAM_BYTES with half the warps for 2-byte data (each thread computes the
     # cos/sin of its own slices: fewer threads, fewer repeats); decode keeps its rule.
-    from rope_triton.freqs import freq_table, inv_freq_and_scale
+    from rope_triton.angles import freq_table, inv_freq_and_scale
 
     def cfg(seqlen, dtype, freqs, layout="bshd"):
         shape = (4 * seqlen,) if layout == "thd" else (4, seqlen)
@@ -143,7 +143,7 @@ def test_qk_major_follows_table_row_sharing():
         assert p.rows_shared == 1, name
         assert not config(p, 2).get("QK_MAJOR"), name
     # One sequence: unshared rows; computed cos/sin read none, so long-32k goes q-major with freqs.
-    from rope_triton.freqs import freq_table, inv_freq_and_scale
+    from rope_triton.angles import freq_table, inv_freq_and_scale
 
     q, k = torch.empty(1, 32768, 32, 128, dtype=torch.bfloat16), torch.empty(1, 32768, 8, 128, dtype=torch.bfloat16)
     ft = freq_table(inv_freq_and_scale(128)[0])

@@ -4,7 +4,7 @@ Parity with Hugging Face uses real model configs built offline from transformers
 weights, nothing downloaded), each model's own rotary class and ``apply_rotary_pos_emb``, in float32.
 
 Every tolerance is derived, never picked. Both implementations are compared with a float64 rotation by the
-exact angles ``p * inv_freq`` (float64 frequencies of :mod:`rope_triton.freqs`, float64 cos/sin). With
+exact angles ``p * inv_freq`` (float64 frequencies of :mod:`rope_triton.angles`, float64 cos/sin). With
 u = 2**-24 (float32 unit roundoff), A the attention factor and m = |x1| + |x2| of an element's pair:
 
 - ours: every table entry is a float32 rounding of a float64 value (error u each); the kernel's
@@ -37,7 +37,7 @@ from transformers.models.phi3 import modeling_phi3 as hf_phi3
 from transformers.models.qwen2 import modeling_qwen2 as hf_qwen2
 
 from rope_triton import RotaryEmbedding, TritonRotary, reference
-from rope_triton.freqs import inv_freq_and_scale, parse_hf_config
+from rope_triton.angles import inv_freq_and_scale, parse_hf_config
 
 U = 2.0**-24
 TABLES = ("cos_hi", "sin_hi", "cos_lo", "sin_lo")

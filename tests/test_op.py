@@ -7,7 +7,7 @@ import torch
 from helpers import assert_rotary_close, make_qk, random_tables, ref64
 
 import rope_triton
-from rope_triton import _ops
+from rope_triton._core import op as _ops
 
 
 def test_pure_pytorch_path_matches(monkeypatch):
@@ -115,7 +115,7 @@ def test_replayed_launches(inplace, device):
     # The second call of a signature replays the recorded launch: same results as the validating path,
     # new data and int offsets honoured, and the host check on int offsets still applies. (Offsets
     # 3, 10, 17, 24 share Triton's specialization: none is 1 or a multiple of 16.)
-    from rope_triton import _ops
+    from rope_triton._core import op as _ops
 
     cos, sin = random_tables(64, 16, device)
     for step in range(4):
@@ -148,13 +148,13 @@ def _replay_call(kind, device, dtype=torch.bfloat16):
     elif kind == "cu_seqlens":
         kw |= {"cu_seqlens": torch.tensor([0, 2, 5], device=device, dtype=torch.int32), "max_seqlen": 3}
     elif kind == "split-tables":
-        from rope_triton import freqs
+        from rope_triton import angles as freqs
 
         inv_freq, _ = freqs.inv_freq_and_scale(32, base=10000.0)
         ch, sh, cl, sl = (t.to(device) for t in freqs.split_tables(inv_freq, 4096, low_bits=4))
         kw |= {"cos": ch, "sin": sh, "cos_lo": cl, "sin_lo": sl, "offsets": 4000}
     elif kind == "freqs":
-        from rope_triton import freqs
+        from rope_triton import angles as freqs
 
         inv_freq, _ = freqs.inv_freq_and_scale(32, base=10000.0)
         kw |= {"cos": None, "sin": None, "freqs": freqs.freq_table(inv_freq, device=device), "offsets": 123_456}
@@ -199,8 +199,8 @@ def test_replay_of_every_argument_kind(kind, inplace, device):
 def test_replay_of_q_major_launches(heads_k, inplace, device):
     # Past 256 tokens the grid is q-major (every q program, then every k program; with fewer k heads, k's
     # programs have their own block shape): its recorded plan replays on new tensors like any other.
-    from rope_triton._checks import check
-    from rope_triton._launch import config
+    from rope_triton._core.checks import check
+    from rope_triton._core.launch import config
 
     cos, sin = random_tables(64, 16, device)
     for step in range(3):
@@ -223,7 +223,7 @@ def test_replay_of_q_major_launches(heads_k, inplace, device):
 
 def test_signature_reads_each_address_once(monkeypatch):
     # CPU: the key/address logic alone (the device query is the only CUDA call).
-    from rope_triton import _launch
+    from rope_triton._core import launch as _launch
 
     monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 0, raising=False)
     q, k = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 2, 8)
@@ -255,7 +255,7 @@ def test_signature_reads_each_address_once(monkeypatch):
 def test_training_steps_replay_forward_and_backward(device):
     # A training loop repeats one signature: from the second step on, forward and backward replay
     # their recorded launches (no new plans) and the gradients stay right.
-    from rope_triton import _ops
+    from rope_triton._core import op as _ops
 
     cos, sin = random_tables(16, 8, device)
     for step in range(3):
@@ -304,7 +304,7 @@ def test_replay_with_grad_uses_each_calls_int_offset(device):
 
 def test_compile_fullgraph_freqs(device):
     # freqs= goes through the registered op too (its flag is part of the schema).
-    from rope_triton import freqs
+    from rope_triton import angles as freqs
 
     backend = "inductor" if device.type == "cuda" else "aot_eager"
     ft = freqs.freq_table(freqs.inv_freq_and_scale(16)[0], device=device)

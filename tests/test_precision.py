@@ -1,4 +1,4 @@
-"""Tests for ``rope_triton.precision``: the numbers it prints are right and show what they claim."""
+"""Tests for ``rope_triton.bench.precision``: the numbers it prints are right and show what they claim."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-from rope_triton import precision
+from rope_triton.bench import precision
 
 SMALL = ["--tokens", "4", "--heads", "2"]
 # The real kernel: on the GPU when there is one, else under the interpreter (tests/conftest.py).
@@ -105,10 +105,10 @@ def test_exact_rotation_is_a_rotation_by_p_inv_freq():
 
 
 def test_command_line_without_interpreter_and_no_triton_at_import():
-    """`python -m rope_triton.precision` on the PyTorch path; importing the module loads no Triton."""
+    """`python -m rope_triton.bench.precision` on the PyTorch path; importing the module loads no Triton."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = (
-        "import sys, rope_triton.precision as p; assert 'triton' not in sys.modules; "
+        "import sys, rope_triton.bench.precision as p; assert 'triton' not in sys.modules; "
         "sys.exit(p.main(sys.argv[1:]))"
     )
     args = ["--positions", "1048512", "--bases", "10000", "--dtypes", "fp32", "--device", "cpu", *SMALL]

@@ -118,5 +118,5 @@ def test_reference_imports_no_triton():
     import subprocess
     import sys
 
-    code = "import sys, rope_triton.reference, rope_triton._checks; print('triton' in sys.modules)"
+    code = "import sys, rope_triton.reference, rope_triton._core.checks; print('triton' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

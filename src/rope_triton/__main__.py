@@ -1,6 +1,6 @@
 """``python -m rope_triton``: the ``rope-triton`` command line."""
 
-from .cli import main
+from .bench.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

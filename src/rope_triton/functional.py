@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check
-from ._launch import signature
-from ._ops import PLANS, RotaryFunction, replay, run
+from ._core.checks import check
+from ._core.launch import signature
+from ._core.op import PLANS, RotaryFunction, replay, run
 
 
 def _refuse_inplace_on_leaves(q, k) -> None:
@@ -68,7 +68,7 @@ def apply_rotary(
         rotary embedding returns them, e.g. for left-padded batches) are read as they are, without a copy,
         with ``rotary_dim=R``: only their first R/2 columns are read.
     freqs : torch.Tensor, optional
-        Instead of tables: :func:`rope_triton.freqs.freq_table` of the frequencies, shape (4, >= R/2).
+        Instead of tables: :func:`rope_triton.angles.freq_table` of the frequencies, shape (4, >= R/2).
         The kernel computes each position's cos/sin itself (exact angles at any position up to 2**31 - 2,
         cos/sin within ~2 float32 ulps), reading no table rows: for long sequences, whose tables are
         megabytes read on every call. Not for float64 q and k.
@@ -97,7 +97,7 @@ def apply_rotary(
         Rotate by -theta (the inverse rotation).
     cos_lo, sin_lo : torch.Tensor, optional
         Split tables for exact angles at any length in little memory (see
-        :func:`rope_triton.freqs.split_tables`): ``cos_lo``/``sin_lo`` of shape (2**b, >= R/2) hold the
+        :func:`rope_triton.angles.split_tables`): ``cos_lo``/``sin_lo`` of shape (2**b, >= R/2) hold the
         angles of positions 0 .. 2**b - 1, and ``cos``/``sin`` then hold those of positions
         0, 2**b, 2 * 2**b, ...; the kernel combines rows p >> b and p & (2**b - 1) by the angle-addition
         formulas. The tables then cover ``cos.shape[0] * 2**b`` positions. cos/sin are 2-D then.

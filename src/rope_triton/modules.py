@@ -1,6 +1,6 @@
 """``nn.Module`` front ends: :class:`RotaryEmbedding` (any model family) and the seed's :class:`TritonRotary`.
 
-Both build their cos/sin tables from float64 angles (:mod:`rope_triton.freqs`) and keep them as float32,
+Both build their cos/sin tables from float64 angles (:mod:`rope_triton.angles`) and keep them as float32,
 non-persistent buffers: ``.to(device)`` moves them, ``state_dict()`` does not contain them, and casting the
 model to bf16 does not degrade them (they are rebuilt in float32).
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import freqs
-from ._launch import prefers_freqs
+from . import angles
+from ._core.launch import prefers_freqs
+from ._core.layouts import BSHD_AXES
 from .functional import apply_rotary
-from .reference import BSHD_AXES
 
 _TABLES = ("cos_hi", "sin_hi", "cos_lo", "sin_lo")
 
@@ -50,11 +50,11 @@ class RotaryEmbedding(nn.Module):
       shapes); beyond, the cos/sin of the high and of the low bits of a position (a few MB at a million
       positions), combined in the kernel with the angle-addition formulas (1-13 points of a same-bytes copy
       slower on large shapes). cos/sin within half a float32 ulp (one rounding).
-    - a :func:`rope_triton.freqs.freq_table` (``freqs=``): the kernel computes cos/sin itself, with no
+    - a :func:`rope_triton.angles.freq_table` (``freqs=``): the kernel computes cos/sin itself, with no
       table bytes to read, at any position up to 2**31 - 2; cos/sin within ~2 float32 ulps.
 
     By default (``compute_cos_sin=None``) each call takes the faster one for its shape
-    (:func:`rope_triton._launch.prefers_freqs`, measured on the H200): tables for decode steps and for
+    (:func:`rope_triton._core.launch.prefers_freqs`, measured on the H200): tables for decode steps and for
     batches that share each row, computed cos/sin for long sequences few share (long-32k: 98.4% of a copy
     against 97.0%) and for any large call once the tables are split. Set ``compute_cos_sin`` to True or
     False for results that do not depend on the call's shape to the last bit (batch invariance). float64
@@ -124,7 +124,7 @@ class RotaryEmbedding(nn.Module):
         self.interleaved = interleaved
         self.max_position_embeddings = max_position_embeddings
         self._rotary_dim_arg = rotary_dim
-        self.rope_type = freqs.rope_type_of(self.scaling)
+        self.rope_type = angles.rope_type_of(self.scaling)
         # The frequencies at init, as Hugging Face computes them (validates the config too).
         inv_freq, self.attention_factor = self._frequencies(seq_len=None)
         self.rotary_dim = 2 * inv_freq.numel()
@@ -161,7 +161,7 @@ class RotaryEmbedding(nn.Module):
         >>> rope.head_dim, rope.rotary_dim
         (64, 64)
         """
-        kw = freqs.parse_hf_config(config)
+        kw = angles.parse_hf_config(config)
         # GPT-J and CodeGen rotate interleaved pairs; the other families rotate half-split pairs.
         if isinstance(config, dict):
             model_type = config.get("model_type")
@@ -200,7 +200,7 @@ class RotaryEmbedding(nn.Module):
         return self.max_position_embeddings
 
     def _frequencies(self, seq_len: int | None) -> tuple[torch.Tensor, float]:
-        return freqs.inv_freq_and_scale(
+        return angles.inv_freq_and_scale(
             self.head_dim,
             base=self.base,
             rotary_dim=self._rotary_dim_arg,
@@ -216,8 +216,8 @@ class RotaryEmbedding(nn.Module):
             return
         full_bytes = 2 * self.max_positions * self._inv_freq.numel() * 4
         # low_bits 0: one row per position, and a one-row low table (angle 0) that is not passed on.
-        low_bits = 0 if full_bytes <= self.max_table_bytes else freqs.default_low_bits(self.max_positions)
-        tables = freqs.split_tables(
+        low_bits = 0 if full_bytes <= self.max_table_bytes else angles.default_low_bits(self.max_positions)
+        tables = angles.split_tables(
             self._inv_freq, self.max_positions, low_bits=low_bits,
             attention_factor=self.attention_factor, device=device,
         )
@@ -230,7 +230,7 @@ class RotaryEmbedding(nn.Module):
 
     def _set_frequencies(self, inv_freq: torch.Tensor, attention_factor: float) -> None:
         self._inv_freq, self.attention_factor = inv_freq, attention_factor
-        self._freq_table_host = freqs.freq_table(inv_freq, attention_factor=attention_factor, device="cpu")
+        self._freq_table_host = angles.freq_table(inv_freq, attention_factor=attention_factor, device="cpu")
 
     def _update_frequencies(self, length: int) -> bool:
         """Length-dependent rope types, exactly as Hugging Face updates them; True if they changed."""
@@ -399,8 +399,8 @@ class TritonRotary(nn.Module):
         self._build(self.cos.device)
 
     def _build(self, device: torch.device) -> None:
-        inv_freq = freqs.seed_inv_freq(self.dim)
-        self.cos, self.sin = freqs.cos_sin_tables(inv_freq, self.max_seq_len, device=device)
+        inv_freq = angles.seed_inv_freq(self.dim)
+        self.cos, self.sin = angles.cos_sin_tables(inv_freq, self.max_seq_len, device=device)
         self._tables_valid = True
 
     def _apply(self, fn, recurse=True):

@@ -20,10 +20,10 @@ import os
 import torch
 from torch.library import triton_op, wrap_triton
 
-from . import reference
-from ._checks import Problem, check
-from ._kernels import rotary_kernel
-from ._launch import LaunchPlans, addresses, launch, plan_key
+from .. import reference
+from .checks import Problem, check
+from .kernels import rotary_kernel
+from .launch import LaunchPlans, addresses, launch, plan_key
 
 # Replays of eager CUDA launches (see LaunchPlans): what keeps a decode step near the cost of a bare launch.
 PLANS = LaunchPlans()
@@ -63,7 +63,7 @@ def replay(
 ):
     """Replay a recorded launch on new tensors of the same signature; None if the plan does not apply.
     ``offsets`` may be the int offset itself; otherwise ``offset`` is the scalar one. ``pointers``: the
-    inputs' addresses from :func:`rope_triton._launch.signature`, if already read."""
+    inputs' addresses from :func:`rope_triton._core.launch.signature`, if already read."""
     if type(offsets) is int:
         offset, offsets = offsets, None
     if not 0 <= offset <= plan.max_offset:

@@ -3,7 +3,7 @@
 ``rope-triton bench [options]`` checks and times the kernel against its peers (see
 :mod:`rope_triton.bench`; ``rope-triton bench --help`` lists the options).
 ``rope-triton precision [options]`` prints our error and Hugging Face's at long context
-(:mod:`rope_triton.precision`).
+(:mod:`rope_triton.bench.precision`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser; each subcommand parses its own arguments."""
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(prog="rope-triton", description="Rotary position embedding in Triton.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
     if args.command == "bench":
-        from . import bench
+        from . import run as bench
 
         return bench.main(rest, prog="rope-triton bench")
     if args.command == "precision":

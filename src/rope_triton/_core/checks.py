@@ -11,8 +11,8 @@ from typing import NamedTuple
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
-from .freqs import FREQ_MAX_POSITION, FREQ_ROWS
-from .reference import BSHD_AXES, LAYOUTS
+from ..angles.fixed_point import FREQ_MAX_POSITION, FREQ_ROWS
+from .layouts import BSHD_AXES, LAYOUTS
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -93,7 +93,7 @@ def check(
     freqs: bool = False,
 ) -> Problem:
     """Validate the arguments of ``apply_rotary`` and derive the :class:`Problem`. With ``freqs``, ``cos``
-    is the ``freqs`` argument (a :func:`rope_triton.freqs.freq_table`) and ``sin`` the same tensor."""
+    is the ``freqs`` argument (a :func:`rope_triton.angles.freq_table`) and ``sin`` the same tensor."""
     for name, flag in (("interleaved", interleaved), ("inplace", inplace), ("conjugate", conjugate)):
         if type(flag) is not bool:
             raise TypeError(f"{name}: expected a bool, got {type(flag).__name__} {flag!r}")
@@ -281,17 +281,17 @@ def check(
 def _check_freq_table(freqs: object, q: torch.Tensor, cos_lo: torch.Tensor | None) -> None:
     if not isinstance(freqs, torch.Tensor):
         raise TypeError(
-            f"freqs: expected a torch.Tensor from rope_triton.freqs.freq_table, got {type(freqs).__name__}"
+            f"freqs: expected a torch.Tensor from rope_triton.angles.freq_table, got {type(freqs).__name__}"
         )
     if freqs.dtype != torch.int64 or freqs.dim() != 2 or freqs.shape[0] != FREQ_ROWS:
         raise ValueError(
             f"freqs: expected an int64 tensor of shape ({FREQ_ROWS}, rotary_dim // 2) from "
-            f"rope_triton.freqs.freq_table, got dtype {freqs.dtype} and {_shape(freqs)}"
+            f"rope_triton.angles.freq_table, got dtype {freqs.dtype} and {_shape(freqs)}"
         )
     if q.dtype == torch.float64:
         raise TypeError(
             "freqs: computes cos/sin in float32, not enough for float64 q and k: pass float64 cos/sin "
-            "tables (rope_triton.freqs.cos_sin_tables) instead"
+            "tables (rope_triton.angles.cos_sin_tables) instead"
         )
     if cos_lo is not None:
         raise ValueError("cos_lo: split tables and freqs are exclusive, got both")

@@ -1,6 +1,6 @@
-"""Launcher: strides, block sizes and grid for :func:`rope_triton._kernels.rotary_kernel`.
+"""Launcher: strides, block sizes and grid for :func:`rope_triton._core.kernels.rotary_kernel`.
 
-Arguments arrive validated (:mod:`rope_triton._checks`); this module only maps them onto the kernel.
+Arguments arrive validated (:mod:`rope_triton._core.checks`); this module only maps them onto the kernel.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ try:  # the launch-hook registry the replay honours (Triton >= 3.4); without it,
 except ImportError:  # pragma: no cover
     knobs = None
 
-from ._checks import POS_EXPLICIT, POS_OFFSETS, Problem
-from ._kernels import rotary_kernel
-from .reference import BSHD_AXES
+from .checks import POS_EXPLICIT, POS_OFFSETS, Problem
+from .kernels import rotary_kernel
+from .layouts import BSHD_AXES
 
 # q/k bytes one program reads (both halves of BLOCK_T x BLOCK_H heads), one 16-byte vector per thread and
 # half: the shape of the fastest flat Triton copies on the H200 (2-4 KB per program at 16 B per thread run at

@@ -11,7 +11,7 @@ rotation by exact angles (float64 ``p * inv_freq``, float64 cos/sin) of the same
 
 Metrics: max |out - ref| and the relative error ||out - ref|| / ||ref|| over all tested elements.
 
-    python -m rope_triton.precision [--device cuda] [--json out.json]
+    python -m rope_triton.bench.precision [--device cuda] [--json out.json]
 
 On a CPU without ``TRITON_INTERPRET=1`` rope-triton runs its PyTorch path (same float32 arithmetic on
 the same tables), in a few seconds. This module imports no Triton until :func:`main` runs.
@@ -72,7 +72,7 @@ def measure(
     seed: int = 0,
 ) -> list[dict]:
     """One row per (base, dtype, p0): the errors of each method (``floor`` is None for fp32)."""
-    from .modules import RotaryEmbedding  # imports Triton: only when measuring
+    from ..modules import RotaryEmbedding  # imports Triton: only when measuring
 
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)

@@ -38,11 +38,10 @@ from pathlib import Path
 
 import torch
 
-from . import bench_report
-from ._kernels import noop_kernel
-from .bench_providers import PASSES, PROVIDERS, CheckResult, Impl, check_impl, cos_sin_read
-from .bench_report import EMPTY_LAUNCH
-from .bench_shapes import (
+from . import report as bench_report
+from .providers import PASSES, PROVIDERS, CheckResult, Impl, check_impl, cos_sin_read
+from .report import EMPTY_LAUNCH
+from .shapes import (
     DEFAULT_SHAPES,
     DTYPE_NAMES,
     DTYPES,
@@ -278,6 +277,8 @@ def _copy_calls(wl: Workload) -> list[Callable[[], object]]:
 def _launch_calls(wl: Workload) -> list[Callable[[], object]]:
     """The host-cost reference: launches of a Triton kernel that does nothing (one program), timed like
     the providers, so that every host wall column can be read against a bare launch in the same run."""
+    from .empty_launch import noop_kernel
+
     x = torch.empty(1, device=wl.device)
     grid = (1,)
 
@@ -333,7 +334,7 @@ def bench_shape(
     spec : ShapeSpec
     device : torch.device
     providers : sequence of str
-        Names in :data:`rope_triton.bench_providers.PROVIDERS`.
+        Names in :data:`rope_triton.bench.providers.PROVIDERS`.
     requested : sequence of str
         Providers the user named explicitly (some are skipped on the CPU unless named).
     passes : sequence of str
@@ -341,13 +342,13 @@ def bench_shape(
     timing : Timing
     seed : int
     progress
-        A :func:`rope_triton.bench_report.make_progress` context.
+        A :func:`rope_triton.bench.report.make_progress` context.
 
     Returns
     -------
     list of dict
         One row per (provider, pass) and one for the copy, with the columns of
-        :data:`rope_triton.bench_report.COLUMNS`; status ``ok``, ``ceiling``, ``FAILED`` (wrong result, not
+        :data:`rope_triton.bench.report.COLUMNS`; status ``ok``, ``ceiling``, ``FAILED`` (wrong result, not
         timed), ``ERROR`` (raised) or ``SKIPPED``.
     """
     progress.update(f"{spec.name}: building inputs and references")

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from . import freqs, reference
-from ._launch import prefers_freqs
+from .. import angles, reference
+from .._core.launch import prefers_freqs
 
 THETA = 10000.0
 DEFAULT_L2_BYTES = 60 * 2**20  # H200
@@ -121,10 +121,10 @@ class Workload:
     cos32, sin32 : torch.Tensor
         The same rounded to float32, for rope-triton.
     freqs : torch.Tensor
-        :func:`rope_triton.freqs.freq_table` of the same frequencies, for rope-triton-freqs.
+        :func:`rope_triton.angles.freq_table` of the same frequencies, for rope-triton-freqs.
     cos_sin_mode : {"tables", "freqs"}
         What :class:`rope_triton.RotaryEmbedding` reads for this shape by default
-        (:func:`rope_triton._launch.prefers_freqs`): what the rope-triton providers time.
+        (:func:`rope_triton._core.launch.prefers_freqs`): what the rope-triton providers time.
     hf_cos, hf_sin : torch.Tensor
         Full-width (B or 1, S, D) tables in the input dtype, gathered per token, as Hugging Face's
         rotary module hands them to every layer.
@@ -248,8 +248,8 @@ def build_workload(
     gen = torch.Generator(device=device).manual_seed(seed)
     dtype = spec.dtype
     kwargs, pos, rows = _positions(spec, device, host)
-    inv_freq, _ = freqs.inv_freq_and_scale(spec.head_dim, base=THETA)
-    cos64, sin64 = freqs.cos_sin_tables(inv_freq, rows, dtype=torch.float64, device=device)
+    inv_freq, _ = angles.inv_freq_and_scale(spec.head_dim, base=THETA)
+    cos64, sin64 = angles.cos_sin_tables(inv_freq, rows, dtype=torch.float64, device=device)
     hf_cos = torch.cat((cos64, cos64), dim=-1)[pos].to(dtype)
     hf_sin = torch.cat((sin64, sin64), dim=-1)[pos].to(dtype)
 
@@ -276,7 +276,7 @@ def build_workload(
         sin64=sin64,
         cos32=cos64.float(),
         sin32=sin64.float(),
-        freqs=freqs.freq_table(inv_freq, device=device),
+        freqs=angles.freq_table(inv_freq, device=device),
         cos_sin_mode=cos_sin_mode(spec),
         hf_cos=hf_cos,
         hf_sin=hf_sin,

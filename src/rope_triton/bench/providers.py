@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .functional import apply_rotary
+from ..functional import apply_rotary
 
 if TYPE_CHECKING:
-    from .bench_shapes import Workload
+    from .shapes import Workload
 
 PASSES = ("fwd", "bwd", "fwdbwd")
 

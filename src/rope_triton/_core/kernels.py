@@ -18,7 +18,7 @@ import math
 import triton
 import triton.language as tl
 
-from .freqs import FREQ_CHUNK_BITS, FREQ_CHUNKS, FREQ_FRAC_BITS
+from ..angles.fixed_point import FREQ_CHUNK_BITS, FREQ_CHUNKS, FREQ_FRAC_BITS
 
 _CHUNK_BITS = tl.constexpr(FREQ_CHUNK_BITS)
 _CHUNK_MASK = tl.constexpr((1 << FREQ_CHUNK_BITS) - 1)
@@ -129,7 +129,7 @@ def _finish_chunk(
 @triton.jit
 def _freq_cos_sin(F, sf_r, sf_c, pos, pos_ok, j, mj):
     """cos and sin, times the attention factor, of each token's angles from a ``freq_table`` (see
-    :func:`rope_triton.freqs.freq_table`): [BLOCK_T, BLOCK_HALF] float32, NaN where not ``pos_ok``.
+    :func:`rope_triton.angles.freq_table`): [BLOCK_T, BLOCK_HALF] float32, NaN where not ``pos_ok``.
 
     The turns modulo 1 are an exact int64 sum of position chunks times the table's fixed-point rows; the
     nearest quarter turn is taken off exactly, and the rest (|angle| <= pi / 4) goes through Taylor
@@ -419,9 +419,3 @@ def rotary_kernel(
                 xa, xb = _load_chunk(XK, xh, ok, sxk_d, HALF, BLOCK_HALF, INTERLEAVED, EVICT)
                 _finish_chunk(XK, YK, xh, yh, ok, xa, xb, cos, sin, cl, sl, sxk_d, syk_d, HALF, BLOCK_HALF,
                               TAIL, BLOCK_TAIL, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, LO_BITS, CONJUGATE)
-
-
-@triton.jit
-def noop_kernel(X):
-    """Does nothing: ``rope-triton bench`` times its launch as the host-cost reference of a Triton call."""
-    pass

@@ -226,8 +226,8 @@ def metadata(argv: Sequence[str], options: dict, device: torch.device, timing, e
     """
     import triton
 
-    from . import __version__
-    from .bench_providers import ULP_TOLERANCE
+    from .. import __version__
+    from .providers import ULP_TOLERANCE
 
     cuda = device.type == "cuda"
     props = torch.cuda.get_device_properties(device) if cuda else None
