@@ -156,9 +156,9 @@ def test_only_requested_gradients_are_rotated(which, device, monkeypatch):
     rotated = []
     real_run = _ops.run
 
-    def spy(p, q, k, *args, **kwargs):
-        rotated.append((tuple(q.shape), None if k is None else tuple(k.shape)))
-        return real_run(p, q, k, *args, **kwargs)
+    def spy(p, ops, **kwargs):
+        rotated.append((tuple(ops.q.shape), None if ops.k is None else tuple(ops.k.shape)))
+        return real_run(p, ops, **kwargs)
 
     monkeypatch.setattr(_ops, "run", spy)
     outs = rope_triton.apply_rotary(q_leaf, k_leaf, cos, sin)

@@ -196,3 +196,16 @@ def test_footer_reads_decode_host_wall_against_an_empty_launch(tmp_path):
     text = bench_report.footer(rows, tmp_path, plotted=False, elapsed_s=1.0, cuda=True)
     assert "decode: rope-triton fwd host wall 14.2 us per call (target <= 15 us; an empty Triton launch: 12.0 us" in text
     assert "decode: rope-triton-inplace fwd host wall 11.5 us per call" in text
+
+
+def test_partial_interleaved_shape_checks_every_provider(tmp_path):
+    # GPT-J's shape (interleaved pairs on part of the head): rope-triton and the Hugging Face formula both
+    # pass the float64 check, so the benchmark compares like with like.
+    out = tmp_path / "gptj"
+    assert bench.main([
+        "--quick", "--repeats", "1", "--shapes", "tiny-gptj", "--providers", "rope-triton,hf-eager",
+        "--out", str(out),
+    ]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    checked = {(r["provider"], r["pass"]): r["status"] for r in rows if r["provider"] != "copy"}
+    assert checked and all(status == "ok" for status in checked.values()), checked

@@ -9,6 +9,7 @@ from helpers import (
 )
 
 import rope_triton
+from rope_triton._core import kernels
 
 
 def _batch(layout: str, batch: int) -> int:
@@ -259,21 +260,18 @@ def test_split_tables(layout, interleaved, device):
 
 
 _RULES = {
-    # The launcher's two rules on any size (tests are small: the decode rule would take them all).
-    # (QK_MAJOR=False throughout: the base rule of a larger test could carry the q-major keys.)
-    "decode-split": lambda cfg, p: dict(cfg, BLOCK_T=1, BLOCK_H=2, SPLIT_HEADS=True, LOADS_FIRST=True, num_warps=1,
-                                        QK_MAJOR=False),
-    "token-blocks": lambda cfg, p: dict(cfg, BLOCK_T=2, BLOCK_H=2, SPLIT_HEADS=False, num_warps=2, QK_MAJOR=False),
-    # Split programs over blocks of 2 tokens (the last one partial), table rows loaded first with an
-    # eviction hint (the rule for large problems).
-    "split-blocks": lambda cfg, p: dict(cfg, BLOCK_T=2, BLOCK_H=2, SPLIT_HEADS=True, LOADS_FIRST=False,
-                                        TABLE_EVICT="evict_last", num_warps=1, QK_MAJOR=False),
-    # Every q program before every k program: the same block shape (table rows loaded before the q/k
-    # branch), or k's own (1 token x 2 heads for q, 4 tokens x 1 head for k: rows loaded in each branch).
-    "qk-major": lambda cfg, p: dict(cfg, BLOCK_T=2, BLOCK_H=2, SPLIT_HEADS=True, LOADS_FIRST=False,
-                                    QK_MAJOR=True, BLOCK_T_K=2, BLOCK_H_K=2, num_warps=1),
-    "qk-major-k-blocks": lambda cfg, p: dict(cfg, BLOCK_T=1, BLOCK_H=2, SPLIT_HEADS=True, LOADS_FIRST=False,
-                                             QK_MAJOR=True, BLOCK_T_K=4, BLOCK_H_K=1, num_warps=1),
+    # Launch rules forced on any size (tests are small: the decode rule would take them all).
+    # PROGRAM: (order, tokens and heads of a q program, tokens and heads of a k program).
+    # Decode: one token per program, q/k loads before the angle loads.
+    "decode": lambda cfg: dict(cfg, PROGRAM=(kernels.ORDER_DECODE, 1, 2, 1, 2), num_warps=1),
+    # A token block's q and k chunks side by side: blocks of 2 tokens (the last one partial), and of 4
+    # tokens of one head each.
+    "tokens": lambda cfg: dict(cfg, PROGRAM=(kernels.ORDER_TOKENS, 2, 2, 2, 2), num_warps=1),
+    "tokens-4x1": lambda cfg: dict(cfg, PROGRAM=(kernels.ORDER_TOKENS, 4, 1, 4, 1), num_warps=2),
+    # Every q program before every k program: the same block shape (angles loaded before the q/k
+    # branch), or k's own (1 token x 2 heads for q, 4 tokens x 1 head for k: angles loaded in each branch).
+    "q-first": lambda cfg: dict(cfg, PROGRAM=(kernels.ORDER_Q_FIRST, 2, 2, 2, 2), num_warps=1),
+    "q-first-k-blocks": lambda cfg: dict(cfg, PROGRAM=(kernels.ORDER_Q_FIRST, 1, 2, 4, 1), num_warps=1),
 }
 
 
@@ -283,7 +281,7 @@ def rule(request, monkeypatch):
     from rope_triton._core import launch as _launch, op as _ops
 
     base = _launch.config
-    monkeypatch.setattr(_launch, "config", lambda p, itemsize=2: _RULES[request.param](base(p, itemsize), p))
+    monkeypatch.setattr(_launch, "config", lambda p, itemsize=2, **kw: _RULES[request.param](base(p, itemsize, **kw)))
     monkeypatch.setattr(_ops.PLANS, "_plans", {})  # no replay of a launch recorded under another rule
     return request.param
 

@@ -6,8 +6,27 @@ from __future__ import annotations
 import pytest
 import torch
 
+import triton
+
+from rope_triton._core import kernels
 from rope_triton._core.checks import check
-from rope_triton._core.launch import _PROGRAM_BYTES, config
+from rope_triton._core.launch import _PROGRAM_BYTES
+from rope_triton._core.launch import config as kernel_config
+
+
+def config(p, itemsize=2):
+    """The rule's answer with its fields named: PROGRAM's order and block shapes, num_warps."""
+    cfg = kernel_config(p, itemsize)
+    order, bt, bh, bt_k, bh_k = cfg["PROGRAM"]
+    named = dict(BLOCK_T=bt, BLOCK_H=bh, num_warps=cfg["num_warps"],
+                 BLOCK_HALF=triton.next_power_of_2(p.rotary_dim // 2))
+    if order == kernels.ORDER_Q_FIRST:
+        named.update(QK_MAJOR=True, BLOCK_T_K=bt_k, BLOCK_H_K=bh_k)
+    else:
+        assert (bt_k, bh_k) == (bt, bh)  # one block shape for q and k
+    if order == kernels.ORDER_DECODE:
+        named["LOADS_FIRST"] = True
+    return named
 
 # name: (layout, batch, seqlen, heads_q, heads_k, head_dim, dtype), and the rule's answer.
 CASES = {
@@ -47,7 +66,6 @@ def test_rule_for_benchmark_shapes(name):
     itemsize = torch.empty((), dtype=dims[-1]).element_size()
     cfg = config(p, itemsize)
     assert {k: cfg[k] for k in want} == want
-    assert cfg.get("SPLIT_HEADS") is True
     assert cfg.get("QK_MAJOR", False) == want.get("QK_MAJOR", False)
     if name != "decode":  # decode: one token, 1 KB chunks (latency-bound, its own rule)
         # About _PROGRAM_BYTES of q/k per program, one 16-byte vector per thread and half-tile.
@@ -57,7 +75,6 @@ def test_rule_for_benchmark_shapes(name):
         if cfg.get("QK_MAJOR"):  # k's programs as full as q's; twice as full when k has fewer heads
             k_tile = cfg["BLOCK_T_K"] * cfg["BLOCK_H_K"] * cfg["BLOCK_HALF"] * itemsize
             assert k_tile == half_tile * (2 if dims[4] < dims[3] else 1)
-        assert cfg["TABLE_EVICT"] == "evict_last"
         assert not cfg.get("LOADS_FIRST", False)  # table rows first: the dense shapes' measured best
 
 
@@ -73,7 +90,7 @@ def test_rule_stays_in_bounds_for_odd_shapes(heads_q, heads_k, head_dim):
 @pytest.mark.parametrize("heads_q,heads_k", [(32, 8), (28, 4), (32, 1), (64, 8), (32, 32)])
 def test_narrow_k_programs_take_twice_the_tokens(heads_q, heads_k):
     # GQA / MQA: k's programs have k's own chunk of heads and twice the tokens that k alone would get
-    # (measured 0.2-1.0 points faster, kblock-probe.txt), at the warps of q alone; k as wide as q: q's blocks.
+    # (measured 0.2-1.0 points faster), at the warps of q alone; k as wide as q: q's blocks.
     p = _problem("bshd", 4, 4096, heads_q, heads_k, 128, torch.bfloat16)
     cfg = config(p, 2)
     q_alone = config(_problem("bshd", 4, 4096, heads_q, 0, 128, torch.bfloat16), 2)

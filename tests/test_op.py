@@ -200,6 +200,7 @@ def test_replay_of_q_major_launches(heads_k, inplace, device):
     # Past 256 tokens the grid is q-major (every q program, then every k program; with fewer k heads, k's
     # programs have their own block shape): its recorded plan replays on new tensors like any other.
     from rope_triton._core.checks import check
+    from rope_triton._core import kernels
     from rope_triton._core.launch import config
 
     cos, sin = random_tables(64, 16, device)
@@ -208,8 +209,8 @@ def test_replay_of_q_major_launches(heads_k, inplace, device):
         if step == 0:
             p = check(q, k, cos, sin, positions=None, offsets=None, cu_seqlens=None, max_seqlen=None,
                       layout="bshd", rotary_dim=None, inplace=inplace)
-            cfg = config(p, 2)
-            assert cfg.get("QK_MAJOR") and (cfg["BLOCK_H_K"] == cfg["BLOCK_H"]) == (heads_k == 16)
+            order, bt, bh, bt_k, bh_k = config(p, 2)["PROGRAM"]
+            assert order == kernels.ORDER_Q_FIRST and ((bt_k, bh_k) == (bt, bh)) == (heads_k == 16)
         q0, k0 = q.clone(), k.clone()
         before = len(_ops.PLANS._plans)
         offset = 3 + step * 7  # one Triton specialization (none is 1 or a multiple of 16): one plan
@@ -221,34 +222,32 @@ def test_replay_of_q_major_launches(heads_k, inplace, device):
         assert_rotary_close(k_out, rk, k0, layout="bshd", rotary_dim=32, interleaved=False)
 
 
-def test_signature_reads_each_address_once(monkeypatch):
-    # CPU: the key/address logic alone (the device query is the only CUDA call).
-    from rope_triton._core import launch as _launch
+def test_signature_keys_what_decides_a_launch():
+    # CPU: the key logic alone.
+    from rope_triton._core.launch import signature
+    from rope_triton._core.operands import Operands
 
-    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 0, raising=False)
     q, k = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 2, 8)
     cos, sin = random_tables(16, 4, "cpu")
     offsets = torch.tensor([1, 5])
-    key, pointers = _launch.signature(q, k, cos, sin, None, None, None, offsets, None, ("opts",))
-    assert pointers == [q.data_ptr(), k.data_ptr(), cos.data_ptr(), sin.data_ptr(), 0, 0, 0, 0,
-                        offsets.data_ptr()]
+
+    def key(q=q, k=k, cos=cos, sin=sin, positions=None, offsets=offsets):
+        tensor_offsets = offsets if isinstance(offsets, torch.Tensor) else None
+        return signature(Operands(q, k, cos, sin, None, None, positions, tensor_offsets, None), offsets,
+                         ("opts",))
+
+    base = key()
     # Same signature on other tensors: same key; other strides or dtype: another key.
-    again, _ = _launch.signature(q.clone(), k.clone(), cos.clone(), sin.clone(), None, None, None,
-                                 offsets.clone(), None, ("opts",))
-    assert again == key
-    other, _ = _launch.signature(q.transpose(1, 2), k, cos, sin, None, None, None, offsets, None, ("opts",))
-    assert other != key
-    assert _launch.signature(q.half(), k, cos, sin, None, None, None, offsets, None, ("opts",))[0] != key
-    # An int offset: keyed by what Triton specializes on, no address.
-    k7, p7 = _launch.signature(q, k, cos, sin, None, None, None, 7, None, ("opts",))
-    k9, _ = _launch.signature(q, k, cos, sin, None, None, None, 9, None, ("opts",))
-    k16, _ = _launch.signature(q, k, cos, sin, None, None, None, 16, None, ("opts",))
-    assert k7 == k9 != k16 and p7[-1] == 0
+    assert key(q.clone(), k.clone(), cos.clone(), sin.clone(), offsets=offsets.clone()) == base
+    assert key(q.transpose(1, 2)) != base
+    assert key(q.half()) != base
+    # An int offset: keyed by what Triton specializes on.
+    assert key(offsets=7) == key(offsets=9) != key(offsets=16)
+    assert key(offsets=1) != key(offsets=7)
     # Anything else that is not a tensor: no key (the validating path explains).
-    assert _launch.signature(q, k, cos, sin, None, None, 7, None, None, ("opts",)) == (None, None)
-    assert _launch.signature(q, k, cos, sin, None, None, None, 2.0, None, ("opts",)) == (None, None)
-    assert _launch.signature(q, k, cos, sin, None, None, None, True, None, ("opts",)) == (None, None)
-    assert _launch.plan_key(q, k, cos, sin, None, None, None, offsets, None, ("opts",)) == key
+    assert key(positions=7, offsets=None) is None
+    assert key(offsets=2.0) is None
+    assert key(offsets=True) is None
 
 
 @pytest.mark.gpu

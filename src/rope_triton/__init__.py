@@ -18,12 +18,14 @@ _EXPORTS = {
     "apply_rotary": "rope_triton.functional",
     "RotaryEmbedding": "rope_triton.modules",
     "TritonRotary": "rope_triton.modules",
+    "clear_launch_cache": "rope_triton._core.op",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
     from .functional import apply_rotary  # noqa: F401  (for type checkers: lazy exports)
+    from ._core.op import clear_launch_cache  # noqa: F401
     from .modules import RotaryEmbedding, TritonRotary  # noqa: F401
 
 

@@ -2,28 +2,9 @@
 
 from __future__ import annotations
 
-import torch
+import torch  # noqa: F401 (annotations)
 
-from ._core.checks import check
-from ._core.launch import signature
-from ._core.op import PLANS, RotaryFunction, replay, run
-
-
-def _refuse_inplace_on_leaves(q, k) -> None:
-    # As PyTorch's own in-place ops do, before anything is written (autograd would only object after).
-    for name, t in (("q", q), ("k", k)):
-        if t is None or not t.requires_grad:
-            continue
-        if t.is_leaf:
-            raise RuntimeError(
-                f"{name}: a leaf Variable that requires grad "
-                "is being used in an in-place operation."
-            )
-        if t._base is not None and t._base.is_leaf:
-            raise RuntimeError(
-                f"{name}: a view of a leaf Variable that requires grad is being used in an in-place "
-                "operation."
-            )
+from ._core import op
 
 
 def apply_rotary(
@@ -121,67 +102,11 @@ def apply_rotary(
     if freqs is not None:
         if cos is not None or sin is not None:
             raise ValueError("freqs: cos/sin tables and freqs are exclusive, got both")
-        # The freq table travels in the tables' slots (both), flagged by the options.
-        cos = sin = freqs
     elif cos is None or sin is None:
         missing = "cos" if cos is None else "sin"
         raise TypeError(f"{missing}: expected cos and sin tables (or freqs=...), got None")
-    is_tensor = isinstance(q, torch.Tensor) and (k is None or isinstance(k, torch.Tensor))
-    needs_grad = is_tensor and torch.is_grad_enabled() and (
-        q.requires_grad or (k is not None and k.requires_grad)
+    return op.apply(
+        q, k, cos, sin, freqs=freqs, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens,
+        max_seqlen=max_seqlen, layout=layout, interleaved=interleaved, rotary_dim=rotary_dim, inplace=inplace,
+        conjugate=conjugate, cos_lo=cos_lo, sin_lo=sin_lo,
     )
-    key = p = None
-    plain_options = (
-        type(layout) is str and type(interleaved) is bool and type(inplace) is bool
-        and type(conjugate) is bool
-        and (rotary_dim is None or type(rotary_dim) is int)
-        and (max_seqlen is None or type(max_seqlen) is int)
-    )
-    if is_tensor and plain_options and q.is_cuda and not torch.compiler.is_compiling():
-        # Hot path: a signature validated and launched before skips validation and is replayed.
-        options = (layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen, freqs is not None)
-        key, pointers = signature(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, options)
-        plan = PLANS.get(key) if key is not None else None
-        if plan is not None:
-            p = PLANS.problem_if_valid(plan, offsets)
-            if p is not None and not needs_grad:
-                out = replay(
-                    plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, inplace=inplace,
-                    pointers=pointers,
-                )
-                if inplace:
-                    torch.autograd.graph.increment_version([t for t in (q, k) if t is not None])
-                return out
-    if p is None:
-        p = check(
-            q, k, cos, sin,
-            positions=positions,
-            offsets=offsets,
-            cu_seqlens=cu_seqlens,
-            max_seqlen=max_seqlen,
-            layout=layout,
-            rotary_dim=rotary_dim,
-            inplace=inplace,
-            cos_lo=cos_lo,
-            sin_lo=sin_lo,
-            interleaved=interleaved,
-            conjugate=conjugate,
-            freqs=freqs is not None,
-        )
-    offsets_t = offsets if isinstance(offsets, torch.Tensor) else None
-    if needs_grad:
-        if inplace:
-            _refuse_inplace_on_leaves(q, k)
-        return RotaryFunction.apply(
-            q, k, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens, p, interleaved, conjugate,
-            inplace, key,
-        )
-    out = run(
-        p, q, k, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens,
-        interleaved=interleaved, conjugate=conjugate, inplace=inplace, plan_key=key,
-    )
-    if inplace:
-        # The kernel writes through raw pointers: bump the version counters so that autograd can tell
-        # if a saved tensor was overwritten.
-        torch.autograd.graph.increment_version([t for t in (q, k) if t is not None])
-    return out

@@ -1,24 +1,36 @@
 """The Triton kernel: rotate q and k in one launch.
 
-A program takes a block of tokens and either one chunk of their heads (``SPLIT_HEADS``: the launcher's
-rule, programs of a few KB like the fastest copies; ``QK_MAJOR``: all of q's programs before k's, each
-tensor with its own block shape) or all of their q and k heads, chunk after chunk.
+Each program rotates one chunk of heads of a block of tokens of q or of k. ``PROGRAM`` (chosen by
+:func:`rope_triton._core.launch.config`) says in which order the programs go and how many tokens and heads
+each takes. Every tensor is a strided (batch, seq, head, dim) view with dim stride 1; ``thd`` is batch 1.
+Index arithmetic is int64, so tensors past 2**31 elements are safe. The backward pass is the same kernel
+with ``CONJUGATE`` flipped (the inverse of a rotation is the rotation by -theta).
 
-Every tensor is addressed as a strided (batch, seq, head, dim) view; ``thd`` is batch 1. All index
-arithmetic is int64, so tensors past 2**31 elements and strides past 2**31 are safe. The backward pass
-is the same kernel with ``CONJUGATE`` flipped (the inverse of a rotation is the rotation by -theta).
-
-Positions come in three modes (``POS_MODE``): 0, index in sequence + the scalar ``offset``; 1, index in
-sequence + a per-sequence tensor offset; 2, explicit per-token positions. A position outside the table
-is never read: its cos/sin load as NaN, so the token's output is NaN rather than silently unrotated.
+The angles of a token come from one of three sources, each a helper below: rows of cos/sin tables
+(:func:`_table_rows`), split tables whose rows are combined by the angle-addition formulas
+(:func:`_split_rows`), or a fixed-point frequency table from which cos/sin are computed (:func:`_computed`).
+A position outside what the source covers is never read: its cos/sin are NaN, so the token comes out NaN
+rather than silently unrotated.
 """
 
 import math
+import os
 
 import triton
 import triton.language as tl
 
 from ..angles.fixed_point import FREQ_CHUNK_BITS, FREQ_CHUNKS, FREQ_FRAC_BITS
+
+# PROGRAM[0], the order of the programs in the grid.
+ORDER_TOKENS = 0  # the q and k chunks of a token block side by side
+ORDER_Q_FIRST = 1  # every q program, then every k program, each tensor with its own block shape
+ORDER_DECODE = 2  # as ORDER_TOKENS, but q/k loads are issued before the position and its angles
+
+# POS_MODE: where a token's position comes from.
+POS_OFFSET = 0  # index in its sequence + the scalar ``offset``
+POS_OFFSETS = 1  # index in its sequence + POS[sequence] (per-sequence offsets)
+POS_TOKENS = 2  # POS[token]: explicit positions, (batch, seq) contiguous or (total_tokens,)
+POS_SHARED = 3  # POS[index in sequence]: one row of explicit positions for the whole batch
 
 _CHUNK_BITS = tl.constexpr(FREQ_CHUNK_BITS)
 _CHUNK_MASK = tl.constexpr((1 << FREQ_CHUNK_BITS) - 1)
@@ -28,29 +40,25 @@ _EIGHTH = tl.constexpr(1 << (FREQ_FRAC_BITS - 3))
 # 2 pi / 2**48 as a float32 pair (hi + lo): turns in units of 2**-48 to radians.
 _RAD_HI = tl.constexpr(2.2322359008431457e-14)
 _RAD_LO = tl.constexpr(2 * math.pi / 2**FREQ_FRAC_BITS - 2.2322359008431457e-14)
-assert FREQ_CHUNKS == 3  # _freq_cos_sin sums three chunks
+assert FREQ_CHUNKS == 3  # _computed sums three chunks
+
+
+@triton.constexpr_function
+def _interpreted():
+    """Whether the kernel runs in Triton's CPU interpreter (decided before triton is imported)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
-def _to_storage(y, Y, ROUND_BY_HAND: tl.constexpr):
+def _to_storage(y, Y):
     """Cast float32 ``y`` to Y's element type, rounding to nearest even."""
-    if ROUND_BY_HAND:
-        # Triton's CPU interpreter truncates float32 -> bfloat16; round the bits to nearest even first
-        # so that the cast is exact. Compiled GPU code rounds correctly and never takes this branch.
+    if _interpreted() and Y.dtype.element_ty == tl.bfloat16:
+        # The interpreter truncates float32 -> bfloat16: round the bits to nearest even first so that the
+        # cast is exact. Compiled code rounds correctly.
         bits = y.to(tl.uint32, bitcast=True)
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
         y = bits.to(tl.float32, bitcast=True)
     return y.to(Y.dtype.element_ty)
-
-
-@triton.jit
-def _angle_sum(cos, sin, cos_lo, sin_lo, LO_BITS: tl.constexpr):
-    """cos and sin of each token's angle; with split tables, angle(p) = angle(high bits) + angle(low bits):
-    both tables were built from float64 angles, so the angle-addition formulas give cos/sin within a few
-    float32 ulps at any position."""
-    if LO_BITS > 0:
-        return cos * cos_lo - sin * sin_lo, sin * cos_lo + cos * sin_lo
-    return cos, sin
 
 
 @triton.jit
@@ -62,83 +70,102 @@ def _rotate_pair(x1, x2, c, s, CONJUGATE: tl.constexpr):
     return x1 * c - x2 * s, x2 * c + x1 * s
 
 
-@triton.jit
-def _chunk(x_row, y_row, tok_ok, h_first, n_heads, sx_h, sy_h, BLOCK_H: tl.constexpr):
-    """Element offsets of heads h_first .. h_first + BLOCK_H - 1 of each token in X and Y, and which
-    (token, head) pairs exist: ([BLOCK_T, BLOCK_H] int64, int64, bool)."""
-    h = h_first + tl.arange(0, BLOCK_H).to(tl.int64)
-    ok = tok_ok[:, None] & (h < n_heads)[None, :]
-    return x_row[:, None] + h[None, :] * sx_h, y_row[:, None] + h[None, :] * sy_h, ok
+# ----------------------------------------------------------------------------------------------------------
+# Tokens and positions
+# ----------------------------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _load_chunk(
-    X, xh, ok, sx_d,
-    HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, INTERLEAVED: tl.constexpr, EVICT: tl.constexpr,
-):
-    """Issue one chunk's loads, in the storage dtype: the (x1, x2) halves, or the interleaved span twice
-    (split into even/odd lanes by _finish_chunk)."""
-    if INTERLEAVED:
-        jj = tl.arange(0, 2 * BLOCK_HALF).to(tl.int64)
-        m = ok[:, :, None] & (jj < 2 * HALF)[None, None, :]
-        xa = tl.load(X + xh[:, :, None] + jj[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy=EVICT)
-        xb = xa
+def _n_tokens(seqlen, n_seqs, LAYOUT: tl.constexpr):
+    if LAYOUT == "thd":
+        return seqlen
+    return n_seqs * seqlen
+
+
+@triton.jit
+def _tokens(blk, n_tokens, seqlen, BLOCK_T: tl.constexpr, LAYOUT: tl.constexpr):
+    """Token indices of block ``blk``, which exist, and their (batch, seq) coordinates (thd: batch 0,
+    seq = token): where a token's rows are needs no load, unlike its position."""
+    tok = blk * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
+    if LAYOUT == "thd":
+        return tok, tok < n_tokens, tl.zeros((BLOCK_T,), dtype=tl.int64), tok
+    return tok, tok < n_tokens, tok // seqlen, tok % seqlen
+
+
+@triton.jit
+def _positions(tok, tok_ok, b, s, where, LAYOUT: tl.constexpr, POS_MODE: tl.constexpr,
+               SEARCH_STEPS: tl.constexpr):
+    """Each token's position and its sequence (the batch row, or for ``thd`` the packed sequence, found by
+    a branch-free binary search of cu_seqlens: the last i with cu[i] <= token)."""
+    POS, CU, seqlen, n_seqs, offset = where
+    if LAYOUT == "thd":
+        lo = tl.zeros_like(tok)
+        hi = lo + (n_seqs - 1)
+        for _ in tl.static_range(SEARCH_STEPS):
+            active = lo < hi
+            mid = (lo + hi + 1) // 2
+            start = tl.load(CU + mid, mask=active, other=0).to(tl.int64)
+            lo = tl.where(active & (start <= tok), mid, lo)
+            hi = tl.where(active & (start > tok), mid - 1, hi)
+        seq = lo
+        in_seq = tok - tl.load(CU + seq).to(tl.int64)
     else:
-        j = tl.arange(0, BLOCK_HALF).to(tl.int64)
-        m = ok[:, :, None] & (j < HALF)[None, None, :]
-        xa = tl.load(X + xh[:, :, None] + j[None, None, :] * sx_d, mask=m, other=0.0, eviction_policy=EVICT)
-        xb = tl.load(X + xh[:, :, None] + (j + HALF)[None, None, :] * sx_d, mask=m, other=0.0,
-                     eviction_policy=EVICT)
-    return xa, xb
-
-
-@triton.jit
-def _finish_chunk(
-    X, Y, xh, yh, ok, xa, xb,
-    cos, sin, cos_lo, sin_lo,  # [BLOCK_T, BLOCK_HALF] as loaded by _tables
-    sx_d, sy_d,
-    HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, TAIL: tl.constexpr, BLOCK_TAIL: tl.constexpr,
-    INTERLEAVED: tl.constexpr, COPY_TAIL: tl.constexpr, ROUND_BY_HAND: tl.constexpr,
-    LO_BITS: tl.constexpr, CONJUGATE: tl.constexpr,
-):
-    """Rotate a chunk loaded by _load_chunk and store it (and copy its pass-through tail)."""
-    ca, sa = _angle_sum(cos, sin, cos_lo, sin_lo, LO_BITS)
-    c = ca[:, None, :]
-    s = sa[:, None, :]
-    if INTERLEAVED:
-        jj = tl.arange(0, 2 * BLOCK_HALF).to(tl.int64)
-        m = ok[:, :, None] & (jj < 2 * HALF)[None, None, :]
-        x1, x2 = tl.split(tl.reshape(xa.to(c.dtype), (xa.shape[0], xa.shape[1], BLOCK_HALF, 2)))
-        y1, y2 = _rotate_pair(x1, x2, c, s, CONJUGATE)
-        y = tl.reshape(tl.join(y1, y2), (xa.shape[0], xa.shape[1], 2 * BLOCK_HALF))
-        tl.store(Y + yh[:, :, None] + jj[None, None, :] * sy_d, _to_storage(y, Y, ROUND_BY_HAND), mask=m)
+        seq = b
+        in_seq = s
+    if POS_MODE == POS_TOKENS:
+        pos = tl.load(POS + b * seqlen + s, mask=tok_ok, other=0).to(tl.int64)
+    elif POS_MODE == POS_SHARED:
+        pos = tl.load(POS + s, mask=tok_ok, other=0).to(tl.int64)
+    elif POS_MODE == POS_OFFSETS:
+        pos = in_seq + tl.load(POS + seq, mask=tok_ok, other=0).to(tl.int64)
     else:
-        j = tl.arange(0, BLOCK_HALF).to(tl.int64)
-        m = ok[:, :, None] & (j < HALF)[None, None, :]
-        y1, y2 = _rotate_pair(xa.to(c.dtype), xb.to(c.dtype), c, s, CONJUGATE)
-        tl.store(Y + yh[:, :, None] + j[None, None, :] * sy_d, _to_storage(y1, Y, ROUND_BY_HAND), mask=m)
-        tl.store(Y + yh[:, :, None] + (j + HALF)[None, None, :] * sy_d, _to_storage(y2, Y, ROUND_BY_HAND),
-                 mask=m)
-    if COPY_TAIL:
-        t = tl.arange(0, BLOCK_TAIL).to(tl.int64)
-        mt = ok[:, :, None] & (t < TAIL)[None, None, :]
-        tail = tl.load(X + xh[:, :, None] + (2 * HALF + t)[None, None, :] * sx_d, mask=mt)
-        tl.store(Y + yh[:, :, None] + (2 * HALF + t)[None, None, :] * sy_d, tail, mask=mt)
+        pos = in_seq + offset
+    return pos, seq
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Angle sources: (cos, sin, cos_lo, sin_lo) of each token, [BLOCK_T, BLOCK_HALF]; cos_lo/sin_lo are only
+# used by split tables (the others return cos/sin there). float32, or float64 for float64 data.
+# ----------------------------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _freq_cos_sin(F, sf_r, sf_c, pos, pos_ok, j, mj):
+def _table_rows(COS, SIN, row, seq, ok, j, stride_b, stride_r, ct: tl.constexpr):
+    """Rows ``row`` of cos/sin tables; per-sequence tables (stride_b != 0) read their sequence's own."""
+    at = (seq * stride_b + row * stride_r)[:, None] + j[None, :]
+    cos = tl.load(COS + at, mask=ok, other=float("nan"), eviction_policy="evict_last").to(ct)
+    sin = tl.load(SIN + at, mask=ok, other=float("nan"), eviction_policy="evict_last").to(ct)
+    return cos, sin
+
+
+@triton.jit
+def _split_rows(angles, pos, ok, j, ct: tl.constexpr):
+    """Split tables: the rows of the position's high bits and of its low bits. Both tables come from
+    float64 angles, so angle(high) + angle(low) by the angle-addition formulas (in :func:`_combine`) gives
+    cos/sin within a few float32 ulps at any position."""
+    COS, SIN, COS_LO, SIN_LO, table_rows, lo_bits, stride_b, stride_r = angles
+    cos, sin = _table_rows(COS, SIN, pos >> lo_bits, 0, ok, j, 0, stride_r, ct)
+    low = pos & ((1 << lo_bits) - 1)
+    # (other=0: the high rows already carry the NaN of a position off the tables)
+    at = (low * stride_r)[:, None] + j[None, :]
+    cos_lo = tl.load(COS_LO + at, mask=ok, other=0.0, eviction_policy="evict_last").to(ct)
+    sin_lo = tl.load(SIN_LO + at, mask=ok, other=0.0, eviction_policy="evict_last").to(ct)
+    return cos, sin, cos_lo, sin_lo
+
+
+@triton.jit
+def _computed(F, stride_r, pos, pos_ok, j, mj):
     """cos and sin, times the attention factor, of each token's angles from a ``freq_table`` (see
-    :func:`rope_triton.angles.freq_table`): [BLOCK_T, BLOCK_HALF] float32, NaN where not ``pos_ok``.
+    :func:`rope_triton.angles.freq_table`): float32, NaN where not ``pos_ok``.
 
     The turns modulo 1 are an exact int64 sum of position chunks times the table's fixed-point rows; the
     nearest quarter turn is taken off exactly, and the rest (|angle| <= pi / 4) goes through Taylor
     polynomials (truncation below 2e-9). Integer arithmetic: the same on the GPU and in the interpreter
     (which has no fused multiply-add to build exact products from floats)."""
-    f0 = tl.load(F + j * sf_c, mask=mj, other=0)
-    f1 = tl.load(F + sf_r + j * sf_c, mask=mj, other=0)
-    f2 = tl.load(F + 2 * sf_r + j * sf_c, mask=mj, other=0)
-    amp = tl.load(F + 3 * sf_r + j * sf_c, mask=mj, other=0).to(tl.int32).to(tl.float32, bitcast=True)
+    f0 = tl.load(F + j, mask=mj, other=0)
+    f1 = tl.load(F + stride_r + j, mask=mj, other=0)
+    f2 = tl.load(F + 2 * stride_r + j, mask=mj, other=0)
+    amp = tl.load(F + 3 * stride_r + j, mask=mj, other=0).to(tl.int32).to(tl.float32, bitcast=True)
     p = pos[:, None]
     acc = ((p & _CHUNK_MASK) * f0[None, :] + ((p >> _CHUNK_BITS) & _CHUNK_MASK) * f1[None, :]
            + ((p >> (2 * _CHUNK_BITS)) & _CHUNK_MASK) * f2[None, :])
@@ -164,258 +191,183 @@ def _freq_cos_sin(F, sf_r, sf_c, pos, pos_ok, j, mj):
 
 
 @triton.jit
-def _tables(
-    tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
-    scos_b, ssin_b, scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
-    HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_T: tl.constexpr, POS_MODE: tl.constexpr,
-    LO_BITS: tl.constexpr, VARLEN: tl.constexpr, SEARCH_STEPS: tl.constexpr, TABLE_EVICT: tl.constexpr,
-    FP64: tl.constexpr, FREQS: tl.constexpr, TABLE_BATCH: tl.constexpr,
-):
-    """Each token's position and its table rows: (cos, sin, cos_lo, sin_lo), [BLOCK_T, BLOCK_HALF] in
-    float32 (float64 for float64 data); cos/sin NaN for positions off the table; without split tables
-    cos_lo/sin_lo are cos/sin (unused). FREQS: computed from a freq_table in COS instead of read."""
-    if VARLEN:
-        # Sequence of each token: the last i with cu[i] <= token, by a branch-free binary search.
-        lo = tl.zeros((BLOCK_T,), dtype=tl.int64)
-        hi = tl.zeros((BLOCK_T,), dtype=tl.int64) + (n_seqs - 1)
-        for _ in tl.static_range(SEARCH_STEPS):
-            active = lo < hi
-            mid = (lo + hi + 1) // 2
-            start = tl.load(CU + mid, mask=active, other=0).to(tl.int64)
-            go_right = active & (start <= tok)
-            lo = tl.where(go_right, mid, lo)
-            hi = tl.where(active & (start > tok), mid - 1, hi)
-        seq_id = lo
-        in_seq = tok - tl.load(CU + seq_id).to(tl.int64)
-    else:
-        seq_id = b
-        in_seq = s
-    if POS_MODE == 2:
-        if VARLEN:
-            pos = tl.load(POS + tok * spos_s, mask=tok_ok, other=0).to(tl.int64)
-        else:
-            pos = tl.load(POS + b * spos_b + s * spos_s, mask=tok_ok, other=0).to(tl.int64)
-    elif POS_MODE == 1:
-        pos = in_seq + tl.load(POS + seq_id * spos_b, mask=tok_ok, other=0).to(tl.int64)
-    else:
-        pos = in_seq + offset
+def _angles(tok, tok_ok, b, s, where, angles, ROTARY_DIM: tl.constexpr, LAYOUT: tl.constexpr,
+            POS_MODE: tl.constexpr, SEARCH_STEPS: tl.constexpr, ct: tl.constexpr):
+    """The angles of tokens ``tok`` from the call's angle source: (cos, sin, cos_lo, sin_lo)."""
+    COS, SIN, COS_LO, SIN_LO, table_rows, lo_bits, stride_b, stride_r = angles
+    HALF: tl.constexpr = ROTARY_DIM // 2
+    j = tl.arange(0, triton.next_power_of_2(HALF)).to(tl.int64)
+    pos, seq = _positions(tok, tok_ok, b, s, where, LAYOUT, POS_MODE, SEARCH_STEPS)
     pos_ok = tok_ok & (pos >= 0) & (pos < table_rows)
-    j = tl.arange(0, BLOCK_HALF).to(tl.int64)
-    mc = pos_ok[:, None] & (j < HALF)[None, :]
-    # float32 math (float64 for float64 data): never the storage dtype of bf16/fp16 inputs.
-    ct: tl.constexpr = tl.float64 if FP64 else tl.float32
-    if FREQS:
-        cos, sin = _freq_cos_sin(COS, scos_r, scos_c, pos, pos_ok, j, j < HALF)
+    ok = pos_ok[:, None] & (j < HALF)[None, :]
+    if COS.dtype.element_ty == tl.int64:  # a freq_table: computed, not read
+        cos, sin = _computed(COS, stride_r, pos, pos_ok, j, j < HALF)
         return cos, sin, cos, sin
-    row = pos >> LO_BITS
-    if TABLE_BATCH:
-        # Per-sequence tables: each batch row (thd: sequence) reads its own (cos, sin); stride 0 broadcasts.
-        cos_row = seq_id * scos_b + row * scos_r
-        sin_row = seq_id * ssin_b + row * ssin_r
-    else:
-        cos_row = row * scos_r
-        sin_row = row * ssin_r
-    cos = tl.load(COS + cos_row[:, None] + j[None, :] * scos_c, mask=mc, other=float("nan"),
-                  eviction_policy=TABLE_EVICT).to(ct)
-    sin = tl.load(SIN + sin_row[:, None] + j[None, :] * ssin_c, mask=mc, other=float("nan"),
-                  eviction_policy=TABLE_EVICT).to(ct)
-    if LO_BITS > 0:
-        low = pos & ((1 << LO_BITS) - 1)
-        cl = tl.load(COS_LO + low[:, None] * slcos_r + j[None, :] * slcos_c, mask=mc, other=0.0,
-                     eviction_policy=TABLE_EVICT).to(ct)
-        sl = tl.load(SIN_LO + low[:, None] * slsin_r + j[None, :] * slsin_c, mask=mc, other=0.0,
-                     eviction_policy=TABLE_EVICT).to(ct)
-    else:
-        cl = cos
-        sl = sin
-    return cos, sin, cl, sl
+    if COS_LO is not None:
+        return _split_rows(angles, pos, ok, j, ct)
+    cos, sin = _table_rows(COS, SIN, pos, seq, ok, j, stride_b, stride_r, ct)
+    return cos, sin, cos, sin
 
 
 @triton.jit
-def _tokens(blk, n_tokens, seqlen, BLOCK_T: tl.constexpr, VARLEN: tl.constexpr):
-    """Token indices of block ``blk``, which exist, and their (batch, seq) coordinates (thd: batch 0, seq =
-    token): where each token's rows are needs no load, unlike its position."""
-    tok = blk.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
-    if VARLEN:
-        return tok, tok < n_tokens, tl.zeros((BLOCK_T,), dtype=tl.int64), tok
-    return tok, tok < n_tokens, tok // seqlen, tok % seqlen
+def _combine(cos, sin, cos_lo, sin_lo, SPLIT: tl.constexpr):
+    """Split tables: angle(p) = angle(high bits) + angle(low bits). At the point of use, so that the
+    multiplies wait for the table loads after the q/k loads have been issued, not before."""
+    if SPLIT:
+        return cos * cos_lo - sin * sin_lo, sin * cos_lo + cos * sin_lo
+    return cos, sin
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One program: a chunk of heads of a block of tokens of one tensor
+# ----------------------------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _split_program(
-    X, Y, blk, chunk, n_heads, sx_b, sx_s, sx_h, sx_d, sy_b, sy_s, sy_h, sy_d,
-    COS, SIN, COS_LO, SIN_LO, POS, CU, n_tokens, seqlen, n_seqs, table_rows, offset,
-    scos_b, ssin_b, scos_r, scos_c, ssin_r, ssin_c, slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
-    HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, TAIL: tl.constexpr, BLOCK_TAIL: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr, CONJUGATE: tl.constexpr,
-    COPY_TAIL: tl.constexpr, POS_MODE: tl.constexpr, LO_BITS: tl.constexpr, VARLEN: tl.constexpr,
-    SEARCH_STEPS: tl.constexpr, ROUND_BY_HAND: tl.constexpr, EVICT: tl.constexpr, TABLE_EVICT: tl.constexpr,
-    LOADS_FIRST: tl.constexpr, FREQS: tl.constexpr, TABLE_BATCH: tl.constexpr,
-    cos, sin, cl, sl, HAVE_TABLES: tl.constexpr,
-):
-    """Rotate heads chunk * BLOCK_H .. + BLOCK_H - 1 of token block ``blk`` of one tensor (X into Y);
-    HAVE_TABLES: with the tokens' (cos, sin, cos_lo, sin_lo) as given (loaded before the q/k branch).
+def _out_strides(seqlen, n_seqs, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, LAYOUT: tl.constexpr):
+    """Strides (batch, seq, head) of an out-of-place output, which the op allocates contiguous in its
+    layout: derived here instead of passed. ``seqlen`` and ``n_seqs`` in int64."""
+    if LAYOUT == "bhsd":
+        return HEADS * seqlen * HEAD_DIM, HEAD_DIM, seqlen * HEAD_DIM
+    if LAYOUT == "sbhd":
+        return HEADS * HEAD_DIM, n_seqs * HEADS * HEAD_DIM, HEAD_DIM
+    return seqlen * HEADS * HEAD_DIM, HEADS * HEAD_DIM, HEAD_DIM  # bshd; thd: batch 0
 
-    A warp issues in order and waits at the first use of a pending load. LOADS_FIRST issues the q/k loads
-    before the position (a search or a load) and the table rows it addresses: the programs of a decode step
-    then wait for one round trip instead of two. Otherwise the table rows go first, as one batch of loads:
-    measured best for the dense shapes (loads first splits them around the first multiplies there,
-    -0.3-0.6 points; NOTES.md v0.6)."""
-    FP64: tl.constexpr = X.dtype.element_ty == tl.float64
-    tok, tok_ok, b, s = _tokens(blk, n_tokens, seqlen, BLOCK_T, VARLEN)
-    xh, yh, ok = _chunk(b * sx_b + s * sx_s, b * sy_b + s * sy_s, tok_ok, chunk * BLOCK_H, n_heads,
-                        sx_h, sy_h, BLOCK_H)
-    if not LOADS_FIRST and not HAVE_TABLES:
-        cos, sin, cl, sl = _tables(
-            tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
-            scos_b, ssin_b, scos_r, scos_c, ssin_r, ssin_c,
-            slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
-            HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, FP64, FREQS,
-            TABLE_BATCH,
-        )
-    xa, xb = _load_chunk(X, xh, ok, sx_d, HALF, BLOCK_HALF, INTERLEAVED, EVICT)
-    if LOADS_FIRST:
-        cos, sin, cl, sl = _tables(
-            tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
-            scos_b, ssin_b, scos_r, scos_c, ssin_r, ssin_c,
-            slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
-            HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, FP64, FREQS,
-            TABLE_BATCH,
-        )
-    _finish_chunk(X, Y, xh, yh, ok, xa, xb, cos, sin, cl, sl, sx_d, sy_d, HALF, BLOCK_HALF, TAIL, BLOCK_TAIL,
-                  INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, LO_BITS, CONJUGATE)
+
+@triton.jit
+def _program(X, Y, strides, blk, chunk, where, angles, have_angles, SHAPE: tl.constexpr,
+             HEADS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr,
+             CONJUGATE: tl.constexpr, LAYOUT: tl.constexpr, POS_MODE: tl.constexpr,
+             SEARCH_STEPS: tl.constexpr, ORDER: tl.constexpr, HAVE_ANGLES: tl.constexpr):
+    """Rotate heads ``chunk * BLOCK_H ..`` of token block ``blk`` of X into Y (X itself when Y is None).
+    HAVE_ANGLES: the tokens' angles are given (loaded before the q/k branch).
+
+    A warp issues in order and waits at the first use of a pending load. ORDER_DECODE issues the q/k loads
+    before the position (a search or a load) and the angles it addresses: the programs of a decode step
+    then wait for one round trip instead of two. Otherwise the angles go first, as one batch of loads (the
+    faster order for large calls, whose q/k loads are not on a single program's critical path)."""
+    HEADS_Q, HEADS_K, HEAD_DIM, ROTARY_DIM = SHAPE
+    HALF: tl.constexpr = ROTARY_DIM // 2
+    BLOCK_HALF: tl.constexpr = triton.next_power_of_2(HALF)
+    TAIL: tl.constexpr = HEAD_DIM - ROTARY_DIM
+    ct: tl.constexpr = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
+    POS, CU, seqlen, n_seqs, offset = where
+    seqlen64 = blk * 0 + seqlen  # int64 even where seqlen arrives as the constant 1
+    n_seqs64 = blk * 0 + n_seqs
+    tok, tok_ok, b, s = _tokens(blk, _n_tokens(seqlen64, n_seqs64, LAYOUT), seqlen64, BLOCK_T, LAYOUT)
+    stride_b, stride_s, stride_h = strides
+    INPLACE: tl.constexpr = Y is None
+    if INPLACE:
+        Y = X
+        out_b, out_s, out_h = strides
+    else:
+        out_b, out_s, out_h = _out_strides(seqlen64, n_seqs64, HEADS, HEAD_DIM, LAYOUT)
+    h = chunk * BLOCK_H + tl.arange(0, BLOCK_H).to(tl.int64)
+    ok = tok_ok[:, None] & (h < HEADS)[None, :]
+    xh = (b * stride_b + s * stride_s)[:, None] + h[None, :] * stride_h
+    yh = (b * out_b + s * out_s)[:, None] + h[None, :] * out_h
+    if not HAVE_ANGLES and ORDER != ORDER_DECODE:
+        cos, sin, cos_lo, sin_lo = _angles(tok, tok_ok, b, s, where, angles, ROTARY_DIM, LAYOUT, POS_MODE,
+                                           SEARCH_STEPS, ct)
+    elif HAVE_ANGLES:
+        cos, sin, cos_lo, sin_lo = have_angles
+    # Loads, in the storage dtype: the (x1, x2) halves, or the interleaved span (split in lanes below).
+    if INTERLEAVED:
+        jj = tl.arange(0, 2 * BLOCK_HALF).to(tl.int64)
+        m = ok[:, :, None] & (jj < 2 * HALF)[None, None, :]
+        xa = tl.load(X + xh[:, :, None] + jj[None, None, :], mask=m, other=0.0)
+        xb = xa
+    else:
+        j = tl.arange(0, BLOCK_HALF).to(tl.int64)
+        m = ok[:, :, None] & (j < HALF)[None, None, :]
+        xa = tl.load(X + xh[:, :, None] + j[None, None, :], mask=m, other=0.0)
+        xb = tl.load(X + xh[:, :, None] + (j + HALF)[None, None, :], mask=m, other=0.0)
+    if ORDER == ORDER_DECODE:
+        cos, sin, cos_lo, sin_lo = _angles(tok, tok_ok, b, s, where, angles, ROTARY_DIM, LAYOUT, POS_MODE,
+                                           SEARCH_STEPS, ct)
+    COS_LO = angles[2]
+    c, sn = _combine(cos, sin, cos_lo, sin_lo, COS_LO is not None)
+    c = c[:, None, :]
+    sn = sn[:, None, :]
+    if INTERLEAVED:
+        x1, x2 = tl.split(tl.reshape(xa.to(ct), (BLOCK_T, BLOCK_H, BLOCK_HALF, 2)))
+        y1, y2 = _rotate_pair(x1, x2, c, sn, CONJUGATE)
+        y = tl.reshape(tl.join(y1, y2), (BLOCK_T, BLOCK_H, 2 * BLOCK_HALF))
+        tl.store(Y + yh[:, :, None] + jj[None, None, :], _to_storage(y, Y), mask=m)
+    else:
+        y1, y2 = _rotate_pair(xa.to(ct), xb.to(ct), c, sn, CONJUGATE)
+        tl.store(Y + yh[:, :, None] + j[None, None, :], _to_storage(y1, Y), mask=m)
+        tl.store(Y + yh[:, :, None] + (j + HALF)[None, None, :], _to_storage(y2, Y), mask=m)
+    if TAIL > 0 and not INPLACE:
+        # Out of place, the dims past rotary_dim pass through.
+        t = tl.arange(0, triton.next_power_of_2(TAIL)).to(tl.int64)
+        mt = ok[:, :, None] & (t < TAIL)[None, None, :]
+        tail = tl.load(X + xh[:, :, None] + (ROTARY_DIM + t)[None, None, :], mask=mt)
+        tl.store(Y + yh[:, :, None] + (ROTARY_DIM + t)[None, None, :], tail, mask=mt)
 
 
 @triton.jit
 def rotary_kernel(
-    XQ, XK, YQ, YK,  # q, k in; q, k out (out may be in: in place). XK/YK unused without HAS_K
-    COS, SIN,  # tables (rows, >= HALF), any strides; with LO_BITS, the tables of the high position bits
-    COS_LO, SIN_LO,  # with LO_BITS: tables (2**LO_BITS, >= HALF) of the low position bits
-    POS,  # positions (mode 2) or per-sequence offsets (mode 1); unused in mode 0
-    CU,  # cu_seqlens (n_seqs + 1,), only with VARLEN
-    n_tokens,  # batch * seqlen (thd: total tokens)
-    seqlen,  # tokens per batch row (thd: total tokens)
-    n_seqs,  # thd: number of packed sequences
-    table_rows,  # positions the tables cover; positions at or past it read NaN
-    offset,  # scalar position offset (mode 0)
-    sxq_b, sxq_s, sxq_h, sxq_d,
-    sxk_b, sxk_s, sxk_h, sxk_d,
-    syq_b, syq_s, syq_h, syq_d,
-    syk_b, syk_s, syk_h, syk_d,
-    scos_b, ssin_b, scos_r, scos_c, ssin_r, ssin_c,  # (sequence, row, column); sequence only with TABLE_BATCH
-    slcos_r, slcos_c, slsin_r, slsin_c,
-    spos_b, spos_s,  # POS strides: (batch, seq) for positions, (seq,) for offsets in spos_b
-    HEADS_Q: tl.constexpr,
-    HEADS_K: tl.constexpr,
-    HALF: tl.constexpr,
-    BLOCK_HALF: tl.constexpr,
-    TAIL: tl.constexpr,
-    BLOCK_TAIL: tl.constexpr,
-    BLOCK_T: tl.constexpr,  # tokens per program
-    BLOCK_H: tl.constexpr,  # heads per inner step
-    INTERLEAVED: tl.constexpr,
-    CONJUGATE: tl.constexpr,
-    HAS_K: tl.constexpr,
-    COPY_TAIL: tl.constexpr,
+    Q, K, Q_OUT, K_OUT,  # q, k in; q, k out (None: in place). K None: q alone
+    COS, SIN, COS_LO, SIN_LO,  # the angle source (see _angles); COS_LO/SIN_LO None unless split tables
+    POS, CU,  # positions or per-sequence offsets (POS_MODE); cu_seqlens for "thd"; else None
+    seqlen,  # tokens per batch row ("thd": all tokens)
+    n_seqs,  # batch ("thd": packed sequences)
+    table_rows,  # positions the angle source covers; positions at or past it give NaN
+    offset,  # POS_OFFSET: the scalar offset
+    lo_bits,  # split tables: log2 of the rows of COS_LO
+    q_stride_b, q_stride_s, q_stride_h,
+    k_stride_b, k_stride_s, k_stride_h,
+    table_stride_b,  # per-sequence tables: the sequence stride (0: one table for all)
+    table_stride_r,  # row stride of every table (columns are contiguous)
+    SHAPE: tl.constexpr,  # (heads of q, heads of k, head_dim, rotary_dim)
+    INTERLEAVED: tl.constexpr,  # pairs (2i, 2i + 1); else (i, i + rotary_dim / 2)
+    CONJUGATE: tl.constexpr,  # rotate by -theta
+    LAYOUT: tl.constexpr,  # "bshd", "bhsd", "sbhd" (out-of-place output strides) or "thd" (packed)
     POS_MODE: tl.constexpr,
-    LO_BITS: tl.constexpr,  # 0: one table row per position; else split tables (exact angles, small)
-    VARLEN: tl.constexpr,
-    SEARCH_STEPS: tl.constexpr,  # >= ceil(log2(n_seqs)): binary-search steps over cu_seqlens
-    ROUND_BY_HAND: tl.constexpr,  # bfloat16 output under the CPU interpreter (see _to_storage)
-    EVICT: tl.constexpr = "",
-    SPLIT_HEADS: tl.constexpr = False,  # one program per (token block, chunk of BLOCK_H heads)
-    TABLE_EVICT: tl.constexpr = "",  # eviction hint for cos/sin loads ("" or "evict_last": reused)
-    LOADS_FIRST: tl.constexpr = False,  # SPLIT_HEADS: q/k loads before the position and table loads
-    FREQS: tl.constexpr = False,  # COS is a freq_table: cos/sin computed, not read (SIN unused)
-    QK_MAJOR: tl.constexpr = False,  # SPLIT_HEADS: every q program first, then every k program
-    BLOCK_T_K: tl.constexpr = 1,  # QK_MAJOR: tokens and heads of a k program
-    BLOCK_H_K: tl.constexpr = 1,
-    TABLE_BATCH: tl.constexpr = False,  # COS/SIN per sequence (batch or sequences, rows, >= HALF)
+    SEARCH_STEPS: tl.constexpr,  # "thd": >= ceil(log2(n_seqs)) binary-search steps over cu_seqlens
+    PROGRAM: tl.constexpr,  # (order, tokens and heads of a q program, tokens and heads of a k program)
 ):
-    if SPLIT_HEADS:
-        # One program per (token block, chunk of heads). QK_MAJOR: every q program, then every k program,
-        # each tensor with its own block shape (a k program as many bytes as a q program even when k has
-        # fewer heads than a q chunk): the programs in flight then read one tensor and write one, as a
-        # copy's do (see _launch.config). Otherwise the chunks of a token block are adjacent in the grid,
-        # q's then k's (k's chunks index from q_chunks).
-        pid = tl.program_id(0).to(tl.int64)
-        bt_k: tl.constexpr = BLOCK_T_K if QK_MAJOR else BLOCK_T
-        bh_k: tl.constexpr = BLOCK_H_K if QK_MAJOR else BLOCK_H
-        q_chunks: tl.constexpr = (HEADS_Q + BLOCK_H - 1) // BLOCK_H
-        k_chunks: tl.constexpr = (HEADS_K + bh_k - 1) // bh_k
-        if QK_MAJOR:
-            # (divisors of at least 1: a tensor without heads has no programs, but both sides are computed)
-            q_div: tl.constexpr = q_chunks if q_chunks > 0 else 1
-            k_div: tl.constexpr = k_chunks if k_chunks > 0 else 1
-            # q's programs, in int64 (a token count near 2**31 times the chunks; pid * 0 makes the int64
-            # even where Triton passes n_tokens as a constant 1)
-            n_q = (pid * 0 + (n_tokens - 1) // BLOCK_T + 1) * q_chunks
-            is_q = pid < n_q
-            blk = tl.where(is_q, pid // q_div, (pid - n_q) // k_div)
-            chunk = tl.where(is_q, pid % q_div, (pid - n_q) % k_div + q_chunks)
-        else:
-            blk = pid // (q_chunks + k_chunks)
-            chunk = pid % (q_chunks + k_chunks)
-            is_q = chunk < q_chunks
-        # Same-shaped q and k programs load their table rows before branching: the rows are then issued
-        # before the q/k loads (measured best for the dense shapes; inside a branch the compiler moves the
-        # q/k loads first, -0.3-0.6 points, NOTES.md v0.6). Otherwise each branch loads its own.
-        same: tl.constexpr = bt_k == BLOCK_T and bh_k == BLOCK_H and not LOADS_FIRST
-        if same:
-            tok, tok_ok, b, s = _tokens(blk, n_tokens, seqlen, BLOCK_T, VARLEN)
-            cos, sin, cl, sl = _tables(
-                tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
-                scos_b, ssin_b, scos_r, scos_c, ssin_r, ssin_c,
-                slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
-                HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT,
-                XQ.dtype.element_ty == tl.float64, FREQS, TABLE_BATCH,
-            )
-        else:
-            cos, sin, cl, sl = 0.0, 0.0, 0.0, 0.0
-        if is_q:
-            _split_program(
-                XQ, YQ, blk, chunk, HEADS_Q, sxq_b, sxq_s, sxq_h, sxq_d, syq_b, syq_s, syq_h, syq_d,
-                COS, SIN, COS_LO, SIN_LO, POS, CU, n_tokens, seqlen, n_seqs, table_rows, offset,
-                scos_b, ssin_b, scos_r, scos_c, ssin_r, ssin_c,
-                slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
-                HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, BLOCK_T, BLOCK_H, INTERLEAVED, CONJUGATE, COPY_TAIL,
-                POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, ROUND_BY_HAND, EVICT, TABLE_EVICT, LOADS_FIRST,
-                FREQS, TABLE_BATCH, cos, sin, cl, sl, same,
-            )
-        else:
-            _split_program(
-                XK, YK, blk, chunk - q_chunks, HEADS_K,
-                sxk_b, sxk_s, sxk_h, sxk_d, syk_b, syk_s, syk_h, syk_d,
-                COS, SIN, COS_LO, SIN_LO, POS, CU, n_tokens, seqlen, n_seqs, table_rows, offset,
-                scos_b, ssin_b, scos_r, scos_c, ssin_r, ssin_c,
-                slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
-                HALF, BLOCK_HALF, TAIL, BLOCK_TAIL, bt_k, bh_k, INTERLEAVED, CONJUGATE, COPY_TAIL,
-                POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, ROUND_BY_HAND, EVICT, TABLE_EVICT, LOADS_FIRST,
-                FREQS, TABLE_BATCH, cos, sin, cl, sl, same,
-            )
+    HEADS_Q, HEADS_K, HEAD_DIM, ROTARY_DIM = SHAPE
+    ORDER, BT_Q, BH_Q, BT_K, BH_K = PROGRAM
+    q_chunks: tl.constexpr = (HEADS_Q + BH_Q - 1) // BH_Q
+    k_chunks: tl.constexpr = (HEADS_K + BH_K - 1) // BH_K if K is not None else 0
+    pid = tl.program_id(0).to(tl.int64)
+    where = (POS, CU, seqlen, n_seqs, offset)
+    angles = (COS, SIN, COS_LO, SIN_LO, table_rows, lo_bits, table_stride_b, table_stride_r)
+    # (pid * 0: int64 even where seqlen or n_seqs arrive as the constant 1)
+    n_tokens = _n_tokens(pid * 0 + seqlen, pid * 0 + n_seqs, LAYOUT)
+    if ORDER == ORDER_Q_FIRST:
+        # Every q program, then every k program, each tensor with its own block shape: the programs in
+        # flight then read one tensor and write one, as a copy's do.
+        q_div: tl.constexpr = q_chunks if q_chunks > 0 else 1
+        k_div: tl.constexpr = k_chunks if k_chunks > 0 else 1
+        n_q = ((n_tokens - 1) // BT_Q + 1) * q_chunks
+        is_q = pid < n_q
+        blk = tl.where(is_q, pid // q_div, (pid - n_q) // k_div)
+        chunk = tl.where(is_q, pid % q_div, (pid - n_q) % k_div + q_chunks)
     else:
-        # All heads of the block of tokens, chunk after chunk (a launch-rule option): the tables once.
-        q_chunks_all: tl.constexpr = (HEADS_Q + BLOCK_H - 1) // BLOCK_H
-        k_chunks_all: tl.constexpr = (HEADS_K + BLOCK_H - 1) // BLOCK_H
-        FP64: tl.constexpr = XQ.dtype.element_ty == tl.float64
-        tok, tok_ok, b, s = _tokens(tl.program_id(0), n_tokens, seqlen, BLOCK_T, VARLEN)
-        xq_row, yq_row = b * sxq_b + s * sxq_s, b * syq_b + s * syq_s
-        xk_row, yk_row = b * sxk_b + s * sxk_s, b * syk_b + s * syk_s
-        cos, sin, cl, sl = _tables(
-            tok, tok_ok, b, s, COS, SIN, COS_LO, SIN_LO, POS, CU, n_seqs, table_rows, offset,
-            scos_b, ssin_b, scos_r, scos_c, ssin_r, ssin_c,
-            slcos_r, slcos_c, slsin_r, slsin_c, spos_b, spos_s,
-            HALF, BLOCK_HALF, BLOCK_T, POS_MODE, LO_BITS, VARLEN, SEARCH_STEPS, TABLE_EVICT, FP64, FREQS,
-            TABLE_BATCH,
-        )
-        for step in range(q_chunks_all):
-            xh, yh, ok = _chunk(xq_row, yq_row, tok_ok, step * BLOCK_H, HEADS_Q, sxq_h, syq_h, BLOCK_H)
-            xa, xb = _load_chunk(XQ, xh, ok, sxq_d, HALF, BLOCK_HALF, INTERLEAVED, EVICT)
-            _finish_chunk(XQ, YQ, xh, yh, ok, xa, xb, cos, sin, cl, sl, sxq_d, syq_d, HALF, BLOCK_HALF,
-                          TAIL, BLOCK_TAIL, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, LO_BITS, CONJUGATE)
-        if HAS_K:
-            for step in range(k_chunks_all):
-                xh, yh, ok = _chunk(xk_row, yk_row, tok_ok, step * BLOCK_H, HEADS_K, sxk_h, syk_h, BLOCK_H)
-                xa, xb = _load_chunk(XK, xh, ok, sxk_d, HALF, BLOCK_HALF, INTERLEAVED, EVICT)
-                _finish_chunk(XK, YK, xh, yh, ok, xa, xb, cos, sin, cl, sl, sxk_d, syk_d, HALF, BLOCK_HALF,
-                              TAIL, BLOCK_TAIL, INTERLEAVED, COPY_TAIL, ROUND_BY_HAND, LO_BITS, CONJUGATE)
+        # The chunks of a token block side by side in the grid, q's then k's.
+        blk = pid // (q_chunks + k_chunks)
+        chunk = pid % (q_chunks + k_chunks)
+        is_q = chunk < q_chunks
+    # Programs of one block shape load their angles before the q/k branch: the table loads are then issued
+    # before the q/k loads (inside a branch the compiler moves the q/k loads first, which is slower).
+    SAME: tl.constexpr = BT_K == BT_Q and BH_K == BH_Q and ORDER != ORDER_DECODE
+    if SAME:
+        ct: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
+        tok, tok_ok, b, s = _tokens(blk, n_tokens, pid * 0 + seqlen, BT_Q, LAYOUT)
+        have = _angles(tok, tok_ok, b, s, where, angles, ROTARY_DIM, LAYOUT, POS_MODE, SEARCH_STEPS, ct)
+    else:
+        have = (0.0, 0.0, 0.0, 0.0)
+    q_strides = (q_stride_b, q_stride_s, q_stride_h)
+    if K is None:
+        _program(Q, Q_OUT, q_strides, blk, chunk, where, angles, have, SHAPE, HEADS_Q, BT_Q, BH_Q,
+                 INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER, SAME)
+    elif is_q:
+        _program(Q, Q_OUT, q_strides, blk, chunk, where, angles, have, SHAPE, HEADS_Q, BT_Q, BH_Q,
+                 INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER, SAME)
+    else:
+        _program(K, K_OUT, (k_stride_b, k_stride_s, k_stride_h), blk, chunk - q_chunks, where, angles, have,
+                 SHAPE, HEADS_K, BT_K, BH_K, INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER,
+                 SAME)

@@ -2,11 +2,11 @@
 
 Three ways in, one kernel:
 - eager on a GPU (or on the CPU under ``TRITON_INTERPRET=1``): the launcher is called directly, with no
-  dispatcher hop (a registered custom op costs tens of microseconds per call in eager mode);
+  dispatcher hop (a registered custom op costs tens of microseconds per call in eager mode); a repeat of a
+  validated signature replays its recorded launch (:class:`~rope_triton._core.launch.LaunchPlans`);
 - under ``torch.compile``: the ``torch.library`` ops ``rope_triton::rotary`` / ``rope_triton::rotary_``,
   whose kernel launch ``wrap_triton`` makes traceable;
-- on the CPU without the interpreter, or compiled for the CPU: :mod:`rope_triton.reference` in float32,
-  same semantics.
+- on the CPU without the interpreter, or compiled for the CPU: the PyTorch path, same semantics.
 
 Autograd: the gradient of a rotation is the conjugate rotation of the gradient, computed by the same
 kernel. Nothing but the (small) tables and index tensors is saved.
@@ -23,10 +23,22 @@ from torch.library import triton_op, wrap_triton
 from .. import reference
 from .checks import Problem, check
 from .kernels import rotary_kernel
-from .launch import LaunchPlans, addresses, launch, plan_key
+from .launch import LaunchPlans, launch, prefers_freqs, signature  # noqa: F401 (prefers_freqs: for modules)
+from .operands import Operands
 
-# Replays of eager CUDA launches (see LaunchPlans): what keeps a decode step near the cost of a bare launch.
+# Replays of eager CUDA launches: what keeps a decode step near the cost of a bare Triton launch.
 PLANS = LaunchPlans()
+
+
+def clear_launch_cache() -> None:
+    """Forget every recorded launch (they are replayed for calls of the same signature).
+
+    Examples
+    --------
+    >>> import rope_triton
+    >>> rope_triton.clear_launch_cache()
+    """
+    PLANS.clear()
 
 
 def triton_runs_on(device: torch.device) -> bool:
@@ -36,85 +48,55 @@ def triton_runs_on(device: torch.device) -> bool:
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _run_reference(
-    p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved, conjugate
-):
-    tables = dict(freqs=cos) if p.freqs else dict(cos=cos, sin=sin)
+def _new_out(x: torch.Tensor) -> torch.Tensor:
+    # Contiguous in the call's layout: the kernel derives an out-of-place output's strides from its shape.
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+def _run_pytorch(p: Problem, ops: Operands, q_out, k_out, interleaved: bool, conjugate: bool) -> None:
+    tables = dict(freqs=ops.cos) if p.freqs else dict(cos=ops.cos, sin=ops.sin)
     yq, yk = reference.apply_rotary(
-        q, k, **tables,
-        cos_lo=cos_lo,
-        sin_lo=sin_lo,
-        positions=positions,
-        offsets=offsets if offsets is not None else p.offset,
-        cu_seqlens=cu_seqlens,
+        ops.q, ops.k, **tables,
+        cos_lo=ops.cos_lo,
+        sin_lo=ops.sin_lo,
+        positions=ops.positions,
+        offsets=ops.offsets if ops.offsets is not None else p.offset,
+        cu_seqlens=ops.cu_seqlens,
         layout=p.layout,
         interleaved=interleaved,
         rotary_dim=p.rotary_dim,
         conjugate=conjugate,
-        compute_dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
+        compute_dtype=torch.float64 if ops.q.dtype == torch.float64 else torch.float32,
     )
     q_out.copy_(yq)
-    if k is not None:
+    if ops.k is not None:
         k_out.copy_(yk)
 
 
-def replay(
-    plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, *, inplace, offset=0, pointers=None
-):
-    """Replay a recorded launch on new tensors of the same signature; None if the plan does not apply.
-    ``offsets`` may be the int offset itself; otherwise ``offset`` is the scalar one. ``pointers``: the
-    inputs' addresses from :func:`rope_triton._core.launch.signature`, if already read."""
-    if type(offsets) is int:
-        offset, offsets = offsets, None
-    if not 0 <= offset <= plan.max_offset:
-        return None
-    q_out = q if inplace else torch.empty_like(q)
-    k_out = None if k is None else (k if inplace else torch.empty_like(k))
-    # As in launch(): a k without heads is not passed (its pointer may be null).
+def replay(plan, ops: Operands, offset: int, inplace: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Launch a recorded plan on new tensors of the same signature."""
+    q, k = ops.q, ops.k
     has_k = k is not None and plan.problem.heads_k > 0
-    if pointers is None:
-        args = addresses(
-            q, k if has_k else None, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens
-        )
-    else:
-        q_ptr, k_ptr, cos_ptr, sin_ptr, cos_lo_ptr, sin_lo_ptr, pos_ptr, cu_ptr, offsets_ptr = pointers
-        if inplace:
-            q_out_ptr, k_out_ptr = q_ptr, k_ptr
-        else:
-            q_out_ptr, k_out_ptr = q_out.data_ptr(), (k_out.data_ptr() if has_k else 0)
-        args = (
-            q_ptr, k_ptr if has_k else 0, q_out_ptr, k_out_ptr if has_k else 0, cos_ptr, sin_ptr, cos_lo_ptr,
-            sin_lo_ptr, pos_ptr if positions is not None else offsets_ptr, cu_ptr,
-        )
-    plan.launch(args, offset)
-    return q_out, k_out
+    q_out = None if inplace else _new_out(q)
+    k_out = None if inplace or k is None else _new_out(k)
+    plan.launch((
+        q, k if has_k else None, q_out, k_out if has_k else None, ops.cos, ops.sin, ops.cos_lo, ops.sin_lo,
+        ops.positions if ops.positions is not None else ops.offsets, ops.cu_seqlens,
+    ), offset)
+    return (q, k) if inplace else (q_out, k_out)
 
 
 def run(
-    p: Problem,
-    q: torch.Tensor,
-    k: torch.Tensor | None,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    cos_lo: torch.Tensor | None,
-    sin_lo: torch.Tensor | None,
-    positions: torch.Tensor | None,
-    offsets: torch.Tensor | None,
-    cu_seqlens: torch.Tensor | None,
-    *,
-    interleaved: bool,
-    conjugate: bool,
-    inplace: bool,
+    p: Problem, ops: Operands, *, interleaved: bool, conjugate: bool, inplace: bool,
     plan_key: tuple | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Rotate without autograd; returns the outputs (the inputs themselves when ``inplace``).
-
-    With ``plan_key`` (eager CUDA calls) the launch is recorded in :data:`PLANS` for replay.
-    """
+    """Rotate without autograd; returns the outputs (the inputs themselves when ``inplace``). With
+    ``plan_key`` (eager CUDA calls) the launch is recorded in :data:`PLANS` for replay."""
+    q, k = ops.q, ops.k
     compiling = torch.compiler.is_compiling()
     if compiling and q.device.type == "cuda":
         args = (
-            cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
+            ops.cos, ops.sin, ops.cos_lo, ops.sin_lo, ops.positions, ops.offsets, ops.cu_seqlens,
             p.offset, p.layout, interleaved, p.rotary_dim, conjugate, p.freqs,
         )
         if inplace:
@@ -125,56 +107,44 @@ def run(
     if plan_key is not None:
         plan = PLANS.get(plan_key)
         if plan is not None:
-            out = replay(
-                plan, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, inplace=inplace,
-                offset=p.offset,
-            )
-            if out is not None:
-                return out
-    q_out = q if inplace else torch.empty_like(q)
-    k_out = None if k is None else (k if inplace else torch.empty_like(k))
+            return replay(plan, ops, p.offset, inplace)
+    q_out = None if inplace else _new_out(q)
+    k_out = None if inplace or k is None else _new_out(k)
     # Compiling for the CPU traces the PyTorch path: the interpreter cannot run on fake tensors.
     if triton_runs_on(q.device) and not compiling:
         # Triton launches on the current device: tensors on another GPU need it switched (and such
-        # launches are not recorded for replay, which uses the current device's context).
+        # launches are not recorded for replay, which uses the current device's stream).
         other_gpu = q.is_cuda and q.get_device() != torch.cuda.current_device()
         with torch.cuda.device(q.device) if other_gpu else contextlib.nullcontext():
             launch(
-                rotary_kernel, p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets,
-                cu_seqlens,
-                interleaved=interleaved, conjugate=conjugate, inplace=inplace,
+                rotary_kernel, p, ops, q_out, k_out, interleaved=interleaved, conjugate=conjugate,
                 plans=PLANS if plan_key is not None and not other_gpu else None, plan_key=plan_key,
             )
     else:
-        _run_reference(
-            p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved,
-            conjugate,
-        )
-    return q_out, k_out
+        _run_pytorch(p, ops, q if inplace else q_out, k if inplace else k_out, interleaved, conjugate)
+    return (q, k) if inplace else (q_out, k_out)
 
 
 class RotaryFunction(torch.autograd.Function):
     """Autograd for :func:`run`. Backward: the conjugate rotation of the incoming gradients."""
 
     @staticmethod
-    def forward(
-        ctx, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, p, interleaved, conjugate,
-        inplace, key=None,
-    ):
+    def forward(ctx, q, k, p, ops, interleaved, conjugate, inplace, key=None):
         q_out, k_out = run(
-            p, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
-            interleaved=interleaved, conjugate=conjugate, inplace=inplace, plan_key=key,
+            p, ops._replace(q=q, k=k), interleaved=interleaved, conjugate=conjugate, inplace=inplace,
+            plan_key=key,
         )
         if inplace:
             ctx.mark_dirty(*(t for t in (q, k) if t is not None))
-        ctx.save_for_backward(cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens)
+        ctx.save_for_backward(ops.cos, ops.sin, ops.cos_lo, ops.sin_lo, ops.positions, ops.offsets,
+                              ops.cu_seqlens)
         ctx.p, ctx.interleaved, ctx.conjugate = p, interleaved, conjugate
         ctx.has_k = k is not None
         return q_out, k_out
 
     @staticmethod
     def backward(ctx, grad_q, grad_k):
-        cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens = ctx.saved_tensors
+        tables = ctx.saved_tensors
         need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1] and ctx.has_k
         # Only the gradients autograd asks for are rotated (LoRA on q alone: k's bytes are not moved).
         if not need_k:
@@ -182,33 +152,105 @@ class RotaryFunction(torch.autograd.Function):
         p = ctx.p
         if not need_q:
             if grad_k is None:
-                return (None,) * 14
+                return (None,) * 8
             # k's gradient alone, rotated as the first tensor of a problem without k.
             grad_q, grad_k, p = grad_k, None, p._replace(heads_q=p.heads_k, heads_k=0)
+        ops = Operands(grad_q, grad_k, *tables)
         key = None
         if grad_q.is_cuda and not torch.compiler.is_compiling():
             # The backward launch of a training step repeats too: replay it like the forward's.
-            # Not the int offset itself: it enters through scalar_offset's specialization, like forward's.
             options = ("backward", p._replace(offset=0), ctx.interleaved, not ctx.conjugate)
-            scalar_offset = offsets if offsets is not None else (p.offset or None)
-            key = plan_key(
-                grad_q, grad_k, cos, sin, cos_lo, sin_lo, positions, scalar_offset, cu_seqlens, options
-            )
+            key = signature(ops, p.offset if ops.offsets is None else None, options)
         # Through RotaryFunction again, so that double backward works too.
-        gq, gk = RotaryFunction.apply(
-            grad_q, grad_k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
-            p, ctx.interleaved, not ctx.conjugate, False, key,
-        )
+        gq, gk = RotaryFunction.apply(grad_q, grad_k, p, ops, ctx.interleaved, not ctx.conjugate, False, key)
         if not need_q:
-            return None, gq, *([None] * 12)
-        return gq, gk, *([None] * 12)
+            return None, gq, *([None] * 6)
+        return gq, gk, *([None] * 6)
 
 
-def _op_problem(
-    q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, inplace, freqs
-):
+def apply(
+    q, k, cos, sin, *, freqs, positions, offsets, cu_seqlens, max_seqlen, layout, interleaved, rotary_dim,
+    inplace, conjugate, cos_lo, sin_lo,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`rope_triton.apply_rotary` after its table arguments were sorted out: the replay of a known
+    signature, or validation, then autograd or a plain run."""
+    is_tensor = isinstance(q, torch.Tensor) and (k is None or isinstance(k, torch.Tensor))
+    needs_grad = is_tensor and torch.is_grad_enabled() and (
+        q.requires_grad or (k is not None and k.requires_grad)
+    )
+    offsets_t = offsets if isinstance(offsets, torch.Tensor) else None
+    ops = Operands(q, k, cos if freqs is None else freqs, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens)
+    key = p = None
+    plain_options = (
+        type(layout) is str and type(interleaved) is bool and type(inplace) is bool
+        and type(conjugate) is bool
+        and (rotary_dim is None or type(rotary_dim) is int)
+        and (max_seqlen is None or type(max_seqlen) is int)
+    )
+    if is_tensor and plain_options and q.is_cuda and not torch.compiler.is_compiling():
+        # Hot path: a signature validated and launched before skips validation and is replayed.
+        options = (layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen, freqs is not None)
+        key = signature(ops, offsets, options)
+        plan = PLANS.get(key) if key is not None else None
+        if plan is not None and q.get_device() == torch.cuda.current_device():
+            offset = offsets if type(offsets) is int else 0
+            if 0 <= offset <= plan.problem.max_offset:
+                p = plan.problem._replace(offset=offset)
+                if not needs_grad:
+                    out = replay(plan, ops, offset, inplace)
+                    if inplace:
+                        torch.autograd.graph.increment_version([t for t in (q, k) if t is not None])
+                    return out
+    if p is None:
+        table = freqs if freqs is not None else cos
+        p = check(
+            q, k, table, table if freqs is not None else sin,
+            positions=positions,
+            offsets=offsets,
+            cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen,
+            layout=layout,
+            rotary_dim=rotary_dim,
+            inplace=inplace,
+            cos_lo=cos_lo,
+            sin_lo=sin_lo,
+            interleaved=interleaved,
+            conjugate=conjugate,
+            freqs=freqs is not None,
+        )
+    if needs_grad:
+        if inplace:
+            _refuse_inplace_on_leaves(q, k)
+        return RotaryFunction.apply(q, k, p, ops, interleaved, conjugate, inplace, key)
+    out = run(p, ops, interleaved=interleaved, conjugate=conjugate, inplace=inplace, plan_key=key)
+    if inplace:
+        # The kernel writes through raw pointers: bump the version counters so that autograd can tell
+        # if a saved tensor was overwritten.
+        torch.autograd.graph.increment_version([t for t in (q, k) if t is not None])
+    return out
+
+
+def _refuse_inplace_on_leaves(q, k) -> None:
+    # As PyTorch's own in-place ops do, before anything is written (autograd would only object after).
+    for name, t in (("q", q), ("k", k)):
+        if t is None or not t.requires_grad:
+            continue
+        if t.is_leaf:
+            raise RuntimeError(
+                f"{name}: a leaf Variable that requires grad "
+                "is being used in an in-place operation."
+            )
+        if t._base is not None and t._base.is_leaf:
+            raise RuntimeError(
+                f"{name}: a view of a leaf Variable that requires grad is being used in an in-place "
+                "operation."
+            )
+
+
+def _op_problem(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim,
+                inplace, freqs):
     return check(
-        q, k, cos, sin,
+        q, k, cos, cos if freqs else sin,
         cos_lo=cos_lo,
         sin_lo=sin_lo,
         positions=positions,
@@ -227,7 +269,7 @@ def _rotary_op(
     q: torch.Tensor,
     k: torch.Tensor | None,
     cos: torch.Tensor,
-    sin: torch.Tensor,
+    sin: torch.Tensor | None,
     cos_lo: torch.Tensor | None,
     sin_lo: torch.Tensor | None,
     positions: torch.Tensor | None,
@@ -245,13 +287,11 @@ def _rotary_op(
         q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, False,
         freqs,
     )
-    q_out = torch.empty_like(q)
-    k_out = torch.empty_like(k) if k is not None else q.new_empty(0)
-    launch(
-        wrap_triton(rotary_kernel), p, q, k, q_out, k_out if k is not None else None,
-        cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
-        interleaved=interleaved, conjugate=conjugate, inplace=False,
-    )
+    q_out = _new_out(q)
+    k_out = _new_out(k) if k is not None else q.new_empty(0)
+    ops = Operands(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens)
+    launch(wrap_triton(rotary_kernel), p, ops, q_out, k_out if k is not None else None,
+           interleaved=interleaved, conjugate=conjugate)
     return q_out, k_out
 
 
@@ -260,7 +300,7 @@ def _rotary_inplace_op(
     q: torch.Tensor,
     k: torch.Tensor | None,
     cos: torch.Tensor,
-    sin: torch.Tensor,
+    sin: torch.Tensor | None,
     cos_lo: torch.Tensor | None,
     sin_lo: torch.Tensor | None,
     positions: torch.Tensor | None,
@@ -277,7 +317,5 @@ def _rotary_inplace_op(
         q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, True,
         freqs,
     )
-    launch(
-        wrap_triton(rotary_kernel), p, q, k, q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
-        interleaved=interleaved, conjugate=conjugate, inplace=True,
-    )
+    ops = Operands(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens)
+    launch(wrap_triton(rotary_kernel), p, ops, None, None, interleaved=interleaved, conjugate=conjugate)

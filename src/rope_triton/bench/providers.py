@@ -45,6 +45,27 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def rotate_every_two(x: torch.Tensor) -> torch.Tensor:
+    """GPT-J's pairing: (x[2i], x[2i + 1]) -> (-x[2i + 1], x[2i])."""
+    return torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
+
+
+def hf_partial_rotary(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool
+) -> Pair:
+    """Hugging Face's eager RoPE on the first ``cos.shape[-1]`` dims (GPT-J, GPT-NeoX partial rotary): rotate
+    them, then concatenate the dims that pass through; GPT-J pairs adjacent dims."""
+    width = cos.shape[-1]
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    turn = rotate_every_two if interleaved else rotate_half
+
+    def one(x):
+        rot = x[..., :width]
+        return torch.cat((rot * cos + turn(rot) * sin, x[..., width:]), dim=-1)
+
+    return one(q), one(k)
+
+
 def hf_apply_rotary_pos_emb(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1
 ) -> Pair:
@@ -360,12 +381,19 @@ def _unless_default(mode: str) -> Callable[[Workload, bool], str | None]:
     return skip_reason
 
 
+def _hf_formula(wl: Workload) -> Callable:
+    # Looked up at call time, so that a patched formula (tests) is the one that runs.
+    if wl.spec.rotary_dim:
+        return partial(hf_partial_rotary, interleaved=wl.spec.interleaved)
+    return lambda q, k, cos, sin: hf_apply_rotary_pos_emb(q, k, cos, sin)
+
+
 def _build_hf_eager(wl: Workload) -> Impl:
     cos, sin = wl.hf_cos, wl.hf_sin
+    formula = _hf_formula(wl)
 
     def fn(q, k):
-        # Looked up at call time, so that a patched formula (tests) is the one that runs.
-        return hf_apply_rotary_pos_emb(q, k, cos, sin)
+        return formula(q, k, cos, sin)
 
     return AutogradImpl(fn, *hf_views(wl), wl.gen)
 
@@ -374,7 +402,10 @@ def _build_compile(wl: Workload) -> Impl:
     # Each shape would add recompilations to one cache and, past the recompile limit, silently fall
     # back to eager: start every shape from an empty cache.
     torch._dynamo.reset()
-    compiled = torch.compile(hf_apply_rotary_pos_emb, dynamic=False)
+    compiled = torch.compile(
+        partial(hf_partial_rotary, interleaved=wl.spec.interleaved) if wl.spec.rotary_dim
+        else hf_apply_rotary_pos_emb, dynamic=False,
+    )
     cos, sin = wl.hf_cos, wl.hf_sin
 
     def fn(q, k):
@@ -406,6 +437,8 @@ def _skip_liger(wl: Workload, requested: bool) -> str | None:
         return "liger-kernel not installed (pip install 'rope-triton[bench]')"
     if wl.device.type != "cuda":
         return "needs a CUDA device"
+    if wl.spec.rotary_dim:
+        return "rotates whole heads in NeoX pairs only"
     return None
 
 

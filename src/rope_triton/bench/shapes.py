@@ -45,6 +45,10 @@ class ShapeSpec:
         random uneven lengths, layout thd with cu_seqlens. ``decode``: per-sequence offsets drawn below
         ``max_offset``, as a device tensor, layout bshd.
     n_seqs, max_offset : int
+    rotary_dim : int
+        Rotated dims (0: all of head_dim); the rest pass through.
+    interleaved : bool
+        GPT-J pairs (2i, 2i + 1) instead of (i, i + rotary_dim / 2).
     """
 
     name: str
@@ -57,6 +61,13 @@ class ShapeSpec:
     kind: str = "dense"
     n_seqs: int = 0
     max_offset: int = 0
+    rotary_dim: int = 0
+    interleaved: bool = False
+
+    @property
+    def rotated(self) -> int:
+        """The rotated dims."""
+        return self.rotary_dim or self.head_dim
 
     def describe(self) -> str:
         """Dimensions in the anchors' notation, e.g. ``4x4096x32/8x128``."""
@@ -64,6 +75,8 @@ class ShapeSpec:
         if self.kind == "varlen":
             return f"{self.n_seqs} seqs, {self.seqlen} tok x{heads}"
         extra = f" off<{self.max_offset}" if self.kind == "decode" else ""
+        if self.rotary_dim:
+            extra += f" rot{self.rotary_dim}" + (" interleaved" if self.interleaved else "")
         return f"{self.batch}x{self.seqlen}x{heads}{extra}"
 
     def cpu_variant(self) -> ShapeSpec:
@@ -86,13 +99,16 @@ SHAPES: dict[str, ShapeSpec] = {
         ShapeSpec("varlen", 1, 131072, 32, 8, 128, kind="varlen", n_seqs=64),
         ShapeSpec("decode", 64, 1, 32, 8, 128, kind="decode", max_offset=8192),
         ShapeSpec("decode-1", 1, 1, 32, 8, 128, kind="decode", max_offset=8192),
+        # GPT-J 6B: interleaved pairs on the first 64 of 256 dims, the rest copied through.
+        ShapeSpec("gptj", 4, 2048, 16, 16, 256, rotary_dim=64, interleaved=True),
         # Tiny shapes for smoke tests (the Triton interpreter takes ~50 ms a program).
         ShapeSpec("tiny", 2, 4, 4, 2, 32),
         ShapeSpec("tiny-varlen", 1, 10, 4, 2, 32, kind="varlen", n_seqs=3),
         ShapeSpec("tiny-decode", 3, 1, 4, 2, 32, kind="decode", max_offset=64),
+        ShapeSpec("tiny-gptj", 2, 4, 4, 4, 32, rotary_dim=8, interleaved=True),
     )
 }
-DEFAULT_SHAPES = ("llama3-8b", "llama2-7b", "long-32k", "d64", "fp32", "varlen", "decode", "decode-1")
+DEFAULT_SHAPES = ("llama3-8b", "llama2-7b", "long-32k", "d64", "fp32", "gptj", "varlen", "decode", "decode-1")
 QUICK_SHAPES = ("llama3-8b", "varlen", "decode")
 QUICK_SHAPES_CPU = ("llama3-8b", "decode")
 
@@ -221,7 +237,7 @@ def cos_sin_mode(spec: ShapeSpec) -> str:
     itemsize = torch.empty(0, dtype=spec.dtype).element_size()
     shared = spec.n_seqs if spec.kind == "varlen" else spec.batch
     use = prefers_freqs(
-        spec.batch * spec.seqlen, shared, spec.heads_q + spec.heads_k, spec.head_dim, spec.head_dim, itemsize
+        spec.batch * spec.seqlen, shared, spec.heads_q + spec.heads_k, spec.head_dim, spec.rotated, itemsize
     )
     return "freqs" if use else "tables"
 
@@ -248,10 +264,17 @@ def build_workload(
     gen = torch.Generator(device=device).manual_seed(seed)
     dtype = spec.dtype
     kwargs, pos, rows = _positions(spec, device, host)
-    inv_freq, _ = angles.inv_freq_and_scale(spec.head_dim, base=THETA)
+    if spec.rotary_dim:
+        kwargs.update(rotary_dim=spec.rotary_dim, interleaved=spec.interleaved)
+    inv_freq, _ = angles.inv_freq_and_scale(spec.rotated, base=THETA)
     cos64, sin64 = angles.cos_sin_tables(inv_freq, rows, dtype=torch.float64, device=device)
-    hf_cos = torch.cat((cos64, cos64), dim=-1)[pos].to(dtype)
-    hf_sin = torch.cat((sin64, sin64), dim=-1)[pos].to(dtype)
+    # Hugging Face's full-width tables: each angle twice, side by side (NeoX) or in adjacent dims (GPT-J).
+    if spec.interleaved:
+        hf_cos = cos64.repeat_interleave(2, dim=-1)[pos].to(dtype)
+        hf_sin = sin64.repeat_interleave(2, dim=-1)[pos].to(dtype)
+    else:
+        hf_cos = torch.cat((cos64, cos64), dim=-1)[pos].to(dtype)
+        hf_sin = torch.cat((sin64, sin64), dim=-1)[pos].to(dtype)
 
     q_shape, k_shape = _qk_shapes(spec)
     itemsize = torch.empty(0, dtype=dtype).element_size()
