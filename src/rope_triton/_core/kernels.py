@@ -43,16 +43,14 @@ _RAD_LO = tl.constexpr(2 * math.pi / 2**FREQ_FRAC_BITS - 2.2322359008431457e-14)
 assert FREQ_CHUNKS == 3  # _computed sums three chunks
 
 
-@triton.constexpr_function
-def _interpreted():
-    """Whether the kernel runs in Triton's CPU interpreter (decided before triton is imported)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Whether the kernel runs in Triton's CPU interpreter (which is decided before triton is imported).
+_INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
 @triton.jit
 def _to_storage(y, Y):
     """Cast float32 ``y`` to Y's element type, rounding to nearest even."""
-    if _interpreted() and Y.dtype.element_ty == tl.bfloat16:
+    if _INTERPRETED and Y.dtype.element_ty == tl.bfloat16:
         # The interpreter truncates float32 -> bfloat16: round the bits to nearest even first so that the
         # cast is exact. Compiled code rounds correctly.
         bits = y.to(tl.uint32, bitcast=True)
