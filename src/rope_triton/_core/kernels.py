@@ -31,6 +31,10 @@ POS_OFFSET = 0  # index in its sequence + the scalar ``offset``
 POS_OFFSETS = 1  # index in its sequence + POS[sequence] (per-sequence offsets)
 POS_TOKENS = 2  # POS[token]: explicit positions, (batch, seq) contiguous or (total_tokens,)
 POS_SHARED = 3  # POS[index in sequence]: one row of explicit positions for the whole batch
+# (the kernel reads module globals only as constexprs)
+_TOKENS, _Q_FIRST, _DECODE = tl.constexpr(ORDER_TOKENS), tl.constexpr(ORDER_Q_FIRST), tl.constexpr(ORDER_DECODE)
+_OFFSET, _OFFSETS = tl.constexpr(POS_OFFSET), tl.constexpr(POS_OFFSETS)
+_TOKEN_POS, _SHARED_POS = tl.constexpr(POS_TOKENS), tl.constexpr(POS_SHARED)
 
 _CHUNK_BITS = tl.constexpr(FREQ_CHUNK_BITS)
 _CHUNK_MASK = tl.constexpr((1 << FREQ_CHUNK_BITS) - 1)
@@ -91,11 +95,11 @@ def _tokens(blk, n_tokens, seqlen, BLOCK_T: tl.constexpr, LAYOUT: tl.constexpr):
 
 
 @triton.jit
-def _positions(tok, tok_ok, b, s, where, LAYOUT: tl.constexpr, POS_MODE: tl.constexpr,
+def _positions(tok, tok_ok, b, s, POS, CU, sizes, LAYOUT: tl.constexpr, POS_MODE: tl.constexpr,
                SEARCH_STEPS: tl.constexpr):
     """Each token's position and its sequence (the batch row, or for ``thd`` the packed sequence, found by
     a branch-free binary search of cu_seqlens: the last i with cu[i] <= token)."""
-    POS, CU, seqlen, n_seqs, offset = where
+    seqlen, n_seqs, offset = sizes
     if LAYOUT == "thd":
         lo = tl.zeros_like(tok)
         hi = lo + (n_seqs - 1)
@@ -110,11 +114,11 @@ def _positions(tok, tok_ok, b, s, where, LAYOUT: tl.constexpr, POS_MODE: tl.cons
     else:
         seq = b
         in_seq = s
-    if POS_MODE == POS_TOKENS:
+    if POS_MODE == _TOKEN_POS:
         pos = tl.load(POS + b * seqlen + s, mask=tok_ok, other=0).to(tl.int64)
-    elif POS_MODE == POS_SHARED:
+    elif POS_MODE == _SHARED_POS:
         pos = tl.load(POS + s, mask=tok_ok, other=0).to(tl.int64)
-    elif POS_MODE == POS_OFFSETS:
+    elif POS_MODE == _OFFSETS:
         pos = in_seq + tl.load(POS + seq, mask=tok_ok, other=0).to(tl.int64)
     else:
         pos = in_seq + offset
@@ -137,11 +141,10 @@ def _table_rows(COS, SIN, row, seq, ok, j, stride_b, stride_r, ct: tl.constexpr)
 
 
 @triton.jit
-def _split_rows(angles, pos, ok, j, ct: tl.constexpr):
+def _split_rows(COS, SIN, COS_LO, SIN_LO, lo_bits, stride_r, pos, ok, j, ct: tl.constexpr):
     """Split tables: the rows of the position's high bits and of its low bits. Both tables come from
     float64 angles, so angle(high) + angle(low) by the angle-addition formulas (in :func:`_combine`) gives
     cos/sin within a few float32 ulps at any position."""
-    COS, SIN, COS_LO, SIN_LO, table_rows, lo_bits, stride_b, stride_r = angles
     cos, sin = _table_rows(COS, SIN, pos >> lo_bits, 0, ok, j, 0, stride_r, ct)
     low = pos & ((1 << lo_bits) - 1)
     # (other=0: the high rows already carry the NaN of a position off the tables)
@@ -189,22 +192,25 @@ def _computed(F, stride_r, pos, pos_ok, j, mj):
 
 
 @triton.jit
-def _angles(tok, tok_ok, b, s, where, angles, ROTARY_DIM: tl.constexpr, LAYOUT: tl.constexpr,
-            POS_MODE: tl.constexpr, SEARCH_STEPS: tl.constexpr, ct: tl.constexpr):
-    """The angles of tokens ``tok`` from the call's angle source: (cos, sin, cos_lo, sin_lo)."""
-    COS, SIN, COS_LO, SIN_LO, table_rows, lo_bits, stride_b, stride_r = angles
+def _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, ROTARY_DIM: tl.constexpr,
+            LAYOUT: tl.constexpr, POS_MODE: tl.constexpr, SEARCH_STEPS: tl.constexpr, ct: tl.constexpr):
+    """The angles of tokens ``tok`` from the call's angle source: (cos, sin, cos_lo, sin_lo).
+    ``sizes``: (seqlen, n_seqs, offset); ``table``: (table_rows, lo_bits, stride_b, stride_r)."""
+    table_rows, lo_bits, stride_b, stride_r = table
     HALF: tl.constexpr = ROTARY_DIM // 2
     j = tl.arange(0, triton.next_power_of_2(HALF)).to(tl.int64)
-    pos, seq = _positions(tok, tok_ok, b, s, where, LAYOUT, POS_MODE, SEARCH_STEPS)
+    pos, seq = _positions(tok, tok_ok, b, s, POS, CU, sizes, LAYOUT, POS_MODE, SEARCH_STEPS)
     pos_ok = tok_ok & (pos >= 0) & (pos < table_rows)
     ok = pos_ok[:, None] & (j < HALF)[None, :]
     if COS.dtype.element_ty == tl.int64:  # a freq_table: computed, not read
         cos, sin = _computed(COS, stride_r, pos, pos_ok, j, j < HALF)
-        return cos, sin, cos, sin
-    if COS_LO is not None:
-        return _split_rows(angles, pos, ok, j, ct)
-    cos, sin = _table_rows(COS, SIN, pos, seq, ok, j, stride_b, stride_r, ct)
-    return cos, sin, cos, sin
+        cos_lo, sin_lo = cos, sin
+    elif COS_LO is not None:
+        cos, sin, cos_lo, sin_lo = _split_rows(COS, SIN, COS_LO, SIN_LO, lo_bits, stride_r, pos, ok, j, ct)
+    else:
+        cos, sin = _table_rows(COS, SIN, pos, seq, ok, j, stride_b, stride_r, ct)
+        cos_lo, sin_lo = cos, sin
+    return cos, sin, cos_lo, sin_lo
 
 
 @triton.jit
@@ -225,31 +231,36 @@ def _combine(cos, sin, cos_lo, sin_lo, SPLIT: tl.constexpr):
 def _out_strides(seqlen, n_seqs, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, LAYOUT: tl.constexpr):
     """Strides (batch, seq, head) of an out-of-place output, which the op allocates contiguous in its
     layout: derived here instead of passed. ``seqlen`` and ``n_seqs`` in int64."""
+    one = seqlen * 0 + 1  # every stride int64
     if LAYOUT == "bhsd":
-        return HEADS * seqlen * HEAD_DIM, HEAD_DIM, seqlen * HEAD_DIM
-    if LAYOUT == "sbhd":
-        return HEADS * HEAD_DIM, n_seqs * HEADS * HEAD_DIM, HEAD_DIM
-    return seqlen * HEADS * HEAD_DIM, HEADS * HEAD_DIM, HEAD_DIM  # bshd; thd: batch 0
+        out_b, out_s, out_h = HEADS * seqlen * HEAD_DIM, one * HEAD_DIM, seqlen * HEAD_DIM
+    elif LAYOUT == "sbhd":
+        out_b, out_s, out_h = one * (HEADS * HEAD_DIM), n_seqs * HEADS * HEAD_DIM, one * HEAD_DIM
+    else:  # bshd; thd: batch 0
+        out_b, out_s, out_h = seqlen * HEADS * HEAD_DIM, one * (HEADS * HEAD_DIM), one * HEAD_DIM
+    return out_b, out_s, out_h
 
 
 @triton.jit
-def _program(X, Y, strides, blk, chunk, where, angles, have_angles, SHAPE: tl.constexpr,
+def _program(X, Y, strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, have_angles,
+             SHAPE: tl.constexpr,
              HEADS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr,
              CONJUGATE: tl.constexpr, LAYOUT: tl.constexpr, POS_MODE: tl.constexpr,
              SEARCH_STEPS: tl.constexpr, ORDER: tl.constexpr, HAVE_ANGLES: tl.constexpr):
     """Rotate heads ``chunk * BLOCK_H ..`` of token block ``blk`` of X into Y (X itself when Y is None).
     HAVE_ANGLES: the tokens' angles are given (loaded before the q/k branch).
 
-    A warp issues in order and waits at the first use of a pending load. ORDER_DECODE issues the q/k loads
+    A warp issues in order and waits at the first use of a pending load. _DECODE issues the q/k loads
     before the position (a search or a load) and the angles it addresses: the programs of a decode step
     then wait for one round trip instead of two. Otherwise the angles go first, as one batch of loads (the
     faster order for large calls, whose q/k loads are not on a single program's critical path)."""
-    HEADS_Q, HEADS_K, HEAD_DIM, ROTARY_DIM = SHAPE
+    HEAD_DIM: tl.constexpr = SHAPE[2]
+    ROTARY_DIM: tl.constexpr = SHAPE[3]
     HALF: tl.constexpr = ROTARY_DIM // 2
     BLOCK_HALF: tl.constexpr = triton.next_power_of_2(HALF)
     TAIL: tl.constexpr = HEAD_DIM - ROTARY_DIM
     ct: tl.constexpr = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
-    POS, CU, seqlen, n_seqs, offset = where
+    seqlen, n_seqs, offset = sizes
     seqlen64 = blk * 0 + seqlen  # int64 even where seqlen arrives as the constant 1
     n_seqs64 = blk * 0 + n_seqs
     tok, tok_ok, b, s = _tokens(blk, _n_tokens(seqlen64, n_seqs64, LAYOUT), seqlen64, BLOCK_T, LAYOUT)
@@ -264,9 +275,9 @@ def _program(X, Y, strides, blk, chunk, where, angles, have_angles, SHAPE: tl.co
     ok = tok_ok[:, None] & (h < HEADS)[None, :]
     xh = (b * stride_b + s * stride_s)[:, None] + h[None, :] * stride_h
     yh = (b * out_b + s * out_s)[:, None] + h[None, :] * out_h
-    if not HAVE_ANGLES and ORDER != ORDER_DECODE:
-        cos, sin, cos_lo, sin_lo = _angles(tok, tok_ok, b, s, where, angles, ROTARY_DIM, LAYOUT, POS_MODE,
-                                           SEARCH_STEPS, ct)
+    if not HAVE_ANGLES and ORDER != _DECODE:
+        cos, sin, cos_lo, sin_lo = _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table,
+                                           ROTARY_DIM, LAYOUT, POS_MODE, SEARCH_STEPS, ct)
     elif HAVE_ANGLES:
         cos, sin, cos_lo, sin_lo = have_angles
     # Loads, in the storage dtype: the (x1, x2) halves, or the interleaved span (split in lanes below).
@@ -280,10 +291,9 @@ def _program(X, Y, strides, blk, chunk, where, angles, have_angles, SHAPE: tl.co
         m = ok[:, :, None] & (j < HALF)[None, None, :]
         xa = tl.load(X + xh[:, :, None] + j[None, None, :], mask=m, other=0.0)
         xb = tl.load(X + xh[:, :, None] + (j + HALF)[None, None, :], mask=m, other=0.0)
-    if ORDER == ORDER_DECODE:
-        cos, sin, cos_lo, sin_lo = _angles(tok, tok_ok, b, s, where, angles, ROTARY_DIM, LAYOUT, POS_MODE,
-                                           SEARCH_STEPS, ct)
-    COS_LO = angles[2]
+    if ORDER == _DECODE:
+        cos, sin, cos_lo, sin_lo = _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table,
+                                           ROTARY_DIM, LAYOUT, POS_MODE, SEARCH_STEPS, ct)
     c, sn = _combine(cos, sin, cos_lo, sin_lo, COS_LO is not None)
     c = c[:, None, :]
     sn = sn[:, None, :]
@@ -326,16 +336,23 @@ def rotary_kernel(
     SEARCH_STEPS: tl.constexpr,  # "thd": >= ceil(log2(n_seqs)) binary-search steps over cu_seqlens
     PROGRAM: tl.constexpr,  # (order, tokens and heads of a q program, tokens and heads of a k program)
 ):
-    HEADS_Q, HEADS_K, HEAD_DIM, ROTARY_DIM = SHAPE
-    ORDER, BT_Q, BH_Q, BT_K, BH_K = PROGRAM
+    HEADS_Q: tl.constexpr = SHAPE[0]
+    HEADS_K: tl.constexpr = SHAPE[1]
+    ROTARY_DIM: tl.constexpr = SHAPE[3]
+    ORDER: tl.constexpr = PROGRAM[0]
+    BT_Q: tl.constexpr = PROGRAM[1]
+    BH_Q: tl.constexpr = PROGRAM[2]
+    BT_K: tl.constexpr = PROGRAM[3]
+    BH_K: tl.constexpr = PROGRAM[4]
     q_chunks: tl.constexpr = (HEADS_Q + BH_Q - 1) // BH_Q
     k_chunks: tl.constexpr = (HEADS_K + BH_K - 1) // BH_K if K is not None else 0
     pid = tl.program_id(0).to(tl.int64)
-    where = (POS, CU, seqlen, n_seqs, offset)
-    angles = (COS, SIN, COS_LO, SIN_LO, table_rows, lo_bits, table_stride_b, table_stride_r)
+    # (tuples only of what is never None: Triton 3.6 passes no None inside a tuple)
+    sizes = (seqlen, n_seqs, offset)
+    table = (table_rows, lo_bits, table_stride_b, table_stride_r)
     # (pid * 0: int64 even where seqlen or n_seqs arrive as the constant 1)
     n_tokens = _n_tokens(pid * 0 + seqlen, pid * 0 + n_seqs, LAYOUT)
-    if ORDER == ORDER_Q_FIRST:
+    if ORDER == _Q_FIRST:
         # Every q program, then every k program, each tensor with its own block shape: the programs in
         # flight then read one tensor and write one, as a copy's do.
         q_div: tl.constexpr = q_chunks if q_chunks > 0 else 1
@@ -351,21 +368,23 @@ def rotary_kernel(
         is_q = chunk < q_chunks
     # Programs of one block shape load their angles before the q/k branch: the table loads are then issued
     # before the q/k loads (inside a branch the compiler moves the q/k loads first, which is slower).
-    SAME: tl.constexpr = BT_K == BT_Q and BH_K == BH_Q and ORDER != ORDER_DECODE
+    SAME: tl.constexpr = BT_K == BT_Q and BH_K == BH_Q and ORDER != _DECODE
     if SAME:
         ct: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
         tok, tok_ok, b, s = _tokens(blk, n_tokens, pid * 0 + seqlen, BT_Q, LAYOUT)
-        have = _angles(tok, tok_ok, b, s, where, angles, ROTARY_DIM, LAYOUT, POS_MODE, SEARCH_STEPS, ct)
+        have = _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, ROTARY_DIM, LAYOUT,
+                       POS_MODE, SEARCH_STEPS, ct)
     else:
         have = (0.0, 0.0, 0.0, 0.0)
     q_strides = (q_stride_b, q_stride_s, q_stride_h)
     if K is None:
-        _program(Q, Q_OUT, q_strides, blk, chunk, where, angles, have, SHAPE, HEADS_Q, BT_Q, BH_Q,
+        _program(Q, Q_OUT, q_strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, have, SHAPE, HEADS_Q, BT_Q, BH_Q,
                  INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER, SAME)
     elif is_q:
-        _program(Q, Q_OUT, q_strides, blk, chunk, where, angles, have, SHAPE, HEADS_Q, BT_Q, BH_Q,
+        _program(Q, Q_OUT, q_strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, have, SHAPE, HEADS_Q, BT_Q, BH_Q,
                  INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER, SAME)
     else:
-        _program(K, K_OUT, (k_stride_b, k_stride_s, k_stride_h), blk, chunk - q_chunks, where, angles, have,
+        _program(K, K_OUT, (k_stride_b, k_stride_s, k_stride_h), blk, chunk - q_chunks, POS, CU, sizes, COS, SIN,
+                 COS_LO, SIN_LO, table, have,
                  SHAPE, HEADS_K, BT_K, BH_K, INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER,
                  SAME)
