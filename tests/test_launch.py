@@ -1,5 +1,5 @@
 """The launcher's rule (block sizes, warps) for the benchmark's shapes: the measured program shapes of
-docs/performance.md, pinned so that a change to the rule is a decision, not an accident."""
+docs/design.md, pinned so that a change to the rule is a decision, not an accident."""
 
 from __future__ import annotations
 
@@ -73,7 +73,8 @@ def test_rule_stays_in_bounds_for_odd_shapes(heads_q, heads_k, head_dim):
 @pytest.mark.parametrize("heads_q,heads_k", [(32, 8), (28, 4), (32, 1), (64, 8), (32, 32)])
 def test_narrow_k_programs_take_twice_the_tokens(heads_q, heads_k):
     # GQA / MQA: k's programs have k's own chunk of heads and twice the tokens that k alone would get
-    # (measured 0.2-1.0 points faster, kblock-probe.txt), at the warps of q alone; k as wide as q: q's blocks.
+    # (0.2-1.0 points faster on an H200: docs/design.md), at the warps of q alone; k as wide as q: q's
+    # blocks.
     p = _problem("bshd", 4, 4096, heads_q, heads_k, 128, torch.bfloat16)
     cfg = config(p, 2)
     q_alone = config(_problem("bshd", 4, 4096, heads_q, 0, 128, torch.bfloat16), 2)
