@@ -1,6 +1,6 @@
 """Sweep the launch rule's program shapes and warps on a GPU, timed against a same-bytes copy in one run.
 
-Usage: PYTHONPATH=src python3 scripts/tune.py [--shapes llama3-8b,gptj] [--sets 3]
+Usage: PYTHONPATH=src python3 scripts/tune.py [--shapes llama3-8b,gptj] [--sets 3] [--list]
 Prints, per shape, the rule's choice and the best programs found, each as % of the copy (two rounds).
 """
 
@@ -25,13 +25,34 @@ SHAPES = {  # name: (B, S, Hq, Hk, D, rotary_dim, interleaved, dtype)
 }
 
 
+def variants(hq: int, hk: int, d: int) -> list[dict]:
+    """Program shapes to time: both orders, tokens x heads per program up to 16K elements, 1-8 warps."""
+    out = []
+    for order, bt, bh, warps in itertools.product(
+        (kernels.ORDER_TOKENS, kernels.ORDER_Q_FIRST), (1, 2, 4, 8), (1, 2, 4, 8, 16), (1, 2, 4, 8)
+    ):
+        if bh <= 2 * max(hq, hk) and bt * bh * d <= 16384:
+            out.append({"PROGRAM": (order, bt, bh, bt, bh), "num_warps": warps})
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--sets", type=int, default=3)
+    ap.add_argument("--list", action="store_true", help="print the rule and the variants, time nothing")
     args = ap.parse_args()
     for name in args.shapes.split(","):
         b, s, hq, hk, d, r, interleaved, dt = SHAPES[name]
+        if args.list:
+            q, k = torch.empty(b, s, hq, d, dtype=dt), torch.empty(b, s, hk, d, dtype=dt)
+            cos = torch.empty(s, r // 2)
+            p = check(q, k, cos, cos, positions=None, offsets=None, cu_seqlens=None, max_seqlen=None,
+                      layout="bshd", rotary_dim=r, inplace=False, interleaved=interleaved)
+            print(f"== {name}\nrule {config(p, q.element_size())}")
+            for c in variants(hq, hk, d):
+                print(f"   {c}")
+            continue
         sets = [(torch.randn(b, s, hq, d, device="cuda", dtype=dt), torch.randn(b, s, hk, d, device="cuda", dtype=dt))
                 for _ in range(args.sets)]
         outs = [(torch.empty_like(q), torch.empty_like(k)) for q, k in sets]
@@ -43,13 +64,7 @@ def main():
         p = check(sets[0][0], sets[0][1], cos, sin, positions=None, offsets=None, cu_seqlens=None,
                   max_seqlen=None, layout="bshd", rotary_dim=r, inplace=False, interleaved=interleaved)
         base = config(p, sets[0][0].element_size())
-        cfgs = [base]
-        for order, bt, bh, warps in itertools.product(
-            (kernels.ORDER_TOKENS, kernels.ORDER_Q_FIRST), (1, 2, 4, 8), (1, 2, 4, 8, 16), (1, 2, 4, 8)
-        ):
-            if bh > 2 * max(hq, hk) or bt * bh * d > 16384:
-                continue
-            cfgs.append({"PROGRAM": (order, bt, bh, bt, bh), "num_warps": warps})
+        cfgs = [base, *variants(hq, hk, d)]
         i = [0]
 
         def make(cfg):

@@ -1,8 +1,9 @@
 """The ```python blocks of the docs must run.
 
-Each Markdown file's ```python blocks are executed in order, as one script sharing one namespace (like a
-reader pasting them into a session). Blocks fenced any other way (```text, ```bash, ...) are not run.
-``docs/tutorial.md`` must exist; ``README.md`` is tested when it exists and has python blocks.
+``README.md``: every block must run pasted alone into a fresh interpreter, so each runs in a namespace of
+its own (a block that needs transformers is skipped when transformers is not installed).
+``docs/tutorial.md`` tells one story: its blocks run in order, as one script sharing one namespace.
+Blocks fenced any other way (```text, ```bash, ...) are not run.
 
 On a machine without a GPU, ``tests/conftest.py`` has already set ``TRITON_INTERPRET=1``, so the blocks
 run the real Triton kernel in the CPU interpreter: the docs keep their tensors tiny.
@@ -10,6 +11,7 @@ run the real Triton kernel in the CPU interpreter: the docs keep their tensors t
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import traceback
 from pathlib import Path
@@ -93,11 +95,24 @@ def test_tutorial(isolated_torch_state):
     run_blocks("docs/tutorial.md", blocks)
 
 
-def test_readme(isolated_torch_state):
+def _readme_blocks() -> list[tuple[int, str]]:
     path = ROOT / "README.md"
-    if not path.is_file():
-        pytest.skip("no README.md")
-    blocks = python_blocks(path.read_text(encoding="utf-8"))
-    if not blocks:
-        pytest.skip("README.md has no ```python blocks")
-    run_blocks("README.md", blocks)
+    return python_blocks(path.read_text(encoding="utf-8")) if path.is_file() else []
+
+
+# A block importing transformers, or the drop-in that patches it.
+_NEEDS_TRANSFORMERS = re.compile(
+    r"^\s*(from|import)\s+(transformers|rope_triton\.integrations\.transformers)\b", re.MULTILINE
+)
+
+
+def test_readme_has_python_blocks():
+    assert _readme_blocks(), "README.md has no ```python blocks"
+
+
+@pytest.mark.parametrize("line, code", _readme_blocks(), ids=[f"line{line}" for line, _ in _readme_blocks()])
+def test_readme_block_runs_alone(line, code, isolated_torch_state):
+    """Each README block in a fresh namespace: it imports and defines everything it uses."""
+    if _NEEDS_TRANSFORMERS.search(code) and importlib.util.find_spec("transformers") is None:
+        pytest.skip("needs transformers (pip install 'rope-triton[transformers]')")
+    run_blocks(f"README.md (block at line {line}, alone)", [(line, code)])

@@ -1,5 +1,5 @@
 """The launcher's rule (block sizes, warps) for the benchmark's shapes: the measured program shapes of
-docs/performance.md, pinned so that a change to the rule is a decision, not an accident."""
+docs/design.md, pinned so that a change to the rule is a decision, not an accident."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """rope-triton: rotary position embedding for PyTorch, in Triton.
 
-The public names load on first use, so that ``import rope_triton.reference`` (or ``freqs``) stays free of
-Triton and importing the package does no work.
+The public names load on first use, so that ``import rope_triton.reference`` (or ``rope_triton.angles``)
+stays free of Triton and importing the package does no work.
 
 >>> import rope_triton
 >>> q_out, k_out = rope_triton.apply_rotary(q, k, cos, sin)  # doctest: +SKIP
