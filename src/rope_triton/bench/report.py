@@ -109,8 +109,8 @@ class _TqdmProgress:
 class _RichProgress:
     # rich redraws from a thread of its own by default, which takes the GIL in the middle of the host
     # wall-time loops; redrawn here from the main thread instead, between measurements, at most this often.
-    # (No difference measurable on the H200's host, whose own launch cost moves by 1.5x within a minute:
-    # benchmarks/results/h200-2026-11-30-s6/progress-wall.txt; kept so that no thread runs in the loops.)
+    # (No difference was measurable on a host whose own launch cost moves by 1.5x within a minute; kept so
+    # that no thread runs in the timed loops.)
     AUTO_REFRESH = False
     REDRAW_S = 0.2
 

@@ -70,7 +70,7 @@ class ShapeSpec:
         return self.rotary_dim or self.head_dim
 
     def describe(self) -> str:
-        """Dimensions in the anchors' notation, e.g. ``4x4096x32/8x128``."""
+        """Dimensions as batch x seq x heads of q / heads of k x head_dim, e.g. ``4x4096x32/8x128``."""
         heads = f"{self.heads_q}/{self.heads_k}x{self.head_dim}"
         if self.kind == "varlen":
             return f"{self.n_seqs} seqs, {self.seqlen} tok x{heads}"
@@ -94,7 +94,7 @@ SHAPES: dict[str, ShapeSpec] = {
         ShapeSpec("llama2-7b", 4, 4096, 32, 32, 128),
         ShapeSpec("long-32k", 1, 32768, 32, 8, 128),
         ShapeSpec("d64", 8, 2048, 16, 16, 64),
-        # Batch 2, as in anchors.md: the same bytes as llama3-8b in bf16.
+        # Batch 2: the same bytes as llama3-8b in bf16.
         ShapeSpec("fp32", 2, 4096, 32, 8, 128, dtype=torch.float32),
         ShapeSpec("varlen", 1, 131072, 32, 8, 128, kind="varlen", n_seqs=64),
         ShapeSpec("decode", 64, 1, 32, 8, 128, kind="decode", max_offset=8192),
