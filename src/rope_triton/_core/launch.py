@@ -307,19 +307,17 @@ _TENSOR_ARGS = 10  # Q .. CU
 class Plan:
     """One recorded launch: the compiled kernel and every argument but the tensors and the int offset."""
 
-    __slots__ = ("runner", "values", "problem", "inplace")
+    __slots__ = ("runner", "middle", "tail", "problem")
 
     def __init__(self, compiled, grid: tuple[int, int, int], values: list, problem: Problem) -> None:
         self.runner = compiled[grid]  # Triton's launcher of a compiled kernel, stream taken per call
-        self.values = values
+        self.middle = tuple(values[_TENSOR_ARGS:_OFFSET_ARG])
+        self.tail = tuple(values[_OFFSET_ARG + 1:])
         self.problem = problem
 
     def launch(self, tensors: tuple, offset: int) -> None:
         """Launch with these tensors (in the kernel's order, Q .. CU) and int offset."""
-        values = self.values
-        values[:_TENSOR_ARGS] = tensors
-        values[_OFFSET_ARG] = offset
-        self.runner(*values)
+        self.runner(*tensors, *self.middle, offset, *self.tail)
 
 
 class LaunchPlans:
