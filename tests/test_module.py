@@ -398,6 +398,41 @@ def test_meta_construction_builds_on_first_forward(how, device):
     assert_ours_close(out, ref, x, scale=scale, rotary_dim=12, layout="bshd")
 
 
+@pytest.mark.parametrize("init", ["to_empty", "reset_parameters"])
+@pytest.mark.parametrize("cls", ["RotaryEmbedding", "TritonRotary"])
+def test_deferred_init_under_a_meta_device_context(cls, init, device):
+    # FSDP2 / torchtitan build the model under `with torch.device("meta")`, then to_empty() (and
+    # reset_parameters()): the tables must come out as those of a module built on the device.
+    def build():
+        return _yarn_rope(max_positions=64) if cls == "RotaryEmbedding" else TritonRotary(16, max_seq_len=64)
+
+    names = TABLES if cls == "RotaryEmbedding" else ("cos", "sin")
+    with torch.device("meta"):
+        rope = build()
+    assert all(getattr(rope, name).is_meta for name in names)
+    rope.to_empty(device=device)
+    if init == "reset_parameters":
+        rope.reset_parameters()
+    with torch.device(device):
+        fresh = build()
+    if cls == "RotaryEmbedding":
+        x = torch.randn(1, 3, 2, 16, device=device)
+        out, _ = rope(x, offsets=2)
+        want, _ = fresh(x, offsets=2)
+        ref, scale = _exact_for(rope, x, torch.arange(2, 5, device=device)[None], layout="bshd")
+        assert_ours_close(out, ref, x, scale=scale, rotary_dim=12, layout="bshd")
+    else:
+        x = torch.randn(1, 2, 3, 16, device=device)
+        out, _ = rope(x)
+        want, _ = fresh(x)
+        assert_tutorial_close(out, tutorial_rotary64(x, 16), x)
+    assert torch.equal(out, want)
+    for name in names:
+        t = getattr(rope, name)
+        assert t.device.type == device.type and t.dtype == torch.float32
+        assert torch.equal(t, getattr(fresh, name))
+
+
 @pytest.mark.parametrize("cast", [torch.bfloat16, torch.float16, torch.float64], ids=str)
 def test_model_dtype_cast_does_not_degrade_tables(cast, device):
     model = torch.nn.Sequential(_yarn_rope(max_positions=64)).to(device)

@@ -81,7 +81,9 @@ class RotaryEmbedding(nn.Module):
     max_position_embeddings : int, optional
         The model's ``max_position_embeddings`` (used by ``dynamic``, ``longrope`` and some ``yarn``).
     device : torch.device, optional
-        Where to build the tables (``"meta"`` works: they are built on first use).
+        Where to build the tables (default: the current default device). ``"meta"``, or building under
+        ``with torch.device("meta")`` (deferred init), works: after ``to_empty(device=...)`` the tables are
+        built on first use, or by ``reset_parameters()``.
     max_table_bytes : int
         Largest size of full cos/sin tables (float32, ``2 * positions * rotary_dim / 2 * 4`` bytes;
         default 64 MiB: 131072 positions at rotary_dim 128); larger ones are split (see above).
@@ -401,7 +403,11 @@ class TritonRotary(nn.Module):
     def _build(self, device: torch.device) -> None:
         inv_freq = angles.seed_inv_freq(self.dim)
         self.cos, self.sin = angles.cos_sin_tables(inv_freq, self.max_seq_len, device=device)
-        self._tables_valid = True
+        self._tables_valid = device.type != "meta"  # meta tables hold no values: build at first use
+
+    def reset_parameters(self) -> None:
+        """Rebuild the tables (e.g. after ``to_empty``)."""
+        self._build(self.cos.device)
 
     def _apply(self, fn, recurse=True):
         was_meta = self.cos.is_meta

@@ -274,9 +274,12 @@ def freq_table(
             turns = Fraction(value) * scale * _INV_TWO_PI
             row.append(round((turns - math.floor(turns)) * one) % one)
         rows.append(row)
-    table = torch.empty(FREQ_ROWS, len(inv), dtype=torch.int64)
-    table[:FREQ_CHUNKS] = torch.tensor(rows, dtype=torch.int64).reshape(FREQ_CHUNKS, len(inv))
-    factor_bits = torch.full((len(inv),), attention_factor, dtype=torch.float32).view(torch.int32)
+    # Built on the host whatever default device is in effect, then moved.
+    host = torch.device("cpu")
+    table = torch.empty(FREQ_ROWS, len(inv), dtype=torch.int64, device=host)
+    table[:FREQ_CHUNKS] = torch.tensor(rows, dtype=torch.int64, device=host).reshape(FREQ_CHUNKS, len(inv))
+    factor_bits = torch.full((len(inv),), attention_factor, dtype=torch.float32, device=host)
+    factor_bits = factor_bits.view(torch.int32)
     table[FREQ_CHUNKS] = factor_bits.to(torch.int64)
     return table.to(device)
 
