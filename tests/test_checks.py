@@ -194,3 +194,36 @@ def test_bad_freqs(kw, exc, msg):
 def test_missing_tables_are_named():
     with pytest.raises(TypeError, match="sin: expected cos and sin tables \\(or freqs=...\\), got None"):
         rope_triton.apply_rotary(torch.randn(1, 2, 1, 8), None, torch.ones(4, 4))
+
+
+def _symbolic(value: int, name: str, env) -> torch.SymInt:
+    # A backed SymInt, as torch.compile / export with dynamic shapes hand out for sizes and ints derived
+    # from them.
+    from torch._dynamo.source import ConstantSource
+
+    return env.create_symintnode(env.create_symbol(value, source=ConstantSource(name)), hint=value)
+
+
+@pytest.mark.parametrize("layout", ["bshd", "thd"])
+def test_check_accepts_symbolic_ints(layout):
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    from rope_triton._core.checks import check
+
+    env = ShapeEnv()
+    q = torch.randn(6, 4, 16) if layout == "thd" else torch.randn(2, 6, 4, 16)
+    thd = {"cu_seqlens": torch.tensor([0, 2, 6]), "max_seqlen": _symbolic(4, "max_seqlen", env)}
+    p = check(
+        q, None, torch.ones(16, 6), torch.zeros(16, 6),
+        positions=None, offsets=_symbolic(3, "offsets", env), layout=layout,
+        rotary_dim=_symbolic(12, "rotary_dim", env), inplace=False,
+        interleaved=_symbolic(1, "flag", env) > 0,  # a SymBool
+        **(thd if layout == "thd" else {"cu_seqlens": None, "max_seqlen": None}),
+    )
+    assert p.rotary_dim == 12 and p.offset == 3 and p.table_rows == 16
+    assert p.max_offset == 16 - (4 if layout == "thd" else 6)
+    # Symbolic values are still checked: a table too short for the symbolic offset is refused.
+    with pytest.raises(ValueError, match="cos: positions up to .* need a table of at least .* rows, got 16"):
+        check(torch.randn(2, 6, 4, 16), None, torch.ones(16, 6), torch.zeros(16, 6),
+              positions=None, offsets=_symbolic(13, "far", env), cu_seqlens=None, max_seqlen=None,
+              layout="bshd", rotary_dim=None, inplace=False)

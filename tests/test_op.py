@@ -321,3 +321,40 @@ def test_compile_fullgraph_freqs(device):
         # On the CPU the compiled graph runs the PyTorch path (float64 angles), eager the interpreted kernel.
         for out in (a, b):
             assert_rotary_close(out, w, x, layout="bshd", rotary_dim=16, interleaved=False, table_bound=3.0)
+
+
+def _hf_width_rope(q, k, cos, sin):
+    # Hugging Face's (B, S, R) tables, read with rotary_dim = their width: a size, symbolic under dynamic
+    # shapes.
+    return rope_triton.apply_rotary(q * 2, k, cos, sin, layout="bhsd", rotary_dim=cos.shape[-1])
+
+
+def _hf_width_inputs(seqlen, device):
+    q, k = make_qk("bhsd", 2, seqlen, 4, 2, 16, torch.float32, device)
+    cos, sin = random_tables(2 * seqlen, 8, device)
+    # cat(freqs, freqs), as HF's rotary embedding returns them: (B, S, R) per sequence.
+    cos, sin = (torch.cat((t, t), -1).reshape(2, seqlen, 16) for t in (cos, sin))
+    return q, k, cos, sin
+
+
+def test_compile_dynamic_shapes_size_derived_rotary_dim(device):
+    backend = "inductor" if device.type == "cuda" else "aot_eager"
+    torch._dynamo.reset()
+    compiled = torch.compile(_hf_width_rope, fullgraph=True, dynamic=True, backend=backend)
+    for seqlen in (5, 7):  # one graph for both: the sizes are symbolic
+        q, k, cos, sin = _hf_width_inputs(seqlen, device)
+        want = ref64(q * 2, k, cos, sin, layout="bhsd", rotary_dim=16)
+        for out, w, x in zip(compiled(q, k, cos, sin), want, (q * 2, k)):
+            assert_rotary_close(out, w, x, layout="bhsd", rotary_dim=16, interleaved=False)
+
+
+def test_symbolic_trace_size_derived_rotary_dim():
+    # make_fx / non-strict export run the Python code itself on symbolic sizes: check() sees real SymInts.
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    q, k, cos, sin = _hf_width_inputs(5, "cpu")
+    graph = make_fx(_hf_width_rope, tracing_mode="symbolic")(q, k, cos, sin)
+    q, k, cos, sin = _hf_width_inputs(7, "cpu")
+    want = ref64(q * 2, k, cos, sin, layout="bhsd", rotary_dim=16)
+    for out, w, x in zip(graph(q, k, cos, sin), want, (q * 2, k)):
+        assert_rotary_close(out, w, x, layout="bhsd", rotary_dim=16, interleaved=False)

@@ -65,6 +65,11 @@ def _check_qk(name: str, x: object, layout: str) -> None:
         raise ValueError(f"{name}: layout {layout!r} expects a {rank}-D tensor {dims}, got {_shape(x)}")
 
 
+def _is_int(x: object) -> bool:
+    # Under torch.compile / export with dynamic shapes, sizes and the ints derived from them are SymInts.
+    return isinstance(x, (int, torch.SymInt)) and not isinstance(x, bool)
+
+
 def _check_index(name: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected an int32 or int64 tensor, got {type(t).__name__}")
@@ -95,7 +100,7 @@ def check(
     """Validate the arguments of ``apply_rotary`` and derive the :class:`Problem`. With ``freqs``, ``cos``
     is the ``freqs`` argument (a :func:`rope_triton.angles.freq_table`) and ``sin`` the same tensor."""
     for name, flag in (("interleaved", interleaved), ("inplace", inplace), ("conjugate", conjugate)):
-        if type(flag) is not bool:
+        if not isinstance(flag, (bool, torch.SymBool)):
             raise TypeError(f"{name}: expected a bool, got {type(flag).__name__} {flag!r}")
     if type(layout) is not str or layout not in LAYOUTS:
         raise ValueError(f"layout: expected one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
@@ -155,7 +160,7 @@ def check(
 
     if rotary_dim is None:
         rotary_dim = 2 * cos.shape[-1]
-    elif isinstance(rotary_dim, bool) or not isinstance(rotary_dim, int):
+    elif not _is_int(rotary_dim):
         raise TypeError(f"rotary_dim: expected an int or None, got {type(rotary_dim).__name__}")
     if rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
         raise ValueError(f"rotary_dim: expected an even int in (0, head_dim={head_dim}], got {rotary_dim}")
@@ -193,7 +198,7 @@ def check(
     elif cu_seqlens is not None:
         raise ValueError(f"cu_seqlens: only used with layout 'thd', got a tensor with layout {layout!r}")
     if max_seqlen is not None:
-        if type(max_seqlen) is not int:
+        if not _is_int(max_seqlen):
             raise TypeError(f"max_seqlen: expected an int or None, got {type(max_seqlen).__name__}")
         if max_seqlen < 0:
             raise ValueError(f"max_seqlen: expected a non-negative int or None, got {max_seqlen}")
@@ -233,7 +238,7 @@ def check(
         pos_mode = POS_OFFSETS
     else:
         if offsets is not None:
-            if isinstance(offsets, bool) or not isinstance(offsets, int):
+            if not _is_int(offsets):
                 raise TypeError(
                     "offsets: expected an int, an int tensor "
                     f"or None, got {type(offsets).__name__}"

@@ -18,6 +18,7 @@ import contextlib
 import os
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.library import triton_op, wrap_triton
 
 from .. import reference
@@ -111,7 +112,8 @@ def run(
 
     With ``plan_key`` (eager CUDA calls) the launch is recorded in :data:`PLANS` for replay.
     """
-    compiling = torch.compiler.is_compiling()
+    # Traced: by torch.compile, or by make_fx / export, which run this code itself on fake tensors.
+    compiling = torch.compiler.is_compiling() or isinstance(q, FakeTensor)
     if compiling and q.device.type == "cuda":
         args = (
             cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
