@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_rotary_close, random_tables, ref64
 
 import rope_triton
 
@@ -227,3 +228,44 @@ def test_check_accepts_symbolic_ints(layout):
         check(torch.randn(2, 6, 4, 16), None, torch.ones(16, 6), torch.zeros(16, 6),
               positions=None, offsets=_symbolic(13, "far", env), cu_seqlens=None, max_seqlen=None,
               layout="bshd", rotary_dim=None, inplace=False)
+
+
+RANK_MESSAGES = {
+    "bshd": "4-D tensor (batch, seq, heads, head_dim)",
+    "bhsd": "4-D tensor (batch, heads, seq, head_dim)",
+    "sbhd": "4-D tensor (seq, batch, heads, head_dim)",
+    "thd": "3-D tensor (total_tokens, heads, head_dim)",
+}
+
+
+@pytest.mark.parametrize("layout", RANK_MESSAGES)
+def test_rank_error_spells_out_the_layout_once(layout):
+    q = torch.randn(2, 5, 4, 3, 16) if layout == "thd" else torch.randn(2, 5, 64)
+    kw = {"cu_seqlens": torch.tensor([0, 5])} if layout == "thd" else {}
+    with pytest.raises(ValueError) as info:
+        rope_triton.apply_rotary(q, None, torch.ones(8, 8), torch.zeros(8, 8), layout=layout, **kw)
+    msg = str(info.value)
+    want = f"q: layout {layout!r} expects a {RANK_MESSAGES[layout]}, got shape {tuple(q.shape)}"
+    assert msg.startswith(want), msg
+    if layout != "thd":  # a (batch, seq, hidden) projection: the heads must be split off first
+        assert "split" in msg and "heads" in msg[len(want):], msg
+
+
+@pytest.mark.parametrize("width", [16, 12, 32], ids=["hf-full-width", "wider-than-half", "wider-than-head"])
+def test_wide_tables_without_rotary_dim_name_cos(width):
+    # The caller passed no rotary_dim: the error is about cos's width (R/2 columns are read), with the
+    # hint for Hugging Face's full-width cat(freqs, freqs) tables where that width is a valid rotary_dim.
+    q = torch.randn(2, 5, 4, 16)
+    with pytest.raises(ValueError) as info:
+        rope_triton.apply_rotary(q, None, torch.ones(8, width), torch.zeros(8, width))
+    msg = str(info.value)
+    assert msg.startswith(f"cos: expected at most head_dim // 2 = 8 columns, got shape (8, {width})"), msg
+    assert "rotary_dim: " not in msg
+    assert (f"rotary_dim={width}" in msg) == (width <= 16), msg
+    # With rotary_dim=width the full-width tables are read as they are: only their first half.
+    if width == 16:
+        cos, sin = random_tables(8, 8, "cpu")
+        cos2, sin2 = torch.cat((cos, cos), -1), torch.cat((sin, sin), -1)
+        out, _ = rope_triton.apply_rotary(q, None, cos2, sin2, rotary_dim=16)
+        want, _ = ref64(q, None, cos, sin)
+        assert_rotary_close(out, want, q, layout="bshd", rotary_dim=16, interleaved=False)

@@ -45,6 +45,17 @@ class Problem(NamedTuple):
     table_batch: bool = False
 
 
+def _dim_names(layout: str) -> str:
+    # thd has no batch axis; its sequence axis holds the total tokens of the packed batch.
+    roles = ("batch", "total_tokens" if layout == "thd" else "seq", "heads", "head_dim")
+    pairs = zip(BSHD_AXES[layout], roles, strict=True)
+    return "(" + ", ".join(role for _, role in sorted((a, r) for a, r in pairs if a is not None)) + ")"
+
+
+# Each layout's dims in tensor order, for messages: "(batch, heads, seq, head_dim)" for 'bhsd'.
+_DIMS = {layout: _dim_names(layout) for layout in LAYOUTS}
+
+
 def _shape(t: torch.Tensor) -> str:
     return f"shape {tuple(t.shape)}"
 
@@ -61,8 +72,15 @@ def _check_qk(name: str, x: object, layout: str) -> None:
         raise TypeError(f"{name}: expected dtype float32, float16, bfloat16 or float64, got {x.dtype}")
     rank = 3 if layout == "thd" else 4
     if x.dim() != rank:
-        dims = "(total_tokens, heads, head_dim)" if layout == "thd" else f"4 dims in {layout!r} order"
-        raise ValueError(f"{name}: layout {layout!r} expects a {rank}-D tensor {dims}, got {_shape(x)}")
+        hint = ""
+        if x.dim() == 3 and rank == 4:
+            hint = (
+                ": split a (batch, seq, heads * head_dim) projection into heads first, e.g. "
+                "x.unflatten(-1, (heads, head_dim)) is in layout 'bshd'"
+            )
+        raise ValueError(
+            f"{name}: layout {layout!r} expects a {rank}-D tensor {_DIMS[layout]}, got {_shape(x)}{hint}"
+        )
 
 
 def _is_int(x: object) -> bool:
@@ -159,7 +177,20 @@ def check(
         lo_bits = rows_lo.bit_length() - 1
 
     if rotary_dim is None:
-        rotary_dim = 2 * cos.shape[-1]
+        width = cos.shape[-1]
+        if 2 * width > head_dim:
+            # The caller gave no rotary_dim: the table's width is what is wrong (R/2 columns are read).
+            hint = ""
+            if not freqs and width <= head_dim and width % 2 == 0:
+                hint = (
+                    f"; Hugging Face's full-width tables (cat(freqs, freqs), width rotary_dim) are read with "
+                    f"rotary_dim={width}"
+                )
+            raise ValueError(
+                f"{tables[0][0]}: expected at most head_dim // 2 = {head_dim // 2} columns, "
+                f"got {_shape(cos)} (rotary_dim defaults to twice the width){hint}"
+            )
+        rotary_dim = 2 * width
     elif not _is_int(rotary_dim):
         raise TypeError(f"rotary_dim: expected an int or None, got {type(rotary_dim).__name__}")
     if rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
