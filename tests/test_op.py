@@ -358,3 +358,29 @@ def test_symbolic_trace_size_derived_rotary_dim():
     want = ref64(q * 2, k, cos, sin, layout="bhsd", rotary_dim=16)
     for out, w, x in zip(graph(q, k, cos, sin), want, (q * 2, k)):
         assert_rotary_close(out, w, x, layout="bhsd", rotary_dim=16, interleaved=False)
+
+
+def _rope_views_loss(a, cos, sin):
+    x = a * 2
+    # q and k sliced from one fused activation (v after them), rotated in place.
+    rope_triton.apply_rotary(x[:, :, :3], x[:, :, 3:5], cos, sin, inplace=True)
+    return (x.float() ** 2).sum(), x
+
+
+def test_compile_fullgraph_inplace_on_views(device):
+    backend = "inductor" if device.type == "cuda" else "aot_eager"
+    cos, sin = random_tables(5, 8, device)
+    a = torch.randn(2, 5, 7, 16, device=device)
+    compiled = torch.compile(_rope_views_loss, fullgraph=True, backend=backend)
+    results = []
+    for fn in (_rope_views_loss, compiled):
+        leaf = a.clone().requires_grad_()
+        loss, x = fn(leaf, cos, sin)
+        loss.backward()
+        results.append((x.detach(), leaf.grad))
+    for eager, comp in zip(*results):
+        assert torch.equal(eager, comp)
+    x = results[0][0]
+    want, _ = ref64(a[:, :, :3] * 2, None, cos, sin)
+    assert_rotary_close(x[:, :, :3], want, a[:, :, :3] * 2, layout="bshd", rotary_dim=16, interleaved=False)
+    assert torch.equal(x[:, :, 5:], a[:, :, 5:] * 2)

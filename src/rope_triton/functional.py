@@ -6,7 +6,7 @@ import torch
 
 from ._core.checks import check
 from ._core.launch import signature
-from ._core.op import PLANS, RotaryFunction, replay, run
+from ._core.op import PLANS, RotaryFunction, RotaryViewFunction, replay, run
 
 
 def _refuse_inplace_on_leaves(q, k) -> None:
@@ -24,6 +24,34 @@ def _refuse_inplace_on_leaves(q, k) -> None:
                 f"{name}: a view of a leaf Variable that requires grad is being used in an in-place "
                 "operation."
             )
+
+
+def _is_view(t: torch.Tensor | None) -> bool:
+    return t is not None and t._base is not None
+
+
+def _refuse_views_autograd_cannot_rebase(q, k) -> None:
+    # PyTorch's own in-place ops refuse these views before writing; a custom Function is refused only
+    # after its forward ran, i.e. after the kernel wrote the rotation. (Dynamo cannot trace the query;
+    # under torch.compile the mutation is functionalized anyway.)
+    if torch.compiler.is_compiling():
+        return
+    metas = torch._C._autograd.CreationMeta
+    created = {
+        metas.MULTI_OUTPUT_NODE: "by a function that returns several views (split, chunk, unbind, ...); "
+        "slice it instead, e.g. qkv[:, :, :heads_q]",
+        metas.NO_GRAD_MODE: "in no_grad mode while grad mode is enabled now",
+        metas.INFERENCE_MODE: "in inference mode",
+        metas.IN_CUSTOM_FUNCTION: "inside a custom autograd Function",
+    }
+    for name, t in (("q", q), ("k", k)):
+        if _is_view(t):
+            why = created.get(torch._C._autograd._get_creation_meta(t))
+            if why is not None:
+                raise RuntimeError(
+                    f"{name}: inplace=True with autograd needs a view autograd can track, got a view created "
+                    f"{why}"
+                )
 
 
 def apply_rotary(
@@ -92,7 +120,8 @@ def apply_rotary(
         Even, 0 < R <= D; default ``2 * cos.shape[-1]``. Dimensions past R pass through unchanged.
     inplace : bool
         Write into q and k and return them (autograd is told). Otherwise the inputs are never modified.
-        q and k must not share memory then.
+        q and k must not share memory then. They may be views, e.g. slices of one fused qkv activation,
+        also with autograd (except views autograd cannot track, which PyTorch's in-place ops refuse too).
     conjugate : bool
         Rotate by -theta (the inverse rotation).
     cos_lo, sin_lo : torch.Tensor, optional
@@ -171,7 +200,33 @@ def apply_rotary(
     offsets_t = offsets if isinstance(offsets, torch.Tensor) else None
     if needs_grad:
         if inplace:
+            views = _is_view(q) or _is_view(k)
+            if views:
+                _refuse_views_autograd_cannot_rebase(q, k)
             _refuse_inplace_on_leaves(q, k)
+            if views and torch.compiler.is_compiling():
+                # AOT autograd cannot trace a Function that modifies a view in place: rotate out of place
+                # and copy into the views, which functionalization turns back into one in-place update.
+                q_out, k_out = RotaryFunction.apply(
+                    q, k, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens, p, interleaved,
+                    conjugate, False, key,
+                )
+                q.copy_(q_out)
+                if k is not None:
+                    k.copy_(k_out)
+                return q, k
+            if views:
+                # A Function that modifies a view in place may return that one tensor only: one per tensor.
+                q_out = RotaryViewFunction.apply(
+                    q, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens, p._replace(heads_k=0),
+                    interleaved, conjugate,
+                )
+                if k is None:
+                    return q_out, None
+                return q_out, RotaryViewFunction.apply(
+                    k, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens,
+                    p._replace(heads_q=p.heads_k, heads_k=0), interleaved, conjugate,
+                )
         return RotaryFunction.apply(
             q, k, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens, p, interleaved, conjugate,
             inplace, key,

@@ -206,6 +206,33 @@ class RotaryFunction(torch.autograd.Function):
         return gq, gk, *([None] * 12)
 
 
+class RotaryViewFunction(torch.autograd.Function):
+    """Autograd for the in-place rotation of one tensor alone (q, or k as the first tensor of a problem
+    without k): a Function that modifies a view in place may return that one tensor only, so views are
+    rotated one per Function. Backward as :class:`RotaryFunction`'s."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, p, interleaved, conjugate):
+        run(
+            p, x, None, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
+            interleaved=interleaved, conjugate=conjugate, inplace=True,
+        )
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens)
+        ctx.p, ctx.interleaved, ctx.conjugate = p, interleaved, conjugate
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens = ctx.saved_tensors
+        # Out of place, through RotaryFunction: double backward works too.
+        g, _ = RotaryFunction.apply(
+            grad, None, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens,
+            ctx.p, ctx.interleaved, not ctx.conjugate, False,
+        )
+        return g, *([None] * 10)
+
+
 def _op_problem(
     q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, inplace, freqs
 ):
