@@ -269,3 +269,93 @@ def test_wide_tables_without_rotary_dim_name_cos(width):
         out, _ = rope_triton.apply_rotary(q, None, cos2, sin2, rotary_dim=16)
         want, _ = ref64(q, None, cos, sin)
         assert_rotary_close(out, want, q, layout="bshd", rotary_dim=16, interleaved=False)
+
+
+def _overlap_pair(case):
+    """(q, k) in bshd, heads of 16 dims, over memory they may share."""
+    n = 2 * 3 * 2 * 16  # elements of one (2, 3, 2, 16) tensor
+    flat = torch.randn(2 * n)
+    if case == "same-tensor":
+        x = torch.randn(2, 3, 2, 16)
+        return x, x
+    if case == "partial-heads":  # heads 2, 3 in both
+        qkv = torch.randn(2, 3, 8, 16)
+        return qkv[:, :, 0:4], qkv[:, :, 2:6]
+    if case == "partial-dims":  # 16-dim windows 8 apart in 24-wide rows
+        x = torch.randn(2, 3, 2, 24)
+        return x[..., 0:16], x[..., 8:24]
+    if case == "last-head-of-q-first-of-k":
+        return flat[:n].view(2, 3, 2, 16), flat[n - 16 : 2 * n - 16].view(2, 3, 2, 16)
+    if case == "same-memory-other-order":
+        return flat[:n].view(2, 3, 2, 16), flat[:n].view(2, 2, 3, 16).transpose(1, 2)
+    if case == "even-odd-heads":
+        x = torch.randn(2, 3, 4, 16)
+        return x[:, :, 0::2], x[:, :, 1::2]
+    if case == "fused-qkv":
+        qkv = torch.randn(2, 3, 8, 16)
+        return qkv[:, :, :4], qkv[:, :, 4:6]
+    if case == "even-odd-tokens":
+        x = torch.randn(2, 6, 2, 16)
+        return x[:, 0::2], x[:, 1::2]
+    if case == "row-halves":  # q the first 16 of each 32-wide row, k the last 16
+        x = torch.randn(2, 3, 2, 32)
+        return x[..., :16], x[..., 16:]
+    assert case == "adjacent"
+    return flat[:n].view(2, 3, 2, 16), flat[n:].view(2, 3, 2, 16)
+
+
+@pytest.mark.parametrize(
+    "case, overlap",
+    [("same-tensor", True), ("partial-heads", True), ("partial-dims", True), ("last-head-of-q-first-of-k", True),
+     ("same-memory-other-order", True), ("even-odd-heads", False), ("fused-qkv", False),
+     ("even-odd-tokens", False), ("row-halves", False), ("adjacent", False)],
+)
+def test_inplace_refuses_any_overlap_of_q_and_k(case, overlap):
+    # The kernel writes q before it reads k: memory shared by both would be rotated twice.
+    q, k = _overlap_pair(case)
+    cos, sin = random_tables(3, 8, "cpu")
+    q0, k0 = q.clone(), k.clone()
+    base = q if q._base is None else q._base
+    before = base.clone()
+    if overlap:
+        with pytest.raises(ValueError, match="^k: inplace=True needs q and k in separate memory"):
+            rope_triton.apply_rotary(q, k, cos, sin, inplace=True)
+        assert torch.equal(base, before), "the refused call wrote into q or k"
+        return
+    rope_triton.apply_rotary(q, k, cos, sin, inplace=True)
+    want_q, want_k = ref64(q0, k0, cos, sin)
+    assert_rotary_close(q, want_q, q0, layout="bshd", rotary_dim=16, interleaved=False)
+    assert_rotary_close(k, want_k, k0, layout="bshd", rotary_dim=16, interleaved=False)
+
+
+def test_overlap_test_matches_brute_force():
+    # Random strided views of one buffer (any sizes, strides and offsets): the address arithmetic agrees
+    # with the sets of elements each view touches.
+    from rope_triton._core.checks import _may_share_elements
+
+    gen = torch.Generator().manual_seed(1)
+    buf = torch.zeros(640)
+
+    def rand(lo, hi):
+        return int(torch.randint(lo, hi, (), generator=gen))
+
+    def view():
+        shape = [rand(1, 5) for _ in range(4)]
+        strides = [rand(0, 40) for _ in range(4)]
+        span = sum((n - 1) * st for n, st in zip(shape, strides))
+        return buf.as_strided(shape, strides, rand(0, buf.numel() - span))
+
+    def elements(t):
+        idx = torch.arange(buf.numel()).as_strided(t.shape, t.stride(), t.storage_offset())
+        return set(idx.flatten().tolist())
+
+    seen = {False: 0, True: 0}  # among pairs whose address spans intersect
+    for _ in range(1000):
+        a, b = view(), view()
+        want = bool(elements(a) & elements(b))
+        ea, eb = max(elements(a)), max(elements(b))
+        if a.storage_offset() <= eb and b.storage_offset() <= ea:
+            seen[want] += 1
+        assert _may_share_elements(a, b) == want, (a.shape, a.stride(), a.storage_offset(), b.shape, b.stride(),
+                                                     b.storage_offset())
+    assert min(seen.values()) > 50  # both answers were exercised

@@ -300,9 +300,13 @@ def check(
                     f"{name}: inplace=True needs a tensor whose "
                     "elements do not overlap (e.g. not expanded)"
                 )
-        # The kernel writes q before it reads k: the same memory would be rotated twice.
-        if k is not None and k.numel() and q.numel() and _same_address(q, k):
-            raise ValueError("k: inplace=True needs q and k in separate memory, got k sharing q's")
+        # The kernel writes q before it reads k: memory in both would be rotated twice.
+        if k is not None and k.numel() and q.numel() and _may_share_elements(q, k):
+            raise ValueError(
+                "k: inplace=True needs q and k in separate memory, got k sharing elements with q "
+                f"(q: {_shape(q)}, strides {q.stride()}; k: {_shape(k)}, strides {k.stride()}, "
+                f"{k.data_ptr() - q.data_ptr():+d} bytes from q)"
+            )
     broadcast = pos_mode == POS_EXPLICIT and (
         positions.dim() == 1 or positions.shape[0] == 1 or positions.stride(0) == 0
     )
@@ -333,14 +337,61 @@ def _check_freq_table(freqs: object, q: torch.Tensor, cos_lo: torch.Tensor | Non
         raise ValueError("cos_lo: split tables and freqs are exclusive, got both")
 
 
-def _same_address(a: torch.Tensor, b: torch.Tensor) -> bool:
+# Search nodes after which _may_share_elements gives up and answers "may overlap" (strides no view of a
+# real layout has); the views slicing and striding make need a handful.
+_OVERLAP_SEARCH_BUDGET = 256
+
+
+def _may_share_elements(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether non-empty ``a`` and ``b`` (same dtype) may have an element at the same address, from their
+    addresses, sizes and strides alone (no device access).
+
+    Exact for the views that slicing, striding and transposing make (fused qkv slices, even/odd heads: no
+    overlap); conservative (True) for stride patterns whose search exceeds a small budget.
+    """
     # Fake tensors (torch.compile, opcheck) answer data_ptr() with 0 for all: they have no address.
     if isinstance(a, FakeTensor) or isinstance(b, FakeTensor):
         return False
     try:
-        return a.data_ptr() == b.data_ptr()
+        pa, pb = a.data_ptr(), b.data_ptr()
     except RuntimeError:  # functional tensors while tracing have no address
         return False
+    size = a.element_size()
+    end_a = pa + size * (1 + sum((n - 1) * st for n, st in zip(a.shape, a.stride(), strict=True)))
+    end_b = pb + size * (1 + sum((n - 1) * st for n, st in zip(b.shape, b.stride(), strict=True)))
+    if end_a <= pb or end_b <= pa:
+        return False  # disjoint address spans: the common case of separate tensors
+    if (pb - pa) % size:
+        return True  # elements not aligned to each other: they straddle, cannot tell cheaply
+    # Element i of a (index i_d along dim d) and element j of b coincide when
+    # sum_d i_d * stride_a[d] - sum_d j_d * stride_b[d] = (pb - pa) / size. Terms of one stride merge into
+    # a coefficient c in [-(size_b - 1), size_a - 1] (a sum of integer ranges is an integer range).
+    ranges: dict[int, list[int]] = {}
+    for sign, t in ((1, a), (-1, b)):
+        for n, st in zip(t.shape, t.stride(), strict=True):
+            if n > 1 and st:
+                lo_hi = ranges.setdefault(st, [0, 0])
+                lo_hi[0 if sign < 0 else 1] += sign * (n - 1)
+    terms = sorted(ranges.items(), reverse=True)
+    return _representable((pb - pa) // size, terms, [_OVERLAP_SEARCH_BUDGET])
+
+
+def _representable(target: int, terms: list[tuple[int, list[int]]], budget: list[int]) -> bool:
+    """Whether ``target = sum(c_t * w_t)`` with integers ``lo_t <= c_t <= hi_t`` (``terms``: (w_t, [lo_t,
+    hi_t]), w_t > 0, largest first); True too once ``budget`` nodes are spent (conservative)."""
+    if not terms:
+        return target == 0
+    (w, (lo, hi)), rest = terms[0], terms[1:]
+    rest_lo = sum(wr * lr for wr, (lr, _) in rest)
+    rest_hi = sum(wr * hr for wr, (_, hr) in rest)
+    # The smaller strides reach target - c * w only within [rest_lo, rest_hi]: few c are left.
+    first = max(lo, -((rest_hi - target) // w))  # ceil((target - rest_hi) / w)
+    last = min(hi, (target - rest_lo) // w)
+    for c in range(first, last + 1):
+        budget[0] -= 1
+        if budget[0] < 0 or _representable(target - c * w, rest, budget):
+            return True
+    return False
 
 
 def _broadcasts(shape: tuple[int, ...], target: tuple[int, int]) -> bool:
