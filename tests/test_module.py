@@ -277,6 +277,43 @@ def test_parity_with_hf(factory, hf_run, positions, overrides, device):
         assert_hf_close(out_hf, ref, x, pos, inv64, inv_hf, scale, interleaved=interleaved)
 
 
+def gemma3_4b():
+    # transformers 5.x nests its rope_parameters by layer type: sliding layers base 10k, unscaled; full
+    # attention layers base 1M, linear x8.
+    from transformers import Gemma3TextConfig
+
+    return Gemma3TextConfig(
+        hidden_size=512, num_attention_heads=2, num_key_value_heads=1, head_dim=256,
+        max_position_embeddings=131072, rope_scaling={"rope_type": "linear", "factor": 8.0},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("layer_type", ["sliding_attention", "full_attention"])
+def test_parity_with_hf_per_layer_type(layer_type, device):
+    from transformers.models.gemma3 import modeling_gemma3 as hf_gemma3
+
+    pos = torch.tensor([[0, 1, 2, 3], [1000, 8191, 65536, 131071]], device=device)
+    kw = parse_hf_config(gemma3_4b(), layer_type=layer_type)
+    q = torch.randn(2, 2, pos.shape[1], 256, device=device)
+    k = torch.randn(2, 1, pos.shape[1], 256, device=device)
+
+    rope = RotaryEmbedding.from_hf_config(gemma3_4b(), layer_type=layer_type).to(device)
+    q_out, k_out = rope(q, k, positions=pos, layout="bhsd")
+    hf = hf_gemma3.Gemma3RotaryEmbedding(gemma3_4b()).to(device)
+    cos, sin = hf(q, pos, layer_type)
+    q_hf, k_hf = hf_gemma3.apply_rotary_pos_emb(q, k, cos, sin)
+    inv_hf, scale_hf = getattr(hf, f"{layer_type}_inv_freq"), getattr(hf, f"{layer_type}_attention_scaling")
+
+    inv64, scale = inv_freq_and_scale(**kw)
+    assert rope.base == (10000.0 if layer_type == "sliding_attention" else 1e6)
+    assert_hf_frequencies_are_ours_rounded(inv_hf, inv64)
+    assert scale_hf == pytest.approx(scale, rel=1e-12)
+    for out, out_hf, x in ((q_out, q_hf, q), (k_out, k_hf, k)):
+        ref = exact_rotary(x, pos, inv64, scale)
+        assert_ours_close(out, ref, x, scale=scale, rotary_dim=256)
+        assert_hf_close(out_hf, ref, x, pos, inv64, inv_hf, scale)
+
+
 @pytest.mark.parametrize("factory", [llama_dynamic, llama_dynamic_original_2048])
 def test_dynamic_ntk_follows_hf_module_state(factory, device):
     """HF's dynamic NTK module regrows its base past max_position_embeddings and resets below it; the same

@@ -151,10 +151,16 @@ class RotaryEmbedding(nn.Module):
 
     @classmethod
     def from_hf_config(
-        cls, config, *, max_positions: int | None = None, device=None, **overrides
+        cls, config, *, layer_type: str | None = None, max_positions: int | None = None, device=None,
+        **overrides,
     ) -> RotaryEmbedding:
         """Build from a transformers config (``head_dim``, ``rope_theta``, ``partial_rotary_factor``,
         ``rope_scaling`` / ``rope_parameters``, ``max_position_embeddings``).
+
+        ``layer_type`` picks the layers' RoPE in configs whose layer types rotate differently (Gemma 3:
+        ``"sliding_attention"`` or ``"full_attention"``; see :func:`rope_triton.angles.parse_hf_config`):
+        one module per layer type. ``overrides`` replace what the config gives (``interleaved``,
+        ``compute_cos_sin``, ...).
 
         Examples
         --------
@@ -163,7 +169,7 @@ class RotaryEmbedding(nn.Module):
         >>> rope.head_dim, rope.rotary_dim
         (64, 64)
         """
-        kw = angles.parse_hf_config(config)
+        kw = angles.parse_hf_config(config, layer_type=layer_type)
         # GPT-J and CodeGen rotate interleaved pairs; the other families rotate half-split pairs.
         if isinstance(config, dict):
             model_type = config.get("model_type")
