@@ -65,9 +65,14 @@ def _bshd_sizes(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
     return tuple(1 if axis is None else shape[axis] for axis in BSHD_AXES[layout])
 
 
-def _check_qk(name: str, x: object, layout: str) -> None:
+def check_tensor(name: str, x: object) -> None:
+    """Raise the TypeError naming ``name`` unless ``x`` is a tensor."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+
+
+def _check_qk(name: str, x: object, layout: str) -> None:
+    check_tensor(name, x)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: expected dtype float32, float16, bfloat16 or float64, got {x.dtype}")
     rank = 3 if layout == "thd" else 4
@@ -83,8 +88,9 @@ def _check_qk(name: str, x: object, layout: str) -> None:
         )
 
 
-def _is_int(x: object) -> bool:
-    # Under torch.compile / export with dynamic shapes, sizes and the ints derived from them are SymInts.
+def is_int(x: object) -> bool:
+    """An int argument: a Python int (not a bool) or, under torch.compile / export with dynamic shapes, a
+    SymInt (sizes and the ints derived from them)."""
     return isinstance(x, (int, torch.SymInt)) and not isinstance(x, bool)
 
 
@@ -94,6 +100,134 @@ def _check_index(name: str, t: object) -> torch.Tensor:
     if t.dtype not in INDEX_DTYPES:
         raise TypeError(f"{name}: expected dtype int32 or int64, got {t.dtype}")
     return t
+
+
+def _check_flags(interleaved, inplace, conjugate) -> None:
+    for name, flag in (("interleaved", interleaved), ("inplace", inplace), ("conjugate", conjugate)):
+        if not isinstance(flag, (bool, torch.SymBool)):
+            raise TypeError(f"{name}: expected a bool, got {type(flag).__name__} {flag!r}")
+
+
+def _check_layout(layout: object) -> None:
+    if type(layout) is not str or layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
+
+
+def _check_q_and_k(q: object, k: object, layout: str) -> tuple[int, int, int, int, int]:
+    """(batch, seqlen, heads_q, heads_k, head_dim); heads_k is 0 without k."""
+    _check_qk("q", q, layout)
+    batch, seqlen, heads_q, head_dim = _bshd_sizes(q, layout)
+    heads_k = 0
+    if k is not None:
+        _check_qk("k", k, layout)
+        if k.dtype != q.dtype:
+            raise TypeError(f"k: expected the dtype of q ({q.dtype}), got {k.dtype}")
+        kb, ks, heads_k, kd = _bshd_sizes(k, layout)
+        for what, a, b in (("batch", batch, kb), ("sequence length", seqlen, ks), ("head_dim", head_dim, kd)):
+            if a != b:
+                raise ValueError(
+                    f"k: expected the {what} of q ({a}) in "
+                    f"layout {layout!r}, got {b} ({_shape(k)})"
+                )
+    return batch, seqlen, heads_q, heads_k, head_dim
+
+
+def _check_devices(q: torch.Tensor, named: list) -> None:
+    # Everything on q's device (a table on another GPU would be an illegal address).
+    for name, t in named:
+        if isinstance(t, torch.Tensor) and t.device != q.device:
+            raise ValueError(f"{name}: expected a tensor on q's device {q.device}, got {t.device}")
+
+
+def _check_cu_seqlens(cu_seqlens: object, layout: str, batch: int) -> int:
+    """The number of sequences: packed ones (thd), else the batch."""
+    if layout != "thd":
+        if cu_seqlens is not None:
+            raise ValueError(f"cu_seqlens: only used with layout 'thd', got a tensor with layout {layout!r}")
+        return batch
+    if cu_seqlens is None:
+        raise ValueError("cu_seqlens: layout 'thd' needs cu_seqlens of shape (num_seqs + 1,), got None")
+    _check_index("cu_seqlens", cu_seqlens)
+    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
+        raise ValueError(
+            "cu_seqlens: expected shape (num_seqs + 1,) "
+            f"with num_seqs >= 1, got {_shape(cu_seqlens)}"
+        )
+    if cu_seqlens.stride(0) != 1:
+        # The kernel's binary search reads the boundaries as consecutive elements.
+        raise ValueError(
+            f"cu_seqlens: expected consecutive elements (stride 1), got stride {cu_seqlens.stride(0)}: "
+            "pass cu_seqlens.contiguous()"
+        )
+    return cu_seqlens.shape[0] - 1
+
+
+def _check_max_seqlen(max_seqlen: object, layout: str) -> None:
+    if max_seqlen is not None:
+        if not is_int(max_seqlen):
+            raise TypeError(f"max_seqlen: expected an int or None, got {type(max_seqlen).__name__}")
+        if max_seqlen < 0:
+            raise ValueError(f"max_seqlen: expected a non-negative int or None, got {max_seqlen}")
+        if layout != "thd":
+            raise ValueError(f"max_seqlen: only used with layout 'thd', got it with layout {layout!r}")
+
+
+def _check_positions_or_offsets(positions, offsets, layout: str, batch: int, seqlen: int, n_seqs: int) -> int:
+    """The position mode (POS_*) of valid ``positions`` / ``offsets``."""
+    if positions is not None:
+        if offsets is not None:
+            raise ValueError("offsets: positions and offsets are mutually exclusive, got both")
+        _check_index("positions", positions)
+        if layout == "thd":
+            if tuple(positions.shape) != (seqlen,):
+                raise ValueError(
+                    "positions: layout 'thd' expects shape (total_tokens,) "
+                    f"= ({seqlen},), got {_shape(positions)}"
+                )
+        elif positions.dim() not in (1, 2) or not _broadcasts(tuple(positions.shape), (batch, seqlen)):
+            raise ValueError(
+                f"positions: expected shape (batch, seq) = ({batch}, {seqlen}) (or (1, seq), (seq,)), "
+                f"got {_shape(positions)}"
+            )
+        return POS_EXPLICIT
+    if isinstance(offsets, torch.Tensor):
+        _check_index("offsets", offsets)
+        if tuple(offsets.shape) != (n_seqs,):
+            what = "(num_seqs,)" if layout == "thd" else "(batch,)"
+            raise ValueError(f"offsets: expected shape {what} = ({n_seqs},), got {_shape(offsets)}")
+        return POS_OFFSETS
+    if offsets is not None:
+        if not is_int(offsets):
+            raise TypeError(
+                "offsets: expected an int, an int tensor "
+                f"or None, got {type(offsets).__name__}"
+            )
+        if offsets < 0:
+            raise ValueError(f"offsets: expected a non-negative int, got {offsets}")
+    return POS_DEFAULT
+
+
+def check_call(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    *,
+    positions: torch.Tensor | None,
+    offsets: int | torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    max_seqlen: int | None,
+    layout: str,
+    inplace: bool = False,
+) -> None:
+    """The checks of :func:`check` that need no tables, with the same errors: what the modules run before
+    they compute anything (lengths, frequencies) from their arguments."""
+    _check_flags(False, inplace, False)
+    _check_layout(layout)
+    batch, seqlen, *_ = _check_q_and_k(q, k, layout)
+    named = [("k", k), ("positions", positions), ("cu_seqlens", cu_seqlens)]
+    _check_devices(q, named + ([("offsets", offsets)] if isinstance(offsets, torch.Tensor) else []))
+    n_seqs = _check_cu_seqlens(cu_seqlens, layout, batch)
+    _check_max_seqlen(max_seqlen, layout)
+    _check_positions_or_offsets(positions, offsets, layout, batch, seqlen, n_seqs)
 
 
 def check(
@@ -117,25 +251,9 @@ def check(
 ) -> Problem:
     """Validate the arguments of ``apply_rotary`` and derive the :class:`Problem`. With ``freqs``, ``cos``
     is the ``freqs`` argument (a :func:`rope_triton.angles.freq_table`) and ``sin`` the same tensor."""
-    for name, flag in (("interleaved", interleaved), ("inplace", inplace), ("conjugate", conjugate)):
-        if not isinstance(flag, (bool, torch.SymBool)):
-            raise TypeError(f"{name}: expected a bool, got {type(flag).__name__} {flag!r}")
-    if type(layout) is not str or layout not in LAYOUTS:
-        raise ValueError(f"layout: expected one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
-    _check_qk("q", q, layout)
-    batch, seqlen, heads_q, head_dim = _bshd_sizes(q, layout)
-    heads_k = 0
-    if k is not None:
-        _check_qk("k", k, layout)
-        if k.dtype != q.dtype:
-            raise TypeError(f"k: expected the dtype of q ({q.dtype}), got {k.dtype}")
-        kb, ks, heads_k, kd = _bshd_sizes(k, layout)
-        for what, a, b in (("batch", batch, kb), ("sequence length", seqlen, ks), ("head_dim", head_dim, kd)):
-            if a != b:
-                raise ValueError(
-                    f"k: expected the {what} of q ({a}) in "
-                    f"layout {layout!r}, got {b} ({_shape(k)})"
-                )
+    _check_flags(interleaved, inplace, conjugate)
+    _check_layout(layout)
+    batch, seqlen, heads_q, heads_k, head_dim = _check_q_and_k(q, k, layout)
 
     if freqs:
         _check_freq_table(cos, q, cos_lo)
@@ -191,7 +309,7 @@ def check(
                 f"got {_shape(cos)} (rotary_dim defaults to twice the width){hint}"
             )
         rotary_dim = 2 * width
-    elif not _is_int(rotary_dim):
+    elif not is_int(rotary_dim):
         raise TypeError(f"rotary_dim: expected an int or None, got {type(rotary_dim).__name__}")
     if rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
         raise ValueError(f"rotary_dim: expected an even int in (0, head_dim={head_dim}], got {rotary_dim}")
@@ -201,40 +319,10 @@ def check(
             f"got {_shape(cos)}"
         )
 
-    # Devices: everything on q's device (a table on another GPU would be an illegal address).
     named = [("k", k), *tables, ("positions", positions), ("cu_seqlens", cu_seqlens)]
-    if isinstance(offsets, torch.Tensor):
-        named.append(("offsets", offsets))
-    for name, t in named:
-        if isinstance(t, torch.Tensor) and t.device != q.device:
-            raise ValueError(f"{name}: expected a tensor on q's device {q.device}, got {t.device}")
-
-    n_seqs = batch
-    if layout == "thd":
-        if cu_seqlens is None:
-            raise ValueError("cu_seqlens: layout 'thd' needs cu_seqlens of shape (num_seqs + 1,), got None")
-        _check_index("cu_seqlens", cu_seqlens)
-        if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
-            raise ValueError(
-                "cu_seqlens: expected shape (num_seqs + 1,) "
-                f"with num_seqs >= 1, got {_shape(cu_seqlens)}"
-            )
-        if cu_seqlens.stride(0) != 1:
-            # The kernel's binary search reads the boundaries as consecutive elements.
-            raise ValueError(
-                f"cu_seqlens: expected consecutive elements (stride 1), got stride {cu_seqlens.stride(0)}: "
-                "pass cu_seqlens.contiguous()"
-            )
-        n_seqs = cu_seqlens.shape[0] - 1
-    elif cu_seqlens is not None:
-        raise ValueError(f"cu_seqlens: only used with layout 'thd', got a tensor with layout {layout!r}")
-    if max_seqlen is not None:
-        if not _is_int(max_seqlen):
-            raise TypeError(f"max_seqlen: expected an int or None, got {type(max_seqlen).__name__}")
-        if max_seqlen < 0:
-            raise ValueError(f"max_seqlen: expected a non-negative int or None, got {max_seqlen}")
-        if layout != "thd":
-            raise ValueError(f"max_seqlen: only used with layout 'thd', got it with layout {layout!r}")
+    _check_devices(q, named + ([("offsets", offsets)] if isinstance(offsets, torch.Tensor) else []))
+    n_seqs = _check_cu_seqlens(cu_seqlens, layout, batch)
+    _check_max_seqlen(max_seqlen, layout)
 
     table_batch = cos.dim() == 3
     if table_batch and cos.shape[0] not in (1, n_seqs):
@@ -243,41 +331,11 @@ def check(
             f"cos: per-sequence tables need a first dim of {what} = {n_seqs} (or 1), got {_shape(cos)}"
         )
     table_rows = FREQ_MAX_POSITION + 1 if freqs else cos.shape[-2] << lo_bits
+    pos_mode = _check_positions_or_offsets(positions, offsets, layout, batch, seqlen, n_seqs)
     offset = 0
     max_offset = float("inf")
-    if positions is not None:
-        if offsets is not None:
-            raise ValueError("offsets: positions and offsets are mutually exclusive, got both")
-        _check_index("positions", positions)
-        if layout == "thd":
-            if tuple(positions.shape) != (seqlen,):
-                raise ValueError(
-                    "positions: layout 'thd' expects shape (total_tokens,) "
-                    f"= ({seqlen},), got {_shape(positions)}"
-                )
-        elif positions.dim() not in (1, 2) or not _broadcasts(tuple(positions.shape), (batch, seqlen)):
-            raise ValueError(
-                f"positions: expected shape (batch, seq) = ({batch}, {seqlen}) (or (1, seq), (seq,)), "
-                f"got {_shape(positions)}"
-            )
-        pos_mode = POS_EXPLICIT
-    elif isinstance(offsets, torch.Tensor):
-        _check_index("offsets", offsets)
-        if tuple(offsets.shape) != (n_seqs,):
-            what = "(num_seqs,)" if layout == "thd" else "(batch,)"
-            raise ValueError(f"offsets: expected shape {what} = ({n_seqs},), got {_shape(offsets)}")
-        pos_mode = POS_OFFSETS
-    else:
-        if offsets is not None:
-            if not _is_int(offsets):
-                raise TypeError(
-                    "offsets: expected an int, an int tensor "
-                    f"or None, got {type(offsets).__name__}"
-                )
-            if offsets < 0:
-                raise ValueError(f"offsets: expected a non-negative int, got {offsets}")
-            offset = offsets
-        pos_mode = POS_DEFAULT
+    if pos_mode == POS_DEFAULT:
+        offset = 0 if offsets is None else offsets
         longest = seqlen if layout != "thd" else max_seqlen
         if longest:
             max_offset = table_rows - longest

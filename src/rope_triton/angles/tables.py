@@ -194,6 +194,12 @@ def split_tables(
     if not 0 <= low_bits <= 30:
         raise ValueError(f"low_bits must be in [0, 30], got {low_bits}")
     attention_factor = _as_real(attention_factor, "attention_factor")
+    return _split_tables(inv_freq, num_positions, low_bits, attention_factor, device)
+
+
+def _split_tables(inv_freq, num_positions, low_bits, attention_factor, device):
+    # split_tables past its argument checks: tensor math only, which torch.compile traces also where the
+    # attention factor (a float attribute) is symbolic under dynamic shapes.
     device = inv_freq.device if device is None else torch.device(device)
     inv = inv_freq.to(device=device, dtype=_F64).reshape(-1)
     block = 1 << low_bits
