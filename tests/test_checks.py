@@ -79,6 +79,15 @@ THD_CASES = [
     ("bad-max-seqlen", {"cu_seqlens": torch.tensor([0, 6]), "max_seqlen": -2}, ValueError, "max_seqlen"),
     ("table-seqs", {"cu_seqlens": torch.tensor([0, 2, 6]), "cos": torch.ones(3, 8, 8), "sin": torch.zeros(3, 8, 8)},
      ValueError, "cos: per-sequence tables need a first dim of num_seqs = 2"),
+    # Host boundaries are checked (no device sync): made-up positions otherwise.
+    ("cu-decreasing", {"cu_seqlens": torch.tensor([0, 4, 2, 6])}, ValueError,
+     "^cu_seqlens: expected non-decreasing boundaries, got 4 then 2 \\(elements 1 and 2\\)"),
+    ("cu-first-not-zero", {"cu_seqlens": torch.tensor([1, 2, 6])}, ValueError,
+     "^cu_seqlens: expected 0 as the first boundary, got 1"),
+    ("cu-last-short", {"cu_seqlens": torch.tensor([0, 2, 5])}, ValueError,
+     "^cu_seqlens: expected total_tokens = 6 \\(dim 0 of q\\) as the last boundary, got 5"),
+    ("cu-last-past", {"cu_seqlens": torch.tensor([0, 2, 7], dtype=torch.int32)}, ValueError,
+     "^cu_seqlens: expected total_tokens = 6 \\(dim 0 of q\\) as the last boundary, got 7"),
     # Boundaries every other element of a buffer: the kernel would read them as consecutive (wrong sequences).
     ("cu-strided", {"cu_seqlens": torch.tensor([0, 9, 2, 9, 6])[::2]}, ValueError,
      "cu_seqlens: expected consecutive elements \\(stride 1\\), got stride 2"),
@@ -92,6 +101,16 @@ def test_bad_thd_input(kw, exc, msg):
         kw = dict(kw)  # (the case's dict is shared by reruns)
         tables = {"cos": kw.pop("cos", torch.ones(8, 8)), "sin": kw.pop("sin", torch.zeros(8, 8))}
         rope_triton.apply_rotary(q, k, **tables, layout="thd", **kw)
+
+
+def test_host_cu_seqlens_with_an_empty_sequence_are_accepted():
+    # Equal consecutive boundaries are an empty sequence, not an error.
+    q = torch.randn(6, 4, 16)
+    cos, sin = random_tables(8, 8, "cpu")
+    cu = torch.tensor([0, 2, 2, 6])
+    out, _ = rope_triton.apply_rotary(q, None, cos, sin, layout="thd", cu_seqlens=cu)
+    want, _ = ref64(q, None, cos, sin, layout="thd", cu_seqlens=cu)
+    assert_rotary_close(out, want, q, layout="thd", rotary_dim=16, interleaved=False)
 
 
 @pytest.mark.gpu

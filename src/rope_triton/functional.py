@@ -107,7 +107,8 @@ def apply_rotary(
         Added to each token's index in its sequence (KV-cache decoding, chunked prefill): an int, or an
         int tensor of shape (B,), or (num_seqs,) for ``"thd"``.
     cu_seqlens : torch.Tensor, optional
-        ``"thd"`` only (and required there): int32/int64 (num_seqs + 1,) sequence boundaries; positions
+        ``"thd"`` only (and required there): int32/int64 (num_seqs + 1,) sequence boundaries, 0 first,
+        non-decreasing, total tokens last (checked when held on the host: no device sync); positions
         restart at 0 in every sequence.
     max_seqlen : int, optional
         ``"thd"`` only: the longest sequence, used to check on the host that positions fit the table

@@ -139,7 +139,7 @@ def _check_devices(q: torch.Tensor, named: list) -> None:
             raise ValueError(f"{name}: expected a tensor on q's device {q.device}, got {t.device}")
 
 
-def _check_cu_seqlens(cu_seqlens: object, layout: str, batch: int) -> int:
+def _check_cu_seqlens(cu_seqlens: object, layout: str, batch: int, total_tokens: int) -> int:
     """The number of sequences: packed ones (thd), else the batch."""
     if layout != "thd":
         if cu_seqlens is not None:
@@ -159,7 +159,30 @@ def _check_cu_seqlens(cu_seqlens: object, layout: str, batch: int) -> int:
             f"cu_seqlens: expected consecutive elements (stride 1), got stride {cu_seqlens.stride(0)}: "
             "pass cu_seqlens.contiguous()"
         )
+    # Boundaries held on the host cost no device sync to read: out-of-order ones would make positions
+    # up. (Device tensors are not read; fake and functional tensors under tracing have no values.)
+    on_host = cu_seqlens.device.type == "cpu" and type(cu_seqlens) is torch.Tensor
+    if on_host and not torch.compiler.is_compiling():
+        _check_host_boundaries(cu_seqlens, total_tokens)
     return cu_seqlens.shape[0] - 1
+
+
+def _check_host_boundaries(cu_seqlens: torch.Tensor, total_tokens: int) -> None:
+    first, last = int(cu_seqlens[0]), int(cu_seqlens[-1])
+    if first != 0:
+        raise ValueError(f"cu_seqlens: expected 0 as the first boundary, got {first}")
+    if last != total_tokens:
+        raise ValueError(
+            f"cu_seqlens: expected total_tokens = {total_tokens} (dim 0 of q) as the last boundary, "
+            f"got {last}"
+        )
+    drops = (cu_seqlens[1:] < cu_seqlens[:-1]).nonzero()
+    if drops.numel():
+        i = int(drops[0, 0])
+        raise ValueError(
+            f"cu_seqlens: expected non-decreasing boundaries, got {int(cu_seqlens[i])} then "
+            f"{int(cu_seqlens[i + 1])} (elements {i} and {i + 1})"
+        )
 
 
 def _check_max_seqlen(max_seqlen: object, layout: str) -> None:
@@ -225,7 +248,7 @@ def check_call(
     batch, seqlen, *_ = _check_q_and_k(q, k, layout)
     named = [("k", k), ("positions", positions), ("cu_seqlens", cu_seqlens)]
     _check_devices(q, named + ([("offsets", offsets)] if isinstance(offsets, torch.Tensor) else []))
-    n_seqs = _check_cu_seqlens(cu_seqlens, layout, batch)
+    n_seqs = _check_cu_seqlens(cu_seqlens, layout, batch, seqlen)
     _check_max_seqlen(max_seqlen, layout)
     _check_positions_or_offsets(positions, offsets, layout, batch, seqlen, n_seqs)
 
@@ -321,7 +344,7 @@ def check(
 
     named = [("k", k), *tables, ("positions", positions), ("cu_seqlens", cu_seqlens)]
     _check_devices(q, named + ([("offsets", offsets)] if isinstance(offsets, torch.Tensor) else []))
-    n_seqs = _check_cu_seqlens(cu_seqlens, layout, batch)
+    n_seqs = _check_cu_seqlens(cu_seqlens, layout, batch, seqlen)
     _check_max_seqlen(max_seqlen, layout)
 
     table_batch = cos.dim() == 3
