@@ -34,7 +34,8 @@ def _refuse_views_autograd_cannot_rebase(q, k) -> None:
     # PyTorch's own in-place ops refuse these views before writing; a custom Function is refused only
     # after its forward ran, i.e. after the kernel wrote the rotation. (Dynamo cannot trace the query;
     # under torch.compile the mutation is functionalized anyway.)
-    if torch.compiler.is_compiling():
+    get_creation_meta = getattr(torch._C._autograd, "_get_creation_meta", None)
+    if torch.compiler.is_compiling() or get_creation_meta is None:
         return
     metas = torch._C._autograd.CreationMeta
     created = {
@@ -46,12 +47,38 @@ def _refuse_views_autograd_cannot_rebase(q, k) -> None:
     }
     for name, t in (("q", q), ("k", k)):
         if _is_view(t):
-            why = created.get(torch._C._autograd._get_creation_meta(t))
+            why = created.get(get_creation_meta(t))
             if why is not None:
                 raise RuntimeError(
                     f"{name}: inplace=True with autograd needs a view autograd can track, got a view created "
                     f"{why}"
                 )
+
+
+def _inplace_on_views(
+    q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, p, interleaved, conjugate
+):
+    """In place with autograd where q or k is a view (of a fused qkv activation, a transpose, ...)."""
+    _refuse_views_autograd_cannot_rebase(q, k)
+    _refuse_inplace_on_leaves(q, k)
+    if torch.compiler.is_compiling():
+        # AOT autograd cannot trace a Function that modifies a view in place: rotate out of place and copy
+        # into the views, which functionalization turns back into one in-place update.
+        q_out, k_out = RotaryFunction.apply(
+            q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, p, interleaved, conjugate, False,
+        )
+        q.copy_(q_out)
+        if k is not None:
+            k.copy_(k_out)
+        return q, k
+    # A Function that modifies a view in place may return that one tensor only: one Function per tensor,
+    # k rotated as the first tensor of a problem without k.
+    tables = (cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens)
+    q_out = RotaryViewFunction.apply(q, *tables, p._replace(heads_k=0), interleaved, conjugate)
+    if k is None:
+        return q_out, None
+    k_problem = p._replace(heads_q=p.heads_k, heads_k=0)
+    return q_out, RotaryViewFunction.apply(k, *tables, k_problem, interleaved, conjugate)
 
 
 def apply_rotary(
@@ -201,33 +228,12 @@ def apply_rotary(
     offsets_t = offsets if isinstance(offsets, torch.Tensor) else None
     if needs_grad:
         if inplace:
-            views = _is_view(q) or _is_view(k)
-            if views:
-                _refuse_views_autograd_cannot_rebase(q, k)
-            _refuse_inplace_on_leaves(q, k)
-            if views and torch.compiler.is_compiling():
-                # AOT autograd cannot trace a Function that modifies a view in place: rotate out of place
-                # and copy into the views, which functionalization turns back into one in-place update.
-                q_out, k_out = RotaryFunction.apply(
+            if _is_view(q) or _is_view(k):
+                return _inplace_on_views(
                     q, k, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens, p, interleaved,
-                    conjugate, False, key,
+                    conjugate,
                 )
-                q.copy_(q_out)
-                if k is not None:
-                    k.copy_(k_out)
-                return q, k
-            if views:
-                # A Function that modifies a view in place may return that one tensor only: one per tensor.
-                q_out = RotaryViewFunction.apply(
-                    q, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens, p._replace(heads_k=0),
-                    interleaved, conjugate,
-                )
-                if k is None:
-                    return q_out, None
-                return q_out, RotaryViewFunction.apply(
-                    k, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens,
-                    p._replace(heads_q=p.heads_k, heads_k=0), interleaved, conjugate,
-                )
+            _refuse_inplace_on_leaves(q, k)
         return RotaryFunction.apply(
             q, k, cos, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens, p, interleaved, conjugate,
             inplace, key,
