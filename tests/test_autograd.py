@@ -185,3 +185,99 @@ def test_freqs_grads(layout, inplace, device):
     q, k = make_qk(layout, 1 if layout == "thd" else 2, 6, 3, 1, 16, torch.float32, device)
     _grads_against_reference(q, k, None, None, freqs=ft, offsets=2**31 - 64, layout=layout, inplace=inplace,
                              table_bound=FREQS_TABLE_BOUND, **_thd(layout, 6, device))
+
+
+
+def _views(case, device):
+    """Leaves, the non-leaf activations made from them, and q and k as views into those activations (as
+    attention code slices a fused projection): ``([(leaf, activation), ...], q, k, layout)``."""
+    hq, hk, d = 3, 2, 16
+
+    def activation(*shape):
+        leaf = torch.randn(*shape, device=device, requires_grad=True)
+        return leaf, leaf * 1.0
+
+    if case == "transposed-q":  # (B, S, H, D) memory rotated as bhsd
+        leaf, x = activation(2, 5, hq, d)
+        return [(leaf, x)], x.transpose(1, 2), None, "bhsd"
+    heads = hq + 2 * hk  # fused projection: q heads, k heads, then v heads
+    if case == "fused-qkv-bhsd":
+        leaf, x = activation(2, heads, 5, d)
+        return [(leaf, x)], x[:, :hq], x[:, hq : hq + hk], "bhsd"
+    leaf, x = activation(2, 5, heads, d)
+    if case == "q-view-k-dense":
+        k_leaf, k = activation(2, 5, hk, d)
+        return [(leaf, x), (k_leaf, k)], x[:, :, :hq], k, "bshd"
+    return [(leaf, x)], x[:, :, :hq], x[:, :, hq : hq + hk], "bshd"
+
+
+def _as_view_of(t, x, view):
+    """``t`` (shaped and strided like ``x``) seen through the view ``view`` has of ``x``."""
+    return t.as_strided(view.shape, view.stride(), t.storage_offset() + view.storage_offset() - x.storage_offset())
+
+
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
+@pytest.mark.parametrize("case", ["transposed-q", "fused-qkv", "fused-qkv-bhsd", "q-view-k-dense"])
+def test_inplace_grads_through_views(case, interleaved, device):
+    # In place on views of an activation: the rotation is written through the views, and the activation's
+    # gradient is the conjugate rotation of the incoming gradient on the q and k parts and the incoming
+    # gradient itself elsewhere (v passes through).
+    acts, q, k, layout = _views(case, device)
+    cos, sin = random_tables(5, 8, device)
+    q0, k0 = q.detach().clone(), None if k is None else k.detach().clone()
+    before = [x.detach().clone() for _, x in acts]
+    q_out, k_out = rope_triton.apply_rotary(q, k, cos, sin, layout=layout, inplace=True, interleaved=interleaved)
+    assert q_out is q and k_out is k
+    for out, x0 in zip(ref64(q0, k0, cos, sin, layout=layout, interleaved=interleaved), (q0, k0)):
+        if x0 is not None:
+            assert_rotary_close(q if x0 is q0 else k, out, x0, layout=layout, rotary_dim=16, interleaved=interleaved)
+
+    grads_in = [torch.randn_like(x) for _, x in acts]
+    grads = torch.autograd.grad([x for _, x in acts], [leaf for leaf, _ in acts], grads_in)
+    for (_, x), g_in, g, x0 in zip(acts, grads_in, grads, before):
+        untouched = torch.ones_like(x, dtype=torch.bool)
+        for view in (q, k):
+            if view is None or view.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+                continue
+            g_view = _as_view_of(g_in, x, view)
+            want, _ = ref64(g_view, None, cos, sin, layout=layout, interleaved=interleaved, conjugate=True)
+            assert_rotary_close(_as_view_of(g, x, view), want, g_view, layout=layout, rotary_dim=16,
+                                interleaved=interleaved)
+            _as_view_of(untouched, x, view).fill_(False)
+        assert untouched.any() == (case != "transposed-q" and x is acts[0][1])
+        assert torch.equal(g[untouched], g_in[untouched])  # v: passed through
+        assert torch.equal(x.detach()[untouched], x0[untouched])  # and never written
+
+
+@pytest.mark.parametrize("how", ["split", "no-grad-view"])
+def test_inplace_on_views_autograd_cannot_track_is_refused_before_writing(how, device):
+    # Views that PyTorch's own in-place ops refuse (outputs of multi-output view ops, views made under
+    # no_grad): refused before anything is written, never rotated and then raised on.
+    leaf = torch.randn(2, 5, 7, 16, device=device, requires_grad=True)
+    qkv = leaf * 1.0
+    if how == "split":
+        q, k, _ = qkv.split([3, 2, 2], dim=2)
+    else:  # k needs a gradient, q is a view autograd does not track
+        with torch.no_grad():
+            q = qkv[:, :, :3]
+        k = qkv[:, :, 3:5]
+    before = qkv.detach().clone()
+    cos, sin = random_tables(5, 8, device)
+    created = "by a function that returns several views" if how == "split" else "in no_grad mode"
+    with pytest.raises(RuntimeError, match=f"^q: inplace=True with autograd needs a view .* created {created}"):
+        rope_triton.apply_rotary(q, k, cos, sin, inplace=True)
+    assert torch.equal(qkv.detach(), before), "the refused call wrote into q or k"
+
+
+def test_inplace_through_views_gradcheck_float64(device):
+    # Finite differences through q and k sliced from one activation, first and second order.
+    cos, sin = random_tables(3, 4, device, torch.float64)
+    leaf = torch.randn(1, 3, 4, 8, device=device, dtype=torch.float64, requires_grad=True)
+
+    def f(leaf):
+        x = leaf * 1.0
+        rope_triton.apply_rotary(x[:, :, :2], x[:, :, 2:3], cos, sin, inplace=True, interleaved=True)
+        return x
+
+    assert torch.autograd.gradcheck(f, (leaf,), eps=1e-6, atol=1e-9, fast_mode=True)
+    assert torch.autograd.gradgradcheck(f, (leaf,), eps=1e-6, atol=1e-9, fast_mode=True)

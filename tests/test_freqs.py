@@ -754,6 +754,52 @@ def test_parse_nested_rope_parameters():
     assert sliding["base"] == 10000.0 and sliding["scaling"] == {"rope_type": "default"}
 
 
+GEMMA3_SCALING = {"rope_type": "linear", "factor": 8.0}  # gemma-3-4b/12b/27b: global layers only
+
+
+def gemma3_4b():
+    """Gemma 3 4B's text config (transformers 5.x nests rope_parameters by layer type)."""
+    from transformers import Gemma3TextConfig
+
+    return Gemma3TextConfig(
+        hidden_size=2560, num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+        max_position_embeddings=131072, rope_scaling=dict(GEMMA3_SCALING),
+    )  # fmt: skip
+
+
+def gemma3_4b_transformers4_json():
+    """The same model's config.json as transformers 4.x wrote it: rope_theta and rope_scaling for the global
+    layers, rope_local_base_freq for the sliding ones."""
+    return {
+        "model_type": "gemma3_text", "hidden_size": 2560, "num_attention_heads": 8, "head_dim": 256,
+        "max_position_embeddings": 131072, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+        "rope_scaling": dict(GEMMA3_SCALING), "layer_types": ["sliding_attention"] * 5 + ["full_attention"],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("style", ["transformers5", "transformers4-json"])
+def test_parse_gemma3_layer_types(style):
+    config = gemma3_4b if style == "transformers5" else gemma3_4b_transformers4_json
+    full = parse_hf_config(config(), layer_type="full_attention")
+    sliding = parse_hf_config(config(), layer_type="sliding_attention")
+    assert full == {"head_dim": 256, "base": 1e6, "scaling": GEMMA3_SCALING, "max_position_embeddings": 131072}
+    assert sliding == {"head_dim": 256, "base": 10000.0, "scaling": {"rope_type": "default"},
+                       "max_position_embeddings": 131072}
+    # Each layer type's frequencies are those of transformers' Gemma 3 rotary embedding.
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
+
+    hf = Gemma3RotaryEmbedding(gemma3_4b())
+    for kw, layer_type in ((full, "full_attention"), (sliding, "sliding_attention")):
+        inv, scale = inv_freq_and_scale(**kw)
+        assert_rel(inv, getattr(hf, f"{layer_type}_inv_freq"))
+        assert scale == getattr(hf, f"{layer_type}_attention_scaling")
+    # The layers differ: without layer_type there is no answer; an unknown one is named.
+    for bad, match in ((None, "^layer_type: .*expected one of .*full_attention.*sliding_attention.*got None"),
+                       ("conv", "^layer_type: expected one of .*got 'conv'")):
+        with pytest.raises(ValueError, match=match):
+            parse_hf_config(config(), layer_type=bad)
+
+
 def test_parse_does_not_alias_config():
     config = phi3_mini_128k()
     cfg = parse_hf_config(config)

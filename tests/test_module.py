@@ -36,6 +36,7 @@ from transformers.models.llama import modeling_llama as hf_llama
 from transformers.models.phi3 import modeling_phi3 as hf_phi3
 from transformers.models.qwen2 import modeling_qwen2 as hf_qwen2
 
+import rope_triton
 from rope_triton import RotaryEmbedding, TritonRotary, reference
 from rope_triton.angles import inv_freq_and_scale, parse_hf_config
 
@@ -277,6 +278,43 @@ def test_parity_with_hf(factory, hf_run, positions, overrides, device):
         assert_hf_close(out_hf, ref, x, pos, inv64, inv_hf, scale, interleaved=interleaved)
 
 
+def gemma3_4b():
+    # transformers 5.x nests its rope_parameters by layer type: sliding layers base 10k, unscaled; full
+    # attention layers base 1M, linear x8.
+    from transformers import Gemma3TextConfig
+
+    return Gemma3TextConfig(
+        hidden_size=512, num_attention_heads=2, num_key_value_heads=1, head_dim=256,
+        max_position_embeddings=131072, rope_scaling={"rope_type": "linear", "factor": 8.0},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("layer_type", ["sliding_attention", "full_attention"])
+def test_parity_with_hf_per_layer_type(layer_type, device):
+    from transformers.models.gemma3 import modeling_gemma3 as hf_gemma3
+
+    pos = torch.tensor([[0, 1, 2, 3], [1000, 8191, 65536, 131071]], device=device)
+    kw = parse_hf_config(gemma3_4b(), layer_type=layer_type)
+    q = torch.randn(2, 2, pos.shape[1], 256, device=device)
+    k = torch.randn(2, 1, pos.shape[1], 256, device=device)
+
+    rope = RotaryEmbedding.from_hf_config(gemma3_4b(), layer_type=layer_type).to(device)
+    q_out, k_out = rope(q, k, positions=pos, layout="bhsd")
+    hf = hf_gemma3.Gemma3RotaryEmbedding(gemma3_4b()).to(device)
+    cos, sin = hf(q, pos, layer_type)
+    q_hf, k_hf = hf_gemma3.apply_rotary_pos_emb(q, k, cos, sin)
+    inv_hf, scale_hf = getattr(hf, f"{layer_type}_inv_freq"), getattr(hf, f"{layer_type}_attention_scaling")
+
+    inv64, scale = inv_freq_and_scale(**kw)
+    assert rope.base == (10000.0 if layer_type == "sliding_attention" else 1e6)
+    assert_hf_frequencies_are_ours_rounded(inv_hf, inv64)
+    assert scale_hf == pytest.approx(scale, rel=1e-12)
+    for out, out_hf, x in ((q_out, q_hf, q), (k_out, k_hf, k)):
+        ref = exact_rotary(x, pos, inv64, scale)
+        assert_ours_close(out, ref, x, scale=scale, rotary_dim=256)
+        assert_hf_close(out_hf, ref, x, pos, inv64, inv_hf, scale)
+
+
 @pytest.mark.parametrize("factory", [llama_dynamic, llama_dynamic_original_2048])
 def test_dynamic_ntk_follows_hf_module_state(factory, device):
     """HF's dynamic NTK module regrows its base past max_position_embeddings and resets below it; the same
@@ -396,6 +434,41 @@ def test_meta_construction_builds_on_first_forward(how, device):
         assert torch.equal(t, getattr(fresh, name))
     ref, scale = _exact_for(rope, x, torch.arange(2, 5, device=device)[None], layout="bshd")
     assert_ours_close(out, ref, x, scale=scale, rotary_dim=12, layout="bshd")
+
+
+@pytest.mark.parametrize("init", ["to_empty", "reset_parameters"])
+@pytest.mark.parametrize("cls", ["RotaryEmbedding", "TritonRotary"])
+def test_deferred_init_under_a_meta_device_context(cls, init, device):
+    # FSDP2 / torchtitan build the model under `with torch.device("meta")`, then to_empty() (and
+    # reset_parameters()): the tables must come out as those of a module built on the device.
+    def build():
+        return _yarn_rope(max_positions=64) if cls == "RotaryEmbedding" else TritonRotary(16, max_seq_len=64)
+
+    names = TABLES if cls == "RotaryEmbedding" else ("cos", "sin")
+    with torch.device("meta"):
+        rope = build()
+    assert all(getattr(rope, name).is_meta for name in names)
+    rope.to_empty(device=device)
+    if init == "reset_parameters":
+        rope.reset_parameters()
+    with torch.device(device):
+        fresh = build()
+    if cls == "RotaryEmbedding":
+        x = torch.randn(1, 3, 2, 16, device=device)
+        out, _ = rope(x, offsets=2)
+        want, _ = fresh(x, offsets=2)
+        ref, scale = _exact_for(rope, x, torch.arange(2, 5, device=device)[None], layout="bshd")
+        assert_ours_close(out, ref, x, scale=scale, rotary_dim=12, layout="bshd")
+    else:
+        x = torch.randn(1, 2, 3, 16, device=device)
+        out, _ = rope(x)
+        want, _ = fresh(x)
+        assert_tutorial_close(out, tutorial_rotary64(x, 16), x)
+    assert torch.equal(out, want)
+    for name in names:
+        t = getattr(rope, name)
+        assert t.device.type == device.type and t.dtype == torch.float32
+        assert torch.equal(t, getattr(fresh, name))
 
 
 @pytest.mark.parametrize("cast", [torch.bfloat16, torch.float16, torch.float64], ids=str)
@@ -596,8 +669,9 @@ def test_type_cast_of_integer_buffers_rebuilds_the_freq_table(device):
     assert rope.freq_table.dtype == torch.int64 and torch.equal(got, want)
 
 
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 @pytest.mark.parametrize("rebuild", ["to_empty", "grow", "half"])
-def test_compiled_forward_rebuilds_tables_without_graph_break(rebuild):
+def test_compiled_forward_rebuilds_tables_without_graph_break(rebuild, dynamic):
     # The freq table is built on the host when the frequencies change; a table rebuild inside a compiled
     # region only moves it, so the region stays one graph.
     rope = _yarn_rope(max_positions=16, device="meta" if rebuild == "to_empty" else None)
@@ -606,12 +680,155 @@ def test_compiled_forward_rebuilds_tables_without_graph_break(rebuild):
     elif rebuild == "half":
         rope.half()
     x = torch.randn(1, 40 if rebuild == "grow" else 8, 2, 16)
-    # Static shapes: table sizes follow the sequence length, which must stay an int here.
+    # Dynamic shapes: the length and the attention factor are symbolic (past the tables, the compiled
+    # call computes cos/sin instead of growing them).
     torch._dynamo.reset()
-    compiled = torch.compile(lambda t: rope(t)[0], fullgraph=True, backend="eager", dynamic=False)
+    compiled = torch.compile(lambda t: rope(t)[0], fullgraph=True, backend="eager", dynamic=dynamic)
     out = compiled(x)
     ref, scale = _exact_for(rope, x, torch.arange(x.shape[1])[None], layout="bshd")
     assert_ours_close(out, ref, x, scale=scale, rotary_dim=12, layout="bshd")
+
+
+@pytest.mark.parametrize("compute_cos_sin", [None, False], ids=["auto", "tables"])
+def test_compiled_dynamic_forward_past_the_tables(compute_cos_sin):
+    # Dynamic shapes (a decode loop under automatic dynamic shapes gets there after one recompile): the
+    # length is symbolic. Past the tables the compiled call computes cos/sin in the kernel (exact at any
+    # position), or, when told to read tables, grows them as eager does (bit for bit).
+    torch._dynamo.reset()
+    rope = _yarn_rope(max_positions=16, compute_cos_sin=compute_cos_sin)
+    eager = _yarn_rope(max_positions=16, compute_cos_sin=compute_cos_sin)
+    compiled = torch.compile(
+        lambda t, o: rope(t, offsets=o)[0], fullgraph=True, dynamic=True, backend="aot_eager"
+    )
+    for seqlen, offset in ((8, 0), (40, 0), (1, 60), (1, 61), (2, 3)):
+        x = torch.randn(1, seqlen, 2, 16)
+        out = compiled(x, offset)
+        want, _ = eager(x, offsets=offset)
+        ref, scale = _exact_for(rope, x, torch.arange(offset, offset + seqlen)[None], layout="bshd")
+        assert_ours_close(out, ref, x, scale=scale, rotary_dim=12, layout="bshd")
+        assert_ours_close(want, ref, x, scale=scale, rotary_dim=12, layout="bshd")
+        if compute_cos_sin is False:
+            assert torch.equal(out, want)
+    assert type(rope.max_positions) is int
+
+
+def _length_dependent_rope(rope_type):
+    scaling = SYNCING_SCALINGS.get(rope_type)
+    return RotaryEmbedding(16, scaling=scaling, max_positions=16, max_position_embeddings=8)
+
+
+FRONT_END_CASES = [
+    # id, module, call arguments (q: bshd (1, 3, 2, 16), or thd (3, 2, 16) with layout="thd")
+    ("layout-case", "default", {"layout": "BSHD"}),
+    ("layout-list", "dynamic", {"layout": ["bshd"]}),
+    ("q-none", "default", {"q": None}),
+    ("q-none-dynamic", "dynamic", {"q": None}),
+    ("k-list", "default", {"k": [1.0]}),
+    ("offsets-str", "default", {"offsets": "1"}),
+    ("offsets-float", "longrope", {"offsets": 1.5}),
+    ("max-seqlen-str", "default", {"layout": "thd", "cu_seqlens": torch.tensor([0, 3]), "max_seqlen": "3"}),
+    ("thd-without-cu-dynamic", "dynamic", {"layout": "thd"}),
+    ("thd-without-cu-longrope", "longrope", {"layout": "thd"}),
+    ("cu-one-element", "dynamic", {"layout": "thd", "cu_seqlens": torch.tensor([0])}),
+    ("cu-list", "dynamic", {"layout": "thd", "cu_seqlens": [0, 3]}),
+    ("cu-float", "longrope", {"layout": "thd", "cu_seqlens": torch.tensor([0.0, 3.0])}),
+    ("positions-list", "dynamic", {"positions": [0, 1, 2]}),
+    ("positions-list-default", "default", {"positions": [0, 1, 2]}),
+    ("offsets-list", "dynamic", {"offsets": [1]}),
+    ("triton-rotary-q-none", "triton", {"q": None}),
+    ("triton-rotary-k-str", "triton", {"k": "k"}),
+]
+
+
+@pytest.mark.parametrize("module, call", [c[1:] for c in FRONT_END_CASES], ids=[c[0] for c in FRONT_END_CASES])
+def test_module_errors_are_apply_rotarys(module, call):
+    # A bad argument to a module is named as apply_rotary names it (same exception, same message), before
+    # the module computes anything from it.
+    call = dict(call)
+    thd = call.get("layout") == "thd"
+    q = call.pop("q", torch.randn(3, 2, 16) if thd else torch.randn(1, 3, 2, 16))
+    k = call.pop("k", None)
+    if module == "triton":
+        rope, call = TritonRotary(16, max_seq_len=8), {**call, "layout": "bhsd", "conjugate": True}
+    elif module == "default":
+        rope = RotaryEmbedding(16, max_positions=16)
+    else:
+        rope = _length_dependent_rope(module)
+    tables = torch.ones(16, 8), torch.zeros(16, 8)
+    with pytest.raises((TypeError, ValueError)) as want:
+        rope_triton.apply_rotary(q, k, *tables, **call)
+    name = str(want.value).split(":")[0]
+    assert name in ("q", "k", "layout", "offsets", "max_seqlen", "cu_seqlens", "positions"), want.value
+    if module == "triton":
+        call = {}
+    with pytest.raises(want.type) as got:
+        rope(q, k, **call)
+    assert str(got.value) == str(want.value)
+
+
+def test_growth_is_atomic_across_threads(monkeypatch):
+    # Thread A grows the tables to 40 positions; while it builds them, thread B asks for 30. B must see
+    # either the old tables (and grow them itself) or the new ones, never the new max_positions with the
+    # old tables ("need a table of at least 30 rows").
+    import threading
+
+    from rope_triton import modules
+    from rope_triton._core import op as _ops
+
+    if not torch.cuda.is_available():  # Triton's CPU interpreter is not thread-safe: the PyTorch path
+        monkeypatch.setattr(_ops, "triton_runs_on", lambda device: False)
+    rope = _yarn_rope(max_positions=16, compute_cos_sin=False)
+    building, b_done = threading.Event(), threading.Event()
+    real_split_tables = modules._split_tables
+
+    def slow_split_tables(*args, **kwargs):
+        if threading.current_thread().name == "A":
+            building.set()
+            b_done.wait(timeout=0.5)  # B's whole call fits here, unless growth keeps it out
+        return real_split_tables(*args, **kwargs)
+
+    monkeypatch.setattr(modules, "_split_tables", slow_split_tables)
+    x_a, x_b = torch.randn(1, 40, 2, 16), torch.randn(1, 30, 2, 16)
+    results, errors = {}, []
+
+    def call(name, x):
+        try:
+            if name == "B":
+                assert building.wait(timeout=5)
+            results[name] = rope(x)[0]
+        except Exception as e:  # reported below, with the thread's name
+            errors.append((name, e))
+        finally:
+            if name == "B":
+                b_done.set()
+
+    threads = [threading.Thread(target=call, args=(n, x), name=n) for n, x in (("A", x_a), ("B", x_b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors
+    for name, x in (("A", x_a), ("B", x_b)):
+        ref, scale = _exact_for(rope, x, torch.arange(x.shape[1])[None], layout="bshd")
+        assert_ours_close(results[name], ref, x, scale=scale, rotary_dim=12, layout="bshd")
+    assert rope.max_positions == 40 and rope.cos_hi.shape[0] * rope.cos_lo.shape[0] >= 40
+
+
+def test_module_deep_copies_and_pickles():
+    # The growth lock is not part of the state: each copy gets its own, and works.
+    import copy
+    import io
+
+    rope = _yarn_rope(max_positions=16)
+    buf = io.BytesIO()
+    torch.save(rope, buf)
+    buf.seek(0)
+    x = torch.randn(1, 20, 2, 16)
+    want, _ = rope(x)
+    for other in (copy.deepcopy(rope), torch.load(buf, weights_only=False)):
+        assert other._lock is not rope._lock
+        got, _ = other(x)
+        assert torch.equal(got, want) and other.max_positions == 20
 
 
 @pytest.mark.parametrize("bad", ["yes", 1, 0.0])

@@ -320,3 +320,66 @@ def test_compile_fullgraph_freqs(device):
         # On the CPU the compiled graph runs the PyTorch path (float64 angles), eager the interpreted kernel.
         for out in (a, b):
             assert_rotary_close(out, w, x, layout="bshd", rotary_dim=16, interleaved=False, table_bound=3.0)
+
+
+def _hf_width_rope(q, k, cos, sin):
+    # Hugging Face's (B, S, R) tables, read with rotary_dim = their width: a size, symbolic under dynamic
+    # shapes.
+    return rope_triton.apply_rotary(q * 2, k, cos, sin, layout="bhsd", rotary_dim=cos.shape[-1])
+
+
+def _hf_width_inputs(seqlen, device):
+    q, k = make_qk("bhsd", 2, seqlen, 4, 2, 16, torch.float32, device)
+    cos, sin = random_tables(2 * seqlen, 8, device)
+    # cat(freqs, freqs), as HF's rotary embedding returns them: (B, S, R) per sequence.
+    cos, sin = (torch.cat((t, t), -1).reshape(2, seqlen, 16) for t in (cos, sin))
+    return q, k, cos, sin
+
+
+def test_compile_dynamic_shapes_size_derived_rotary_dim(device):
+    backend = "inductor" if device.type == "cuda" else "aot_eager"
+    torch._dynamo.reset()
+    compiled = torch.compile(_hf_width_rope, fullgraph=True, dynamic=True, backend=backend)
+    for seqlen in (5, 7):  # one graph for both: the sizes are symbolic
+        q, k, cos, sin = _hf_width_inputs(seqlen, device)
+        want = ref64(q * 2, k, cos, sin, layout="bhsd", rotary_dim=16)
+        for out, w, x in zip(compiled(q, k, cos, sin), want, (q * 2, k)):
+            assert_rotary_close(out, w, x, layout="bhsd", rotary_dim=16, interleaved=False)
+
+
+def test_symbolic_trace_size_derived_rotary_dim():
+    # make_fx / non-strict export run the Python code itself on symbolic sizes: check() sees real SymInts.
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    q, k, cos, sin = _hf_width_inputs(5, "cpu")
+    graph = make_fx(_hf_width_rope, tracing_mode="symbolic")(q, k, cos, sin)
+    q, k, cos, sin = _hf_width_inputs(7, "cpu")
+    want = ref64(q * 2, k, cos, sin, layout="bhsd", rotary_dim=16)
+    for out, w, x in zip(graph(q, k, cos, sin), want, (q * 2, k)):
+        assert_rotary_close(out, w, x, layout="bhsd", rotary_dim=16, interleaved=False)
+
+
+def _rope_views_loss(a, cos, sin):
+    x = a * 2
+    # q and k sliced from one fused activation (v after them), rotated in place.
+    rope_triton.apply_rotary(x[:, :, :3], x[:, :, 3:5], cos, sin, inplace=True)
+    return (x.float() ** 2).sum(), x
+
+
+def test_compile_fullgraph_inplace_on_views(device):
+    backend = "inductor" if device.type == "cuda" else "aot_eager"
+    cos, sin = random_tables(5, 8, device)
+    a = torch.randn(2, 5, 7, 16, device=device)
+    compiled = torch.compile(_rope_views_loss, fullgraph=True, backend=backend)
+    results = []
+    for fn in (_rope_views_loss, compiled):
+        leaf = a.clone().requires_grad_()
+        loss, x = fn(leaf, cos, sin)
+        loss.backward()
+        results.append((x.detach(), leaf.grad))
+    for eager, comp in zip(*results):
+        assert torch.equal(eager, comp)
+    x = results[0][0]
+    want, _ = ref64(a[:, :, :3] * 2, None, cos, sin)
+    assert_rotary_close(x[:, :, :3], want, a[:, :, :3] * 2, layout="bshd", rotary_dim=16, interleaved=False)
+    assert torch.equal(x[:, :, 5:], a[:, :, 5:] * 2)

@@ -24,8 +24,8 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
-    from .functional import apply_rotary  # noqa: F401  (for type checkers: lazy exports)
     from ._core.op import clear_launch_cache  # noqa: F401
+    from .functional import apply_rotary  # noqa: F401  (for type checkers: lazy exports)
     from .modules import RotaryEmbedding, TritonRotary  # noqa: F401
 
 

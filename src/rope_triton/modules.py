@@ -7,12 +7,16 @@ model to bf16 does not degrade them (they are rebuilt in float32).
 
 from __future__ import annotations
 
+import operator
+import threading
+
 import torch
 from torch import nn
 
 from . import angles
-from ._core.op import prefers_freqs
 from ._core.layouts import BSHD_AXES
+from ._core.op import check_call, check_tensor, is_int, prefers_freqs
+from .angles.tables import _split_tables
 from .functional import apply_rotary
 
 _TABLES = ("cos_hi", "sin_hi", "cos_lo", "sin_lo")
@@ -38,6 +42,16 @@ def _mark_tables_after_apply(module: nn.Module, names: tuple[str, ...], was_meta
     first = getattr(module, names[0])
     if was_meta or first.is_meta or first.dtype != torch.float32 or _freq_table_off(module, first.device):
         module._tables_valid = False
+
+
+def _plain_call(q, layout, offsets, max_seqlen) -> bool:
+    # What the module reads before apply_rotary validates: a tensor q of its layout's rank, int lengths.
+    return (
+        isinstance(q, torch.Tensor) and type(layout) is str and layout in BSHD_AXES
+        and q.dim() == (3 if layout == "thd" else 4)
+        and (offsets is None or isinstance(offsets, torch.Tensor) or is_int(offsets))
+        and (max_seqlen is None or is_int(max_seqlen))
+    )
 
 
 class RotaryEmbedding(nn.Module):
@@ -70,9 +84,12 @@ class RotaryEmbedding(nn.Module):
         ``rope_theta``.
     max_positions : int, optional
         Positions the tables cover up front (default ``max_position_embeddings`` or 4096). Longer inputs
-        whose length is known on the host grow them; device-side positions past them give NaN in calls
-        that read the tables, and their exact rotation in calls that compute cos/sin (which cover every
-        position up to 2**31 - 2).
+        whose length is known on the host grow them (atomically: threads sharing the module see old or
+        new tables, whole); device-side positions past them give NaN in calls that read the tables, and
+        their exact rotation in calls that compute cos/sin (which cover every position up to 2**31 - 2).
+        Under ``torch.compile``, where lengths may be symbolic, a call past the tables computes cos/sin
+        instead of growing them inside the graph (with ``compute_cos_sin=False`` or float64 inputs it
+        grows them for that length, specialized).
     scaling : dict, optional
         A Hugging Face ``rope_scaling`` / ``rope_parameters`` dict (``rope_type`` ``linear``,
         ``dynamic``, ``yarn``, ``longrope``, ``llama3``, ``proportional``, ...).
@@ -81,7 +98,9 @@ class RotaryEmbedding(nn.Module):
     max_position_embeddings : int, optional
         The model's ``max_position_embeddings`` (used by ``dynamic``, ``longrope`` and some ``yarn``).
     device : torch.device, optional
-        Where to build the tables (``"meta"`` works: they are built on first use).
+        Where to build the tables (default: the current default device). ``"meta"``, or building under
+        ``with torch.device("meta")`` (deferred init), works: after ``to_empty(device=...)`` the tables are
+        built on first use, or by ``reset_parameters()``.
     max_table_bytes : int
         Largest size of full cos/sin tables (float32, ``2 * positions * rotary_dim / 2 * 4`` bytes;
         default 64 MiB: 131072 positions at rotary_dim 128); larger ones are split (see above).
@@ -140,6 +159,8 @@ class RotaryEmbedding(nn.Module):
                 "original_max_position_embeddings in scaling), got neither"
             )
         self._tables_valid = False
+        # Serializes table growth with the calls that read the tables: a call sees old or new tables, whole.
+        self._lock = threading.RLock()
         empty = torch.empty(0, self.rotary_dim // 2, device=device)
         for name in _TABLES:
             self.register_buffer(name, empty.clone(), persistent=False)
@@ -149,10 +170,16 @@ class RotaryEmbedding(nn.Module):
 
     @classmethod
     def from_hf_config(
-        cls, config, *, max_positions: int | None = None, device=None, **overrides
+        cls, config, *, layer_type: str | None = None, max_positions: int | None = None, device=None,
+        **overrides,
     ) -> RotaryEmbedding:
         """Build from a transformers config (``head_dim``, ``rope_theta``, ``partial_rotary_factor``,
         ``rope_scaling`` / ``rope_parameters``, ``max_position_embeddings``).
+
+        ``layer_type`` picks the layers' RoPE in configs whose layer types rotate differently (Gemma 3:
+        ``"sliding_attention"`` or ``"full_attention"``; see :func:`rope_triton.angles.parse_hf_config`):
+        one module per layer type. ``overrides`` replace what the config gives (``interleaved``,
+        ``compute_cos_sin``, ...).
 
         Examples
         --------
@@ -161,7 +188,7 @@ class RotaryEmbedding(nn.Module):
         >>> rope.head_dim, rope.rotary_dim
         (64, 64)
         """
-        kw = angles.parse_hf_config(config)
+        kw = angles.parse_hf_config(config, layer_type=layer_type)
         # GPT-J and CodeGen rotate interleaved pairs; the other families rotate half-split pairs.
         if isinstance(config, dict):
             model_type = config.get("model_type")
@@ -210,23 +237,24 @@ class RotaryEmbedding(nn.Module):
         )
 
     def _build_tables(self, positions: int, device: torch.device) -> None:
-        self.max_positions = max(self.max_positions, positions)
+        # Built first, then published with max_positions: never a max_positions the tables do not cover
+        # (also when building fails, e.g. out of memory).
+        n = max(self.max_positions, positions)
         if device.type == "meta":
-            self._tables_valid = False
+            self.max_positions, self._tables_valid = n, False
             return
-        full_bytes = 2 * self.max_positions * self._inv_freq.numel() * 4
+        full_bytes = 2 * n * self._inv_freq.numel() * 4
         # low_bits 0: one row per position, and a one-row low table (angle 0) that is not passed on.
-        low_bits = 0 if full_bytes <= self.max_table_bytes else angles.default_low_bits(self.max_positions)
-        tables = angles.split_tables(
-            self._inv_freq, self.max_positions, low_bits=low_bits,
-            attention_factor=self.attention_factor, device=device,
-        )
-        for name, t in zip(_TABLES, tables, strict=True):
-            setattr(self, name, t)
+        low_bits = 0 if full_bytes <= self.max_table_bytes else angles.default_low_bits(n)
+        # (Checked values: _split_tables does not check them again, which torch.compile could not trace.)
+        tables = _split_tables(self._inv_freq, n, low_bits, self.attention_factor, device)
         # Built on the host when the frequencies change (exact rational arithmetic: untraceable, and ~4 ms);
         # here only moved, so that a table rebuild inside torch.compile stays traceable.
-        self.freq_table = self._freq_table_host.to(device)
-        self._tables_valid = True
+        freq_table = self._freq_table_host.to(device)
+        for name, t in zip(_TABLES, tables, strict=True):
+            setattr(self, name, t)
+        self.freq_table = freq_table
+        self.max_positions, self._tables_valid = n, True
 
     def _set_frequencies(self, inv_freq: torch.Tensor, attention_factor: float) -> None:
         self._inv_freq, self.attention_factor = inv_freq, attention_factor
@@ -254,13 +282,23 @@ class RotaryEmbedding(nn.Module):
 
     def reset_parameters(self) -> None:
         """Rebuild the tables (e.g. after ``to_empty``)."""
-        self._build_tables(self.max_positions, self.cos_hi.device)
+        with self._lock:
+            self._build_tables(self.max_positions, self.cos_hi.device)
 
     def _apply(self, fn, recurse=True):
         was_meta = self.cos_hi.is_meta
         out = super()._apply(fn, recurse)
         _mark_tables_after_apply(self, _TABLES, was_meta)
         return out
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_lock", None)  # a lock neither pickles nor deep-copies; each copy gets its own
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._lock = threading.RLock()
 
     # ---- forward ----------------------------------------------------------------------------------
     @staticmethod
@@ -290,25 +328,31 @@ class RotaryEmbedding(nn.Module):
         ``longrope`` scaling with device-side positions or offsets: their frequencies depend on the
         longest position, which Hugging Face reads with a sync too.
         """
-        length = self._host_length(q, layout, positions, offsets, max_seqlen)
-        rebuild = _tables_need_rebuild(self, _TABLES, q.device)
-        if self.rope_type in ("dynamic", "longrope"):
-            if length is None:
-                length = self._device_length(q, layout, positions, offsets, cu_seqlens)
-            if length > 0:
-                rebuild |= self._update_frequencies(length)
-        if rebuild or (length is not None and length > self.max_positions):
-            self._build_tables(length or 0, q.device)
-        if self._use_freqs(q, k, layout, positions, cu_seqlens):
+        if self.rope_type in ("dynamic", "longrope") or not _plain_call(q, layout, offsets, max_seqlen):
+            # A bad argument is named as apply_rotary names it, before a length is computed from it.
+            check_call(
+                q, k, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
+                layout=layout, inplace=inplace,
+            )
+        if torch.compiler.is_compiling():
+            # (Dynamo traces no lock; growth inside a graph is avoided anyway, see _prepare.)
+            use_freqs, tables = self._prepare(q, k, layout, positions, offsets, cu_seqlens, max_seqlen, True)
+        else:
+            with self._lock:
+                use_freqs, tables = self._prepare(
+                    q, k, layout, positions, offsets, cu_seqlens, max_seqlen, False
+                )
+        cos_hi, sin_hi, cos_lo, sin_lo, freq_table = tables
+        if use_freqs:
             return apply_rotary(
-                q, k, freqs=self.freq_table, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens,
+                q, k, freqs=freq_table, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens,
                 max_seqlen=max_seqlen, layout=layout, interleaved=self.interleaved,
                 rotary_dim=self.rotary_dim, inplace=inplace,
             )
         return apply_rotary(
-            q, k, self.cos_hi, self.sin_hi,
-            cos_lo=self.cos_lo if self.cos_lo.shape[0] > 1 else None,
-            sin_lo=self.sin_lo if self.sin_lo.shape[0] > 1 else None,
+            q, k, cos_hi, sin_hi,
+            cos_lo=cos_lo if cos_lo.shape[0] > 1 else None,
+            sin_lo=sin_lo if sin_lo.shape[0] > 1 else None,
             positions=positions,
             offsets=offsets,
             cu_seqlens=cu_seqlens,
@@ -318,6 +362,33 @@ class RotaryEmbedding(nn.Module):
             rotary_dim=self.rotary_dim,
             inplace=inplace,
         )
+
+    def _prepare(self, q, k, layout, positions, offsets, cu_seqlens, max_seqlen, compiling: bool):
+        """Bring frequencies and tables up to this call; returns (use_freqs, the tables read together)."""
+        length = self._host_length(q, layout, positions, offsets, max_seqlen)
+        rebuild = _tables_need_rebuild(self, _TABLES, q.device)
+        if self.rope_type in ("dynamic", "longrope"):
+            if length is None:
+                length = self._device_length(q, layout, positions, offsets, cu_seqlens)
+            elif compiling:
+                # Their frequencies follow the exact length: a symbolic one is specialized (index() guards
+                # on its value; int() keeps it symbolic).
+                length = operator.index(length)
+            if length > 0:
+                rebuild |= self._update_frequencies(length)
+        grow = length is not None and length > self.max_positions
+        computed = False
+        if grow and compiling:
+            if self.compute_cos_sin is not False and q.dtype != torch.float64:
+                # No growth inside a graph, where the length may be symbolic (dynamic shapes): past the
+                # tables the kernel computes cos/sin, exact at any position; eager calls grow the tables.
+                grow, computed = False, True
+            else:
+                length = operator.index(length)  # tables only: grown as in eager, for this length
+        if rebuild or grow:
+            self._build_tables(length if grow else self.max_positions, q.device)
+        use_freqs = computed or self._use_freqs(q, k, layout, positions, cu_seqlens)
+        return use_freqs, (self.cos_hi, self.sin_hi, self.cos_lo, self.sin_lo, self.freq_table)
 
     def _use_freqs(self, q, k, layout, positions, cu_seqlens) -> bool:
         if not isinstance(q, torch.Tensor) or q.dtype == torch.float64:
@@ -401,7 +472,11 @@ class TritonRotary(nn.Module):
     def _build(self, device: torch.device) -> None:
         inv_freq = angles.seed_inv_freq(self.dim)
         self.cos, self.sin = angles.cos_sin_tables(inv_freq, self.max_seq_len, device=device)
-        self._tables_valid = True
+        self._tables_valid = device.type != "meta"  # meta tables hold no values: build at first use
+
+    def reset_parameters(self) -> None:
+        """Rebuild the tables (e.g. after ``to_empty``)."""
+        self._build(self.cos.device)
 
     def _apply(self, fn, recurse=True):
         was_meta = self.cos.is_meta
@@ -410,6 +485,7 @@ class TritonRotary(nn.Module):
         return out
 
     def _check(self, name: str, x: torch.Tensor) -> None:
+        check_tensor(name, x)
         if x.dim() != 4:
             hint = ""
             if x.dim() == 3:

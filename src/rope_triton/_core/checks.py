@@ -45,6 +45,17 @@ class Problem(NamedTuple):
     table_batch: bool = False
 
 
+def _dim_names(layout: str) -> str:
+    # thd has no batch axis; its sequence axis holds the total tokens of the packed batch.
+    roles = ("batch", "total_tokens" if layout == "thd" else "seq", "heads", "head_dim")
+    pairs = zip(BSHD_AXES[layout], roles, strict=True)
+    return "(" + ", ".join(role for _, role in sorted((a, r) for a, r in pairs if a is not None)) + ")"
+
+
+# Each layout's dims in tensor order, for messages: "(batch, heads, seq, head_dim)" for 'bhsd'.
+_DIMS = {layout: _dim_names(layout) for layout in LAYOUTS}
+
+
 def _shape(t: torch.Tensor) -> str:
     return f"shape {tuple(t.shape)}"
 
@@ -54,15 +65,33 @@ def _bshd_sizes(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
     return tuple(1 if axis is None else shape[axis] for axis in BSHD_AXES[layout])
 
 
-def _check_qk(name: str, x: object, layout: str) -> None:
+def check_tensor(name: str, x: object) -> None:
+    """Raise the TypeError naming ``name`` unless ``x`` is a tensor."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+
+
+def _check_qk(name: str, x: object, layout: str) -> None:
+    check_tensor(name, x)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: expected dtype float32, float16, bfloat16 or float64, got {x.dtype}")
     rank = 3 if layout == "thd" else 4
     if x.dim() != rank:
-        dims = "(total_tokens, heads, head_dim)" if layout == "thd" else f"4 dims in {layout!r} order"
-        raise ValueError(f"{name}: layout {layout!r} expects a {rank}-D tensor {dims}, got {_shape(x)}")
+        hint = ""
+        if x.dim() == 3 and rank == 4:
+            hint = (
+                ": split a (batch, seq, heads * head_dim) projection into heads first, e.g. "
+                "x.unflatten(-1, (heads, head_dim)) is in layout 'bshd'"
+            )
+        raise ValueError(
+            f"{name}: layout {layout!r} expects a {rank}-D tensor {_DIMS[layout]}, got {_shape(x)}{hint}"
+        )
+
+
+def is_int(x: object) -> bool:
+    """An int argument: a Python int (not a bool) or, under torch.compile / export with dynamic shapes, a
+    SymInt (sizes and the ints derived from them)."""
+    return isinstance(x, (int, torch.SymInt)) and not isinstance(x, bool)
 
 
 def _check_index(name: str, t: object) -> torch.Tensor:
@@ -71,6 +100,157 @@ def _check_index(name: str, t: object) -> torch.Tensor:
     if t.dtype not in INDEX_DTYPES:
         raise TypeError(f"{name}: expected dtype int32 or int64, got {t.dtype}")
     return t
+
+
+def _check_flags(interleaved, inplace, conjugate) -> None:
+    for name, flag in (("interleaved", interleaved), ("inplace", inplace), ("conjugate", conjugate)):
+        if not isinstance(flag, (bool, torch.SymBool)):
+            raise TypeError(f"{name}: expected a bool, got {type(flag).__name__} {flag!r}")
+
+
+def _check_layout(layout: object) -> None:
+    if type(layout) is not str or layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
+
+
+def _check_q_and_k(q: object, k: object, layout: str) -> tuple[int, int, int, int, int]:
+    """(batch, seqlen, heads_q, heads_k, head_dim); heads_k is 0 without k."""
+    _check_qk("q", q, layout)
+    batch, seqlen, heads_q, head_dim = _bshd_sizes(q, layout)
+    heads_k = 0
+    if k is not None:
+        _check_qk("k", k, layout)
+        if k.dtype != q.dtype:
+            raise TypeError(f"k: expected the dtype of q ({q.dtype}), got {k.dtype}")
+        kb, ks, heads_k, kd = _bshd_sizes(k, layout)
+        for what, a, b in (("batch", batch, kb), ("sequence length", seqlen, ks), ("head_dim", head_dim, kd)):
+            if a != b:
+                raise ValueError(
+                    f"k: expected the {what} of q ({a}) in "
+                    f"layout {layout!r}, got {b} ({_shape(k)})"
+                )
+    return batch, seqlen, heads_q, heads_k, head_dim
+
+
+def _check_devices(q: torch.Tensor, named: list) -> None:
+    # Everything on q's device (a table on another GPU would be an illegal address).
+    for name, t in named:
+        if isinstance(t, torch.Tensor) and t.device != q.device:
+            raise ValueError(f"{name}: expected a tensor on q's device {q.device}, got {t.device}")
+
+
+def _check_cu_seqlens(cu_seqlens: object, layout: str, batch: int, total_tokens: int) -> int:
+    """The number of sequences: packed ones (thd), else the batch."""
+    if layout != "thd":
+        if cu_seqlens is not None:
+            raise ValueError(f"cu_seqlens: only used with layout 'thd', got a tensor with layout {layout!r}")
+        return batch
+    if cu_seqlens is None:
+        raise ValueError("cu_seqlens: layout 'thd' needs cu_seqlens of shape (num_seqs + 1,), got None")
+    _check_index("cu_seqlens", cu_seqlens)
+    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
+        raise ValueError(
+            "cu_seqlens: expected shape (num_seqs + 1,) "
+            f"with num_seqs >= 1, got {_shape(cu_seqlens)}"
+        )
+    if cu_seqlens.stride(0) != 1:
+        # The kernel's binary search reads the boundaries as consecutive elements.
+        raise ValueError(
+            f"cu_seqlens: expected consecutive elements (stride 1), got stride {cu_seqlens.stride(0)}: "
+            "pass cu_seqlens.contiguous()"
+        )
+    # Boundaries held on the host cost no device sync to read: out-of-order ones would make positions
+    # up. (Device tensors are not read; fake and functional tensors under tracing have no values.)
+    on_host = cu_seqlens.device.type == "cpu" and type(cu_seqlens) is torch.Tensor
+    if on_host and not torch.compiler.is_compiling():
+        _check_host_boundaries(cu_seqlens, total_tokens)
+    return cu_seqlens.shape[0] - 1
+
+
+def _check_host_boundaries(cu_seqlens: torch.Tensor, total_tokens: int) -> None:
+    first, last = int(cu_seqlens[0]), int(cu_seqlens[-1])
+    if first != 0:
+        raise ValueError(f"cu_seqlens: expected 0 as the first boundary, got {first}")
+    if last != total_tokens:
+        raise ValueError(
+            f"cu_seqlens: expected total_tokens = {total_tokens} (dim 0 of q) as the last boundary, "
+            f"got {last}"
+        )
+    drops = (cu_seqlens[1:] < cu_seqlens[:-1]).nonzero()
+    if drops.numel():
+        i = int(drops[0, 0])
+        raise ValueError(
+            f"cu_seqlens: expected non-decreasing boundaries, got {int(cu_seqlens[i])} then "
+            f"{int(cu_seqlens[i + 1])} (elements {i} and {i + 1})"
+        )
+
+
+def _check_max_seqlen(max_seqlen: object, layout: str) -> None:
+    if max_seqlen is not None:
+        if not is_int(max_seqlen):
+            raise TypeError(f"max_seqlen: expected an int or None, got {type(max_seqlen).__name__}")
+        if max_seqlen < 0:
+            raise ValueError(f"max_seqlen: expected a non-negative int or None, got {max_seqlen}")
+        if layout != "thd":
+            raise ValueError(f"max_seqlen: only used with layout 'thd', got it with layout {layout!r}")
+
+
+def _check_positions_or_offsets(positions, offsets, layout: str, batch: int, seqlen: int, n_seqs: int) -> int:
+    """The position mode (POS_*) of valid ``positions`` / ``offsets``."""
+    if positions is not None:
+        if offsets is not None:
+            raise ValueError("offsets: positions and offsets are mutually exclusive, got both")
+        _check_index("positions", positions)
+        if layout == "thd":
+            if tuple(positions.shape) != (seqlen,):
+                raise ValueError(
+                    "positions: layout 'thd' expects shape (total_tokens,) "
+                    f"= ({seqlen},), got {_shape(positions)}"
+                )
+        elif positions.dim() not in (1, 2) or not _broadcasts(tuple(positions.shape), (batch, seqlen)):
+            raise ValueError(
+                f"positions: expected shape (batch, seq) = ({batch}, {seqlen}) (or (1, seq), (seq,)), "
+                f"got {_shape(positions)}"
+            )
+        return POS_EXPLICIT
+    if isinstance(offsets, torch.Tensor):
+        _check_index("offsets", offsets)
+        if tuple(offsets.shape) != (n_seqs,):
+            what = "(num_seqs,)" if layout == "thd" else "(batch,)"
+            raise ValueError(f"offsets: expected shape {what} = ({n_seqs},), got {_shape(offsets)}")
+        return POS_OFFSETS
+    if offsets is not None:
+        if not is_int(offsets):
+            raise TypeError(
+                "offsets: expected an int, an int tensor "
+                f"or None, got {type(offsets).__name__}"
+            )
+        if offsets < 0:
+            raise ValueError(f"offsets: expected a non-negative int, got {offsets}")
+    return POS_DEFAULT
+
+
+def check_call(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    *,
+    positions: torch.Tensor | None,
+    offsets: int | torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    max_seqlen: int | None,
+    layout: str,
+    inplace: bool = False,
+) -> None:
+    """The checks of :func:`check` that need no tables, with the same errors: what the modules run before
+    they compute anything (lengths, frequencies) from their arguments."""
+    _check_flags(False, inplace, False)
+    _check_layout(layout)
+    batch, seqlen, *_ = _check_q_and_k(q, k, layout)
+    named = [("k", k), ("positions", positions), ("cu_seqlens", cu_seqlens)]
+    _check_devices(q, named + ([("offsets", offsets)] if isinstance(offsets, torch.Tensor) else []))
+    n_seqs = _check_cu_seqlens(cu_seqlens, layout, batch, seqlen)
+    _check_max_seqlen(max_seqlen, layout)
+    _check_positions_or_offsets(positions, offsets, layout, batch, seqlen, n_seqs)
 
 
 def check(
@@ -94,25 +274,9 @@ def check(
 ) -> Problem:
     """Validate the arguments of ``apply_rotary`` and derive the :class:`Problem`. With ``freqs``, ``cos``
     is the ``freqs`` argument (a :func:`rope_triton.angles.freq_table`) and ``sin`` the same tensor."""
-    for name, flag in (("interleaved", interleaved), ("inplace", inplace), ("conjugate", conjugate)):
-        if type(flag) is not bool:
-            raise TypeError(f"{name}: expected a bool, got {type(flag).__name__} {flag!r}")
-    if type(layout) is not str or layout not in LAYOUTS:
-        raise ValueError(f"layout: expected one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
-    _check_qk("q", q, layout)
-    batch, seqlen, heads_q, head_dim = _bshd_sizes(q, layout)
-    heads_k = 0
-    if k is not None:
-        _check_qk("k", k, layout)
-        if k.dtype != q.dtype:
-            raise TypeError(f"k: expected the dtype of q ({q.dtype}), got {k.dtype}")
-        kb, ks, heads_k, kd = _bshd_sizes(k, layout)
-        for what, a, b in (("batch", batch, kb), ("sequence length", seqlen, ks), ("head_dim", head_dim, kd)):
-            if a != b:
-                raise ValueError(
-                    f"k: expected the {what} of q ({a}) in "
-                    f"layout {layout!r}, got {b} ({_shape(k)})"
-                )
+    _check_flags(interleaved, inplace, conjugate)
+    _check_layout(layout)
+    batch, seqlen, heads_q, heads_k, head_dim = _check_q_and_k(q, k, layout)
 
     if freqs:
         _check_freq_table(cos, q, cos_lo)
@@ -154,8 +318,21 @@ def check(
         lo_bits = rows_lo.bit_length() - 1
 
     if rotary_dim is None:
-        rotary_dim = 2 * cos.shape[-1]
-    elif isinstance(rotary_dim, bool) or not isinstance(rotary_dim, int):
+        width = cos.shape[-1]
+        if 2 * width > head_dim:
+            # The caller gave no rotary_dim: the table's width is what is wrong (R/2 columns are read).
+            hint = ""
+            if not freqs and width <= head_dim and width % 2 == 0:
+                hint = (
+                    f"; Hugging Face's full-width tables (cat(freqs, freqs), width rotary_dim) are read with "
+                    f"rotary_dim={width}"
+                )
+            raise ValueError(
+                f"{tables[0][0]}: expected at most head_dim // 2 = {head_dim // 2} columns, "
+                f"got {_shape(cos)} (rotary_dim defaults to twice the width){hint}"
+            )
+        rotary_dim = 2 * width
+    elif not is_int(rotary_dim):
         raise TypeError(f"rotary_dim: expected an int or None, got {type(rotary_dim).__name__}")
     if rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
         raise ValueError(f"rotary_dim: expected an even int in (0, head_dim={head_dim}], got {rotary_dim}")
@@ -165,40 +342,10 @@ def check(
             f"got {_shape(cos)}"
         )
 
-    # Devices: everything on q's device (a table on another GPU would be an illegal address).
     named = [("k", k), *tables, ("positions", positions), ("cu_seqlens", cu_seqlens)]
-    if isinstance(offsets, torch.Tensor):
-        named.append(("offsets", offsets))
-    for name, t in named:
-        if isinstance(t, torch.Tensor) and t.device != q.device:
-            raise ValueError(f"{name}: expected a tensor on q's device {q.device}, got {t.device}")
-
-    n_seqs = batch
-    if layout == "thd":
-        if cu_seqlens is None:
-            raise ValueError("cu_seqlens: layout 'thd' needs cu_seqlens of shape (num_seqs + 1,), got None")
-        _check_index("cu_seqlens", cu_seqlens)
-        if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
-            raise ValueError(
-                "cu_seqlens: expected shape (num_seqs + 1,) "
-                f"with num_seqs >= 1, got {_shape(cu_seqlens)}"
-            )
-        if cu_seqlens.stride(0) != 1:
-            # The kernel's binary search reads the boundaries as consecutive elements.
-            raise ValueError(
-                f"cu_seqlens: expected consecutive elements (stride 1), got stride {cu_seqlens.stride(0)}: "
-                "pass cu_seqlens.contiguous()"
-            )
-        n_seqs = cu_seqlens.shape[0] - 1
-    elif cu_seqlens is not None:
-        raise ValueError(f"cu_seqlens: only used with layout 'thd', got a tensor with layout {layout!r}")
-    if max_seqlen is not None:
-        if type(max_seqlen) is not int:
-            raise TypeError(f"max_seqlen: expected an int or None, got {type(max_seqlen).__name__}")
-        if max_seqlen < 0:
-            raise ValueError(f"max_seqlen: expected a non-negative int or None, got {max_seqlen}")
-        if layout != "thd":
-            raise ValueError(f"max_seqlen: only used with layout 'thd', got it with layout {layout!r}")
+    _check_devices(q, named + ([("offsets", offsets)] if isinstance(offsets, torch.Tensor) else []))
+    n_seqs = _check_cu_seqlens(cu_seqlens, layout, batch, seqlen)
+    _check_max_seqlen(max_seqlen, layout)
 
     table_batch = cos.dim() == 3
     if table_batch and cos.shape[0] not in (1, n_seqs):
@@ -207,41 +354,11 @@ def check(
             f"cos: per-sequence tables need a first dim of {what} = {n_seqs} (or 1), got {_shape(cos)}"
         )
     table_rows = FREQ_MAX_POSITION + 1 if freqs else cos.shape[-2] << lo_bits
+    pos_mode = _check_positions_or_offsets(positions, offsets, layout, batch, seqlen, n_seqs)
     offset = 0
     max_offset = float("inf")
-    if positions is not None:
-        if offsets is not None:
-            raise ValueError("offsets: positions and offsets are mutually exclusive, got both")
-        _check_index("positions", positions)
-        if layout == "thd":
-            if tuple(positions.shape) != (seqlen,):
-                raise ValueError(
-                    "positions: layout 'thd' expects shape (total_tokens,) "
-                    f"= ({seqlen},), got {_shape(positions)}"
-                )
-        elif positions.dim() not in (1, 2) or not _broadcasts(tuple(positions.shape), (batch, seqlen)):
-            raise ValueError(
-                f"positions: expected shape (batch, seq) = ({batch}, {seqlen}) (or (1, seq), (seq,)), "
-                f"got {_shape(positions)}"
-            )
-        pos_mode = POS_EXPLICIT
-    elif isinstance(offsets, torch.Tensor):
-        _check_index("offsets", offsets)
-        if tuple(offsets.shape) != (n_seqs,):
-            what = "(num_seqs,)" if layout == "thd" else "(batch,)"
-            raise ValueError(f"offsets: expected shape {what} = ({n_seqs},), got {_shape(offsets)}")
-        pos_mode = POS_OFFSETS
-    else:
-        if offsets is not None:
-            if isinstance(offsets, bool) or not isinstance(offsets, int):
-                raise TypeError(
-                    "offsets: expected an int, an int tensor "
-                    f"or None, got {type(offsets).__name__}"
-                )
-            if offsets < 0:
-                raise ValueError(f"offsets: expected a non-negative int, got {offsets}")
-            offset = offsets
-        pos_mode = POS_DEFAULT
+    if pos_mode == POS_DEFAULT:
+        offset = 0 if offsets is None else offsets
         longest = seqlen if layout != "thd" else max_seqlen
         if longest:
             max_offset = table_rows - longest
@@ -264,9 +381,13 @@ def check(
                     f"{name}: inplace=True needs a tensor whose "
                     "elements do not overlap (e.g. not expanded)"
                 )
-        # The kernel writes q before it reads k: the same memory would be rotated twice.
-        if k is not None and k.numel() and q.numel() and _same_address(q, k):
-            raise ValueError("k: inplace=True needs q and k in separate memory, got k sharing q's")
+        # The kernel writes q before it reads k: memory in both would be rotated twice.
+        if k is not None and k.numel() and q.numel() and _may_share_elements(q, k):
+            raise ValueError(
+                "k: inplace=True needs q and k in separate memory, got k sharing elements with q "
+                f"(q: {_shape(q)}, strides {q.stride()}; k: {_shape(k)}, strides {k.stride()}, "
+                f"{k.data_ptr() - q.data_ptr():+d} bytes from q)"
+            )
     broadcast = pos_mode == POS_EXPLICIT and (
         positions.dim() == 1 or positions.shape[0] == 1 or positions.stride(0) == 0
     )
@@ -297,14 +418,61 @@ def _check_freq_table(freqs: object, q: torch.Tensor, cos_lo: torch.Tensor | Non
         raise ValueError("cos_lo: split tables and freqs are exclusive, got both")
 
 
-def _same_address(a: torch.Tensor, b: torch.Tensor) -> bool:
+# Search nodes after which _may_share_elements gives up and answers "may overlap" (strides no view of a
+# real layout has); the views slicing and striding make need a handful.
+_OVERLAP_SEARCH_BUDGET = 256
+
+
+def _may_share_elements(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether non-empty ``a`` and ``b`` (same dtype) may have an element at the same address, from their
+    addresses, sizes and strides alone (no device access).
+
+    Exact for the views that slicing, striding and transposing make (fused qkv slices, even/odd heads: no
+    overlap); conservative (True) for stride patterns whose search exceeds a small budget.
+    """
     # Fake tensors (torch.compile, opcheck) answer data_ptr() with 0 for all: they have no address.
     if isinstance(a, FakeTensor) or isinstance(b, FakeTensor):
         return False
     try:
-        return a.data_ptr() == b.data_ptr()
+        pa, pb = a.data_ptr(), b.data_ptr()
     except RuntimeError:  # functional tensors while tracing have no address
         return False
+    size = a.element_size()
+    end_a = pa + size * (1 + sum((n - 1) * st for n, st in zip(a.shape, a.stride(), strict=True)))
+    end_b = pb + size * (1 + sum((n - 1) * st for n, st in zip(b.shape, b.stride(), strict=True)))
+    if end_a <= pb or end_b <= pa:
+        return False  # disjoint address spans: the common case of separate tensors
+    if (pb - pa) % size:
+        return True  # elements not aligned to each other: they straddle, cannot tell cheaply
+    # Element i of a (index i_d along dim d) and element j of b coincide when
+    # sum_d i_d * stride_a[d] - sum_d j_d * stride_b[d] = (pb - pa) / size. Terms of one stride merge into
+    # a coefficient c in [-(size_b - 1), size_a - 1] (a sum of integer ranges is an integer range).
+    ranges: dict[int, list[int]] = {}
+    for sign, t in ((1, a), (-1, b)):
+        for n, st in zip(t.shape, t.stride(), strict=True):
+            if n > 1 and st:
+                lo_hi = ranges.setdefault(st, [0, 0])
+                lo_hi[0 if sign < 0 else 1] += sign * (n - 1)
+    terms = sorted(ranges.items(), reverse=True)
+    return _representable((pb - pa) // size, terms, [_OVERLAP_SEARCH_BUDGET])
+
+
+def _representable(target: int, terms: list[tuple[int, list[int]]], budget: list[int]) -> bool:
+    """Whether ``target = sum(c_t * w_t)`` with integers ``lo_t <= c_t <= hi_t`` (``terms``: (w_t, [lo_t,
+    hi_t]), w_t > 0, largest first); True too once ``budget`` nodes are spent (conservative)."""
+    if not terms:
+        return target == 0
+    (w, (lo, hi)), rest = terms[0], terms[1:]
+    rest_lo = sum(wr * lr for wr, (lr, _) in rest)
+    rest_hi = sum(wr * hr for wr, (_, hr) in rest)
+    # The smaller strides reach target - c * w only within [rest_lo, rest_hi]: few c are left.
+    first = max(lo, -((rest_hi - target) // w))  # ceil((target - rest_hi) / w)
+    last = min(hi, (target - rest_lo) // w)
+    for c in range(first, last + 1):
+        budget[0] -= 1
+        if budget[0] < 0 or _representable(target - c * w, rest, budget):
+            return True
+    return False
 
 
 def _broadcasts(shape: tuple[int, ...], target: tuple[int, int]) -> bool:

@@ -32,8 +32,9 @@ POS_OFFSETS = 1  # index in its sequence + POS[sequence] (per-sequence offsets)
 POS_TOKENS = 2  # POS[token]: explicit positions, (batch, seq) contiguous or (total_tokens,)
 POS_SHARED = 3  # POS[index in sequence]: one row of explicit positions for the whole batch
 # (the kernel reads module globals only as constexprs)
-_TOKENS, _Q_FIRST, _DECODE = tl.constexpr(ORDER_TOKENS), tl.constexpr(ORDER_Q_FIRST), tl.constexpr(ORDER_DECODE)
-_OFFSET, _OFFSETS = tl.constexpr(POS_OFFSET), tl.constexpr(POS_OFFSETS)
+_TOKENS, _Q_FIRST = tl.constexpr(ORDER_TOKENS), tl.constexpr(ORDER_Q_FIRST)
+_DECODE = tl.constexpr(ORDER_DECODE)
+_OFFSETS = tl.constexpr(POS_OFFSETS)
 _TOKEN_POS, _SHARED_POS = tl.constexpr(POS_TOKENS), tl.constexpr(POS_SHARED)
 
 _CHUNK_BITS = tl.constexpr(FREQ_CHUNK_BITS)
@@ -378,11 +379,13 @@ def rotary_kernel(
         have = (0.0, 0.0, 0.0, 0.0)
     q_strides = (q_stride_b, q_stride_s, q_stride_h)
     if K is None:
-        _program(Q, Q_OUT, q_strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, have, SHAPE, HEADS_Q, BT_Q, BH_Q,
-                 INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER, SAME)
+        _program(Q, Q_OUT, q_strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, have,
+                 SHAPE,
+                 HEADS_Q, BT_Q, BH_Q, INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER, SAME)
     elif is_q:
-        _program(Q, Q_OUT, q_strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, have, SHAPE, HEADS_Q, BT_Q, BH_Q,
-                 INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER, SAME)
+        _program(Q, Q_OUT, q_strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, have,
+                 SHAPE,
+                 HEADS_Q, BT_Q, BH_Q, INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER, SAME)
     else:
         _program(K, K_OUT, (k_stride_b, k_stride_s, k_stride_h), blk, chunk - q_chunks, POS, CU, sizes, COS, SIN,
                  COS_LO, SIN_LO, table, have,

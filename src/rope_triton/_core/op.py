@@ -18,10 +18,11 @@ import contextlib
 import os
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.library import triton_op, wrap_triton
 
 from .. import reference
-from .checks import Problem, check
+from .checks import Problem, check, check_call, check_tensor, is_int  # noqa: F401 (check_call, check_tensor, is_int: for modules)
 from .kernels import rotary_kernel
 from .launch import LaunchPlans, launch, prefers_freqs, signature  # noqa: F401 (prefers_freqs: for modules)
 from .operands import Operands
@@ -93,7 +94,8 @@ def run(
     """Rotate without autograd; returns the outputs (the inputs themselves when ``inplace``). With
     ``plan_key`` (eager CUDA calls) the launch is recorded in :data:`PLANS` for replay."""
     q, k = ops.q, ops.k
-    compiling = torch.compiler.is_compiling()
+    # Traced: by torch.compile, or by make_fx / export, which run this code itself on fake tensors.
+    compiling = torch.compiler.is_compiling() or isinstance(q, FakeTensor)
     if compiling and q.device.type == "cuda":
         args = (
             ops.cos, ops.sin, ops.cos_lo, ops.sin_lo, ops.positions, ops.offsets, ops.cu_seqlens,
@@ -220,6 +222,8 @@ def apply(
         )
     if needs_grad:
         if inplace:
+            if _is_view(q) or _is_view(k):
+                return _inplace_on_views(p, ops, interleaved, conjugate)
             _refuse_inplace_on_leaves(q, k)
         return RotaryFunction.apply(q, k, p, ops, interleaved, conjugate, inplace, key)
     out = run(p, ops, interleaved=interleaved, conjugate=conjugate, inplace=inplace, plan_key=key)
@@ -228,6 +232,79 @@ def apply(
         # if a saved tensor was overwritten.
         torch.autograd.graph.increment_version([t for t in (q, k) if t is not None])
     return out
+
+
+class RotaryViewFunction(torch.autograd.Function):
+    """Autograd for the in-place rotation of one tensor alone (q, or k as the first tensor of a problem
+    without k): a Function that modifies a view in place may return that one tensor only, so views are
+    rotated one per Function. Backward as :class:`RotaryFunction`'s."""
+
+    @staticmethod
+    def forward(ctx, x, p, ops, interleaved, conjugate):
+        run(p, ops._replace(q=x, k=None), interleaved=interleaved, conjugate=conjugate, inplace=True)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(ops.cos, ops.sin, ops.cos_lo, ops.sin_lo, ops.positions, ops.offsets,
+                              ops.cu_seqlens)
+        ctx.p, ctx.interleaved, ctx.conjugate = p, interleaved, conjugate
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        ops = Operands(grad, None, *ctx.saved_tensors)
+        # Out of place, through RotaryFunction: double backward works too.
+        g, _ = RotaryFunction.apply(grad, None, ctx.p, ops, ctx.interleaved, not ctx.conjugate, False)
+        return g, None, None, None, None
+
+
+def _is_view(t: torch.Tensor | None) -> bool:
+    return t is not None and t._base is not None
+
+
+def _refuse_views_autograd_cannot_rebase(q, k) -> None:
+    # PyTorch's own in-place ops refuse these views before writing; a custom Function is refused only
+    # after its forward ran, i.e. after the kernel wrote the rotation. (Dynamo cannot trace the query;
+    # under torch.compile the mutation is functionalized anyway.)
+    get_creation_meta = getattr(torch._C._autograd, "_get_creation_meta", None)
+    if torch.compiler.is_compiling() or get_creation_meta is None:
+        return
+    metas = torch._C._autograd.CreationMeta
+    created = {
+        metas.MULTI_OUTPUT_NODE: "by a function that returns several views (split, chunk, unbind, ...); "
+        "slice it instead, e.g. qkv[:, :, :heads_q]",
+        metas.NO_GRAD_MODE: "in no_grad mode while grad mode is enabled now",
+        metas.INFERENCE_MODE: "in inference mode",
+        metas.IN_CUSTOM_FUNCTION: "inside a custom autograd Function",
+    }
+    for name, t in (("q", q), ("k", k)):
+        if _is_view(t):
+            why = created.get(get_creation_meta(t))
+            if why is not None:
+                raise RuntimeError(
+                    f"{name}: inplace=True with autograd needs a view autograd can track, got a view created "
+                    f"{why}"
+                )
+
+
+def _inplace_on_views(p: Problem, ops: Operands, interleaved: bool, conjugate: bool):
+    """In place with autograd where q or k is a view (of a fused qkv activation, a transpose, ...)."""
+    q, k = ops.q, ops.k
+    _refuse_views_autograd_cannot_rebase(q, k)
+    _refuse_inplace_on_leaves(q, k)
+    if torch.compiler.is_compiling():
+        # AOT autograd cannot trace a Function that modifies a view in place: rotate out of place and copy
+        # into the views, which functionalization turns back into one in-place update.
+        q_out, k_out = RotaryFunction.apply(q, k, p, ops, interleaved, conjugate, False)
+        q.copy_(q_out)
+        if k is not None:
+            k.copy_(k_out)
+        return q, k
+    # A Function that modifies a view in place may return that one tensor only: one Function per tensor,
+    # k rotated as the first tensor of a problem without k.
+    q_out = RotaryViewFunction.apply(q, p._replace(heads_k=0), ops, interleaved, conjugate)
+    if k is None:
+        return q_out, None
+    k_problem = p._replace(heads_q=p.heads_k, heads_k=0)
+    return q_out, RotaryViewFunction.apply(k, k_problem, ops, interleaved, conjugate)
 
 
 def _refuse_inplace_on_leaves(q, k) -> None:

@@ -11,6 +11,13 @@ def _config_get(config, name: str):
     return getattr(config, name, None)
 
 
+def _check_layer_type(layer_type, known: list, why: str) -> None:
+    if layer_type is None:
+        raise ValueError(f"layer_type: {why}, expected one of {known}, got None")
+    if layer_type not in known:
+        raise ValueError(f"layer_type: expected one of {known}, got {layer_type!r}")
+
+
 def parse_hf_config(config, *, layer_type: str | None = None) -> dict:
     """Keyword arguments for :func:`inv_freq_and_scale` from a transformers config.
 
@@ -23,8 +30,11 @@ def parse_hf_config(config, *, layer_type: str | None = None) -> dict:
     config : PretrainedConfig or object or dict
         Anything with the usual config attributes (or a ``config.json`` dict).
     layer_type : str, optional
-        For configs whose ``rope_parameters`` is nested by layer type (Gemma 4,
-        LFM3), which entry to use, e.g. ``"full_attention"``. Required for those.
+        For configs whose layer types rotate differently, which layers' RoPE to read,
+        e.g. ``"sliding_attention"``; required for those: ``rope_parameters`` nested by
+        layer type (transformers 5.x Gemma 3, Gemma 4, LFM3), and transformers 4.x
+        Gemma 3 configs (``rope_local_base_freq`` for sliding layers, unscaled;
+        ``rope_theta`` and ``rope_scaling`` for full attention). Ignored by the others.
         Per-layer ``head_dim`` overrides (Gemma 4's ``global_head_dim``) are not
         resolved; pass ``head_dim`` yourself for such layers.
 
@@ -41,7 +51,7 @@ def parse_hf_config(config, *, layer_type: str | None = None) -> dict:
     ------
     ValueError
         The head size cannot be found (names ``head_dim``), or ``layer_type`` is
-        missing or unknown for a nested config.
+        missing or unknown for a config whose layer types differ.
 
     Examples
     --------
@@ -59,17 +69,18 @@ def parse_hf_config(config, *, layer_type: str | None = None) -> dict:
 
     # Nested: {"full_attention": {...}, "sliding_attention": {...}}.
     if params and any(isinstance(v, dict) for v in params.values()):
-        if layer_type is None:
-            raise ValueError(
-                f"rope_parameters is nested by layer type; pass layer_type, one of {sorted(params)}"
-            )
-        if layer_type not in params:
-            raise ValueError(
-                f"layer_type {layer_type!r} not in rope_parameters, expected one of {sorted(params)}"
-            )
+        _check_layer_type(layer_type, sorted(params), "rope_parameters is nested by layer type")
         if params[layer_type] is None:
-            raise ValueError(f"layer_type {layer_type!r} has no RoPE (rope_parameters entry is None)")
+            raise ValueError(f"layer_type: {layer_type!r} has no RoPE (its rope_parameters entry is None)")
         params = dict(params[layer_type])
+    elif _config_get(config, "rope_local_base_freq") is not None:
+        # transformers 4.x Gemma 3: rope_theta and rope_scaling are the full-attention layers'; sliding
+        # layers rotate by rope_local_base_freq, unscaled (its rotary_emb_local).
+        kinds = {"full_attention", "sliding_attention"} | set(_config_get(config, "layer_types") or ())
+        kinds = sorted(kinds)
+        _check_layer_type(layer_type, kinds, "rope_local_base_freq gives sliding layers their own base")
+        if layer_type == "sliding_attention":
+            params = {"rope_type": "default", "rope_theta": _config_get(config, "rope_local_base_freq")}
     # Lists are copied so that callers can't mutate the config through our dict.
     params = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in params.items()}
 

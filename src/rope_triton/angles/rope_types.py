@@ -25,6 +25,9 @@ from ._args import _as_int, _as_real, _positive_int
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional")
 
 _F64 = torch.float64
+# Frequencies are host values, whatever default device is in effect (a model built under
+# `with torch.device("meta")` still needs real numbers for its tables).
+_HOST = torch.device("cpu")
 _TWO_PI = 2.0 * math.pi
 DEFAULT_BASE = 10000.0
 
@@ -127,7 +130,7 @@ def _check_rotary_dim(rotary_dim, head_dim: int) -> int:
 def _geometric_inv_freq(base: float, num_pairs: int, denom: int) -> torch.Tensor:
     # inv_freq[i] = base ** (-2 i / denom); `denom` is the rotary dim except for
     # proportional RoPE, which keeps the full head_dim's spacing.
-    exponents = torch.arange(0, 2 * num_pairs, 2, dtype=_F64) / denom
+    exponents = torch.arange(0, 2 * num_pairs, 2, dtype=_F64, device=_HOST) / denom
     return 1.0 / (base**exponents)
 
 
@@ -195,7 +198,7 @@ def _yarn(params: dict, base: float, dim: int, max_pos: int | None) -> tuple[tor
     low, high = max(low, 0), min(high, dim - 1)
     if low == high:
         high += 0.001  # HF's guard against a zero-width ramp
-    ramp = ((torch.arange(dim // 2, dtype=_F64) - low) / (high - low)).clamp(0.0, 1.0)
+    ramp = ((torch.arange(dim // 2, dtype=_F64, device=_HOST) - low) / (high - low)).clamp(0.0, 1.0)
 
     extrapolated = _geometric_inv_freq(base, dim // 2, dim)
     interpolated = extrapolated / factor
@@ -219,7 +222,7 @@ def _longrope(
             raise ValueError(f"{key} must have rotary_dim // 2 = {dim // 2} entries, got {len(values)}")
         if any(v <= 0.0 for v in values):
             raise ValueError(f"{key} entries must be > 0")
-        factors[key] = torch.tensor(values, dtype=_F64)
+        factors[key] = torch.tensor(values, dtype=_F64, device=_HOST)
 
     factor = _factor(params, rt, required=False)
     if factor is None:
@@ -406,7 +409,7 @@ def inv_freq_and_scale(
             if rotated == 0:
                 raise ValueError(f"partial_rotary_factor={partial} rotates no pair of head_dim={head_dim}")
         factor = _factor(params, rope_type, required=False) or 1.0
-        inv_freq = torch.zeros(head_dim // 2, dtype=_F64)
+        inv_freq = torch.zeros(head_dim // 2, dtype=_F64, device=_HOST)
         inv_freq[:rotated] = _geometric_inv_freq(base, rotated, head_dim)
         return inv_freq / factor, 1.0
 
@@ -444,7 +447,7 @@ def seed_inv_freq(dim: int) -> torch.Tensor:
     Returns
     -------
     torch.Tensor
-        float64, shape ``(dim // 2,)``.
+        float64, CPU, shape ``(dim // 2,)``.
 
     Examples
     --------
@@ -454,6 +457,6 @@ def seed_inv_freq(dim: int) -> torch.Tensor:
     dim = _as_int(dim, "dim")
     if dim < 4 or dim % 2:
         raise ValueError(f"dim must be even and >= 4, got {dim}")
-    out = torch.zeros(dim // 2, dtype=_F64)
-    out[: dim // 4] = (1.0 / 10000.0) ** torch.linspace(0.0, 1.0, dim // 4, dtype=_F64)
+    out = torch.zeros(dim // 2, dtype=_F64, device=_HOST)
+    out[: dim // 4] = (1.0 / 10000.0) ** torch.linspace(0.0, 1.0, dim // 4, dtype=_F64, device=_HOST)
     return out

@@ -194,6 +194,12 @@ def split_tables(
     if not 0 <= low_bits <= 30:
         raise ValueError(f"low_bits must be in [0, 30], got {low_bits}")
     attention_factor = _as_real(attention_factor, "attention_factor")
+    return _split_tables(inv_freq, num_positions, low_bits, attention_factor, device)
+
+
+def _split_tables(inv_freq, num_positions, low_bits, attention_factor, device):
+    # split_tables past its argument checks: tensor math only, which torch.compile traces also where the
+    # attention factor (a float attribute) is symbolic under dynamic shapes.
     device = inv_freq.device if device is None else torch.device(device)
     inv = inv_freq.to(device=device, dtype=_F64).reshape(-1)
     block = 1 << low_bits
@@ -274,9 +280,12 @@ def freq_table(
             turns = Fraction(value) * scale * _INV_TWO_PI
             row.append(round((turns - math.floor(turns)) * one) % one)
         rows.append(row)
-    table = torch.empty(FREQ_ROWS, len(inv), dtype=torch.int64)
-    table[:FREQ_CHUNKS] = torch.tensor(rows, dtype=torch.int64).reshape(FREQ_CHUNKS, len(inv))
-    factor_bits = torch.full((len(inv),), attention_factor, dtype=torch.float32).view(torch.int32)
+    # Built on the host whatever default device is in effect, then moved.
+    host = torch.device("cpu")
+    table = torch.empty(FREQ_ROWS, len(inv), dtype=torch.int64, device=host)
+    table[:FREQ_CHUNKS] = torch.tensor(rows, dtype=torch.int64, device=host).reshape(FREQ_CHUNKS, len(inv))
+    factor_bits = torch.full((len(inv),), attention_factor, dtype=torch.float32, device=host)
+    factor_bits = factor_bits.view(torch.int32)
     table[FREQ_CHUNKS] = factor_bits.to(torch.int64)
     return table.to(device)
 
