@@ -387,7 +387,6 @@ def rotary_kernel(
                  SHAPE,
                  HEADS_Q, BT_Q, BH_Q, INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER, SAME)
     else:
-        _program(K, K_OUT, (k_stride_b, k_stride_s, k_stride_h), blk, chunk - q_chunks, POS, CU, sizes, COS, SIN,
-                 COS_LO, SIN_LO, table, have,
-                 SHAPE, HEADS_K, BT_K, BH_K, INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER,
+        _program(K, K_OUT, (k_stride_b, k_stride_s, k_stride_h), blk, chunk - q_chunks, POS, CU, sizes, COS,
+                 SIN, COS_LO, SIN_LO, table, have, SHAPE, HEADS_K, BT_K, BH_K, INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER,
                  SAME)

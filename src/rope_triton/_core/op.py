@@ -181,7 +181,8 @@ def apply(
         q.requires_grad or (k is not None and k.requires_grad)
     )
     offsets_t = offsets if isinstance(offsets, torch.Tensor) else None
-    ops = Operands(q, k, cos if freqs is None else freqs, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens)
+    table = cos if freqs is None else freqs
+    ops = Operands(q, k, table, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens)
     key = p = None
     plain_options = (
         type(layout) is str and type(interleaved) is bool and type(inplace) is bool
