@@ -380,10 +380,12 @@ def rotary_kernel(
     q_strides = (q_stride_b, q_stride_s, q_stride_h)
     if K is None:
         _program(Q, Q_OUT, q_strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, have,
-                 SHAPE, HEADS_Q, BT_Q, BH_Q, INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER, SAME)
+                 SHAPE, HEADS_Q, BT_Q, BH_Q, INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER,
+                 SAME)
     elif is_q:
         _program(Q, Q_OUT, q_strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, have,
-                 SHAPE, HEADS_Q, BT_Q, BH_Q, INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER, SAME)
+                 SHAPE, HEADS_Q, BT_Q, BH_Q, INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER,
+                 SAME)
     else:
         _program(K, K_OUT, (k_stride_b, k_stride_s, k_stride_h), blk, chunk - q_chunks, POS, CU, sizes, COS,
                  SIN, COS_LO, SIN_LO, table, have, SHAPE, HEADS_K, BT_K, BH_K, INTERLEAVED, CONJUGATE, LAYOUT,
