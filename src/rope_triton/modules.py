@@ -69,8 +69,8 @@ class RotaryEmbedding(nn.Module):
 
     By default (``compute_cos_sin=None``) each call takes the faster one for its shape
     (:func:`rope_triton._core.launch.prefers_freqs`, measured on H100 and H200 GPUs): tables for decode
-    steps and for batches that share each row, computed cos/sin for long sequences few share (long-32k: 98.4% of a copy
-    against 97.0%) and for any large call once the tables are split. Set ``compute_cos_sin`` to True or
+    steps and for batches that share each row, computed cos/sin for long sequences few share and for any
+    large call once the tables are split. Set ``compute_cos_sin`` to True or
     False for results that do not depend on the call's shape to the last bit (batch invariance). float64
     inputs always read the tables.
 
