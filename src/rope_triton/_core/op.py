@@ -21,6 +21,7 @@ import torch
 from torch.library import triton_op, wrap_triton
 
 from .. import reference
+from . import cpu
 from .checks import Problem, check
 from .kernels import rotary_kernel
 from .launch import LaunchPlans, addresses, launch, plan_key
@@ -146,7 +147,7 @@ def run(
                 plans=PLANS if plan_key is not None and not other_gpu else None, plan_key=plan_key,
             )
     else:
-        _run_reference(
+        cpu.rotate(
             p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved,
             conjugate,
         )
