@@ -301,6 +301,36 @@ def test_decode_step(layout, dtype, offsets_dtype, monkeypatch):
     assert token.isnan().all(-1).all(-1).tolist() == [False, True, True, False]
 
 
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    """The CPU path on one thread and on two (small q and k share one buffer then, index_select swaps
+    pairs on one thread only)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_small_q_and_k_together(layout, interleaved, threads, monkeypatch):
+    together = []
+    rotate_together = cpu._rotate_together
+    monkeypatch.setattr(
+        cpu, "_rotate_together", lambda *args: together.append(rotate_together(*args)) or together[-1]
+    )
+    batch = _batch(layout, 3)
+    for inplace, rotary_dim, view in ((False, 16, "packed"), (True, 12, "transposed"), (False, 16, "padded")):
+        q, k = make_qk(layout, batch, 4, 3, 2, 16, torch.bfloat16, CPU, view)
+        cos, sin = random_tables(9, rotary_dim // 2, CPU)
+        kw = _positions("tensor-offset", layout, batch, 4, 9) | _thd(layout, 4)
+        kw.update(rotary_dim=rotary_dim, interleaved=interleaved, inplace=inplace)
+        check_cpu(q, k, cos, sin, layout=layout, **kw)
+    # Together on two threads (the transposed views may have their heads outside the batch in memory: then
+    # one after the other).
+    assert len(together) == (0 if threads == 1 else 3) and together[::2] == [True, True][: len(together)]
+
+
 @pytest.mark.parametrize("lengths", [[1, 1, 1], [5, 1, 3, 1], [0, 4, 0, 2], [6]], ids=str)
 def test_varlen_lengths(lengths):
     total = sum(lengths)

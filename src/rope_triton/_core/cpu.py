@@ -10,10 +10,11 @@ Written for few CPU cores, where a decode step is a handful of small ops and a p
 - each token's cos/sin rows are gathered once (a slice of the table when the positions are a range
   shared by the batch, else one ``index_select``) and broadcast over the heads;
 - the arithmetic runs on dense tensors only: the input is converted to float32 in its own memory order,
-  the pair partners come from one ``roll`` over the pair axis (half-split) and the rotation is a multiply
-  and an ``addcmul_`` in place, or one complex multiply (interleaved pairs, which are adjacent); strided
-  half-width ops cost about twice as much per element on a CPU;
-- one ``copy_`` into the output rounds the result once; float32 data is rotated straight into the output.
+  the pair partners come from one ``index_select`` or ``roll`` over the pair axis (half-split) and the
+  rotation is a multiply and an ``addcmul_`` in place, or one complex multiply (interleaved pairs, which
+  are adjacent); strided half-width ops cost about twice as much per element on a CPU;
+- one ``copy_`` into the output rounds the result once; float32 data is rotated straight into the output;
+- a small q and k (a decode step) share one float32 buffer: half the ops; large ones go in blocks.
 
 :mod:`rope_triton.reference` stays the independent, plain oracle of the tests; nothing is shared with it.
 """
@@ -39,6 +40,7 @@ _SIGNS = {
     for dtype in (torch.float32, _F64)
     for conjugate in (False, True)
 }
+_SWAP = torch.tensor([1, 0])
 
 
 def rotate(
@@ -77,7 +79,10 @@ def rotate(
     else:
         c = c.view(*c.shape[:2], 1, 1, half)
         factors = (c, torch.mul(s.view(*s.shape[:2], 1, 1, half), _SIGNS[wdtype, conjugate]))
-    together = k is not None and p.heads_k and q.dtype != wdtype
+    together = (
+        k is not None and p.heads_k and q.dtype != wdtype
+        and not torch.compiler.is_compiling() and torch.get_num_threads() > 1
+    )
     if together and _rotate_together(q, k, q_out, k_out, p, factors, interleaved, wdtype):
         return
     _rotate_one(q, q_out, p, factors, interleaved, wdtype)
@@ -100,8 +105,9 @@ def _memory_order(x: torch.Tensor) -> list[int] | None:
 
 def _rotate_together(q, k, q_out, k_out, p, factors, interleaved, wdtype) -> bool:
     """Rotate small q and k (a decode step) in one float32 buffer of their heads side by side: half the
-    ops of rotating them one after the other, each twice as large (on two threads, ops on k's few heads
-    alone barely split). False, having done nothing, for a large problem or heads not innermost in memory."""
+    ops of rotating them one after the other, each larger (on several threads, ops on k's few heads alone
+    barely split; on one, the copies into the buffer cost more than they save). False, having done
+    nothing, for a large problem or heads not innermost in memory."""
     rot = p.rotary_dim
     if p.batch * p.seqlen * (p.heads_q + p.heads_k) * rot > _BLOCK:
         return False
@@ -169,8 +175,8 @@ def _rotate_one(
 
 
 # Elements of a block: tensors of more are rotated block by block, so that the float32 temporaries stay
-# a few MB, in the caches and in memory the allocator reuses (1 x 512 tokens x 32 heads x 128, bf16, one
-# thread: 1.1 ms in blocks of 128 tokens against 1.5 ms at once, and 4 ms when each call's 8 MB
+# a few MB, in the caches and in memory the allocator reuses (a q of 1 x 512 tokens x 32 heads x 128, bf16,
+# one thread: 1.1 ms in blocks of 128 tokens against 1.5 ms at once, and 4 ms when each call's 8 MB
 # temporaries come back from the system as fresh pages).
 _BLOCK = 1 << 19
 
@@ -232,10 +238,15 @@ def _rotate_block(xr, yr, factors, interleaved, wdtype):
 
 
 def _partners(pairs: torch.Tensor) -> torch.Tensor:
-    """(x2, x1) for every pair (x1, x2) of ``pairs`` (..., 2, R/2), a new tensor of that shape: the halves
-    rolled. (The fastest of the swaps on one thread after ``index_select``, which runs on one thread only:
-    with two, the op after it waits for the other thread to wake up, 0.9 ms instead of 0.1 for a decode
-    step's q.)"""
+    """(x2, x1) for every pair (x1, x2) of ``pairs`` (..., 2, R/2), a new tensor of that shape.
+
+    On one thread an ``index_select`` over the pair axis of a 3-D view (5-D views run 3 to 7 times slower),
+    the fastest swap; it runs on one thread only, though, and with more the next op, split across threads,
+    then reads half its input from another core's cache (a decode step's q: 0.9 ms instead of 0.1), so
+    there the halves are rolled, which splits as the other ops do.
+    """
+    if not torch.compiler.is_compiling() and torch.get_num_threads() == 1:
+        return pairs.reshape(-1, 2, pairs.shape[-1]).index_select(1, _SWAP).view(pairs.shape)
     return pairs.roll(1, -2)
 
 
