@@ -181,9 +181,10 @@ def cpu_path() -> str:
     """What ``apply_rotary`` runs on the CPU in this process."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return "the Triton kernel in Triton's interpreter (TRITON_INTERPRET=1)"
+    threads = torch.get_num_threads()
     return (
         "plain PyTorch (rope_triton._core.cpu, float32 math; TRITON_INTERPRET is not set), "
-        f"{torch.get_num_threads()} threads"
+        f"{threads} thread{'s' if threads != 1 else ''}"
     )
 
 
@@ -343,7 +344,8 @@ def plot_figure(rows: Sequence[dict], title: str = "", cuda: bool = True):
         return None
     shapes = list(dict.fromkeys(r["shape"] for r in ok))
     providers = list(dict.fromkeys(r["provider"] for r in ok))
-    fig = Figure(figsize=(max(6.0, 1.6 * len(shapes) + 2), 3.6 * len(passes)), layout="constrained")
+    fig_width = max(6.0, 1.6 * len(shapes) + 2)
+    fig = Figure(figsize=(fig_width, 3.6 * len(passes)), layout="constrained")
     axes = fig.subplots(len(passes), 1, squeeze=False)[:, 0]
     width = 0.8 / len(providers)
     for ax, (pass_, label) in zip(axes, passes, strict=True):
@@ -351,7 +353,8 @@ def plot_figure(rows: Sequence[dict], title: str = "", cuda: bool = True):
         for j, prov in enumerate(providers):
             xs = [i + (j - (len(providers) - 1) / 2) * width for i in range(len(shapes))]
             got = [by.get((s, prov)) for s in shapes]
-            heights = [r[key] if r else 0.0 for r in got]
+            # (no bar where a provider did not run: zero on a linear axis, nothing on a log one)
+            heights = [r[key] if r else (0.0 if cuda else float("nan")) for r in got]
             if cuda:
                 ax.bar(xs, heights, width, label=prov)
                 continue
@@ -366,9 +369,10 @@ def plot_figure(rows: Sequence[dict], title: str = "", cuda: bool = True):
             ax.set_ylabel("host time, us (min-max)")
         ax.set_xticks(range(len(shapes)), shapes, rotation=20)
         ax.set_title(f"{label} {('- ' + title) if title else ''}")
-    # One legend below the panels: inside them it covered the bars.
+    # One legend below the panels (inside them it covered the bars), in as many rows as the width needs.
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", fontsize="small", ncols=min(len(providers), 8))
+    ncols = min(len(providers), max(1, int(fig_width / 2.0)))
+    fig.legend(handles, labels, loc="outside lower center", fontsize="small", ncols=ncols)
     return fig
 
 
