@@ -7,6 +7,7 @@ in the interpreter (tests/conftest.py), about 0.15 s a call even for the tiny sh
 import csv
 import importlib.util
 import json
+import types
 
 import pytest
 import torch
@@ -209,3 +210,123 @@ def test_partial_interleaved_shape_checks_every_provider(tmp_path):
     rows = json.loads((out / "results.json").read_text())["rows"]
     checked = {(r["provider"], r["pass"]): r["status"] for r in rows if r["provider"] in ("rope-triton", "hf-eager")}
     assert checked and all(status == "ok" for status in checked.values()), checked
+
+
+# --------------------------------------------------------------------------------------------------
+# On a CPU: host times with their spread, no % of the copy, and the plot.
+# --------------------------------------------------------------------------------------------------
+
+
+def _rows(passes=("fwd", "bwd", "fwdbwd")):
+    rows = [{"shape": "decode", "provider": "copy", "pass": "copy", "status": "ceiling", "time_us": 20.0,
+             "time_min_us": 18.0, "time_max_us": 9000.0, "note": ""}]
+    for prov, base in (("rope-triton", 200.0), ("hf-eager", 250.0)):
+        for i, p in enumerate(passes):
+            t = base * (i + 1)
+            rows.append({"shape": "decode", "dtype": "bf16", "provider": prov, "pass": p, "status": "ok",
+                         "time_us": t, "time_min_us": t - 5, "time_max_us": t + 40, "pct_copy": 100 * 20 / t,
+                         "wall_us": t, "note": ""})
+    return rows
+
+
+def test_cpu_table_shows_host_time_and_its_spread(capsys):
+    console = bench_report.Console()
+    console.rich = None  # plain text: every character of the table is in the output
+    bench_report.print_table(_rows(), console, cuda=False)
+    text = capsys.readouterr().out
+    assert "host time" in text and "device time" not in text
+    header = text.splitlines()[1]
+    assert "host us" in header and "min-max us" in header and "% copy" not in header
+    assert "195-240" in text  # rope-triton fwd: median 200 us, 195 to 240 us over the repeats
+    # On CUDA: device time and % of the copy, as before.
+    bench_report.print_table(_rows(), console, cuda=True)
+    text = capsys.readouterr().out
+    assert "device time" in text and "% copy" in text.splitlines()[1]
+
+
+def test_cpu_table_title_with_rich(capsys):
+    pytest.importorskip("rich")
+    console = bench_report.Console()
+    bench_report.print_table(_rows(), console, cuda=False)
+    text = capsys.readouterr().out
+    assert "host time" in text and "device time" not in text and "% copy" not in text
+
+
+def test_cpu_rows_have_no_pct_of_the_copy(quick_run):
+    _, out = quick_run
+    _, rows = _read_csv(out / "results.csv")
+    if torch.cuda.is_available():
+        pytest.skip("CPU rows only")
+    for r in rows:
+        assert r["pct_copy"] == "", r
+        if r["status"] in ("ok", "ceiling"):
+            assert float(r["time_min_us"]) <= float(r["time_us"]) <= float(r["time_max_us"])
+    meta = json.loads((out / "results.json").read_text())["metadata"]
+    assert meta["method"].startswith("host time") and "pct_copy" in meta["method"]
+
+
+def test_missing_matplotlib_is_said(tmp_path, monkeypatch, capsys):
+    import sys
+
+    # `from matplotlib.figure import Figure` raises ImportError as when matplotlib is not installed.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    note = bench_report.write_plot(_rows(), tmp_path / "results.png", cuda=False)
+    assert "matplotlib is not installed" in note and not (tmp_path / "results.png").exists()
+    code = bench.main([
+        "--quick", "--repeats", "1", "--shapes", "tiny", "--providers", "hf-eager", "--passes", "fwd",
+        "--out", str(tmp_path),
+    ])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "No results.png: matplotlib is not installed" in text
+    assert "results.png" not in text.split("Wrote ")[1].splitlines()[0]
+    assert not (tmp_path / "results.png").exists()
+
+
+@pytest.mark.parametrize("cuda", [False, True], ids=["cpu", "cuda"])
+def test_plot_has_a_panel_per_pass_with_fwd_bwd(cuda, tmp_path):
+    pytest.importorskip("matplotlib")
+    fig = bench_report.plot_figure(_rows(), "title", cuda=cuda)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert [t.split()[0] for t in titles] == ["fwd", "bwd", "fwd+bwd"]
+    for ax in fig.axes:
+        ylabel = ax.get_ylabel()
+        assert ("% of same-bytes copy" in ylabel) if cuda else ("host time" in ylabel)
+    # fwd+bwd alone (--passes fwdbwd) is plotted too.
+    fig = bench_report.plot_figure(_rows(passes=("fwdbwd",)), cuda=cuda)
+    assert [ax.get_title().split()[0] for ax in fig.axes] == ["fwd+bwd"]
+    assert bench_report.write_plot(_rows(), tmp_path / "results.png", cuda=cuda) is None
+    assert (tmp_path / "results.png").stat().st_size > 0
+    # Nothing timed: nothing written, and why.
+    assert bench_report.write_plot([], tmp_path / "none.png", cuda=cuda) == "no timed rows to plot"
+
+
+def test_cpu_default_shapes():
+    # Without CUDA: a decode step (64 x 1 token with per-sequence offsets) and 1 x 512 tokens, 32/8 heads
+    # x 128, bf16: the shapes where the CPU path is measured against Hugging Face's eager RoPE.
+    args = bench.build_parser().parse_args([])
+    specs = bench._shape_specs(args, cuda=False)
+    dims = {(s.batch, s.seqlen, s.heads_q, s.heads_k, s.head_dim, s.dtype, s.kind) for s in specs}
+    bf16 = torch.bfloat16
+    assert dims == {(64, 1, 32, 8, 128, bf16, "decode"), (1, 512, 32, 8, 128, bf16, "dense")}
+
+
+@pytest.mark.parametrize("shape", ["tiny", "tiny-varlen", "tiny-decode"])
+def test_hugging_face_like_for_like_providers(shape):
+    # hf-eager-rotary builds its cos/sin from the positions in the call, as Hugging Face's rotary module does
+    # (rope-triton builds its rows in the call too); rope-triton-hf is the transformers drop-in on hf-eager's
+    # tables (what a patched model runs in every layer). Both pass the float64 check; on a CPU they run by
+    # default, on CUDA only when named.
+    wl = bench_shapes.build_workload(bench_shapes.SHAPES[shape], torch.device("cpu"), n_sets=1)
+    for name in ("hf-eager-rotary", "rope-triton-hf"):
+        prov = bench_providers.PROVIDERS[name]
+        assert prov.skip_reason(wl, False) is None
+        result = bench_providers.check_impl(prov.build(wl), wl, ("fwd", "bwd"))
+        assert all(r.ok for r in result.values()), (name, result)
+    cos, sin = bench_providers.hf_rotary_cos_sin(wl.inv_freq, wl.position_ids, torch.float64)
+    assert torch.allclose(cos, wl.hf_cos.double(), atol=1e-2)
+    assert torch.allclose(sin, wl.hf_sin.double(), atol=1e-2)
+    cuda_wl = types.SimpleNamespace(device=torch.device("cuda"))
+    assert "CPU" in bench_providers.PROVIDERS["hf-eager-rotary"].skip_reason(cuda_wl, False)
+    assert bench_providers.PROVIDERS["rope-triton-hf"].skip_reason(cuda_wl, True) is None

@@ -67,8 +67,13 @@ def test_compile_fullgraph(inplace, tables, device):
         loss.backward()
         results.append((qo.detach(), ko.detach(), qq.grad, kk.grad))
     for eager, comp in zip(*results):
-        # Same kernel both ways: bitwise equal outputs and gradients.
-        assert torch.equal(eager, comp)
+        if device.type == "cuda":
+            # Same kernel both ways: bitwise equal outputs and gradients.
+            assert torch.equal(eager, comp)
+        else:
+            # On the CPU the compiled graph runs the PyTorch path (whose multiply-adds are fused), eager the
+            # interpreted kernel: equal up to float32 rounding.
+            torch.testing.assert_close(eager, comp)
 
 
 @pytest.mark.gpu

@@ -15,7 +15,7 @@ from torch import nn
 
 from . import angles
 from ._core.layouts import BSHD_AXES
-from ._core.op import check_call, check_tensor, is_int, prefers_freqs
+from ._core.op import check_call, check_tensor, is_int, prefers_freqs, triton_runs_on
 from .angles.tables import _split_tables
 from .functional import apply_rotary
 
@@ -70,9 +70,10 @@ class RotaryEmbedding(nn.Module):
     By default (``compute_cos_sin=None``) each call takes the faster one for its shape
     (:func:`rope_triton._core.launch.prefers_freqs`, measured on H100 and H200 GPUs): tables for decode
     steps and for batches that share each row, computed cos/sin for long sequences few share and for any
-    large call once the tables are split. Set ``compute_cos_sin`` to True or
-    False for results that do not depend on the call's shape to the last bit (batch invariance). float64
-    inputs always read the tables.
+    large call once the tables are split; on the CPU path (CPU tensors without the Triton interpreter)
+    always the tables, whose rows it reads as a slice or one gather, while computing cos/sin costs
+    trigonometry on every call. Set ``compute_cos_sin`` to True or False for results that do not depend on
+    the call's shape to the last bit (batch invariance). float64 inputs always read the tables.
 
     Parameters
     ----------
@@ -395,6 +396,8 @@ class RotaryEmbedding(nn.Module):
             return False  # float64 needs float64 cos/sin (the float32 tables are promoted exactly)
         if self.compute_cos_sin is not None:
             return self.compute_cos_sin
+        if q.device.type == "cpu" and not triton_runs_on(q.device):
+            return False  # the CPU path: no table bytes to save, and cos/sin would cost trigonometry
         if type(layout) is not str or layout not in BSHD_AXES:
             return False  # apply_rotary explains what is wrong
         axes = BSHD_AXES[layout]

@@ -6,7 +6,8 @@ Three ways in, one kernel:
   validated signature replays its recorded launch (:class:`~rope_triton._core.launch.LaunchPlans`);
 - under ``torch.compile``: the ``torch.library`` ops ``rope_triton::rotary`` / ``rope_triton::rotary_``,
   whose kernel launch ``wrap_triton`` makes traceable;
-- on the CPU without the interpreter, or compiled for the CPU: the PyTorch path, same semantics.
+- on the CPU without the interpreter, or compiled for the CPU: :mod:`rope_triton._core.cpu`, the same
+  semantics in plain PyTorch ops.
 
 Autograd: the gradient of a rotation is the conjugate rotation of the gradient, computed by the same
 kernel. Nothing but the (small) tables and index tensors is saved.
@@ -22,7 +23,8 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.library import triton_op, wrap_triton
 
 from .. import reference
-from .checks import Problem, check, check_call, check_tensor, is_int  # noqa: F401 (check_call, check_tensor, is_int: for modules)
+from . import cpu
+from .checks import Problem, check, check_call, check_tensor, is_int  # noqa: F401 (for modules)
 from .kernels import rotary_kernel
 from .launch import LaunchPlans, launch, prefers_freqs, signature  # noqa: F401 (prefers_freqs: for modules)
 from .operands import Operands
@@ -54,23 +56,17 @@ def _new_out(x: torch.Tensor) -> torch.Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-def _run_pytorch(p: Problem, ops: Operands, q_out, k_out, interleaved: bool, conjugate: bool) -> None:
-    tables = dict(freqs=ops.cos) if p.freqs else dict(cos=ops.cos, sin=ops.sin)
+def _run_plain(p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved,
+               conjugate) -> None:
+    tables = dict(freqs=cos) if p.freqs else dict(cos=cos, sin=sin)
     yq, yk = reference.apply_rotary(
-        ops.q, ops.k, **tables,
-        cos_lo=ops.cos_lo,
-        sin_lo=ops.sin_lo,
-        positions=ops.positions,
-        offsets=ops.offsets if ops.offsets is not None else p.offset,
-        cu_seqlens=ops.cu_seqlens,
-        layout=p.layout,
-        interleaved=interleaved,
-        rotary_dim=p.rotary_dim,
-        conjugate=conjugate,
-        compute_dtype=torch.float64 if ops.q.dtype == torch.float64 else torch.float32,
+        q, k, **tables, cos_lo=cos_lo, sin_lo=sin_lo, positions=positions,
+        offsets=offsets if offsets is not None else p.offset, cu_seqlens=cu_seqlens, layout=p.layout,
+        interleaved=interleaved, rotary_dim=p.rotary_dim, conjugate=conjugate,
+        compute_dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
     )
     q_out.copy_(yq)
-    if ops.k is not None:
+    if k is not None:
         k_out.copy_(yk)
 
 
@@ -123,7 +119,13 @@ def run(
                 plans=PLANS if plan_key is not None and not other_gpu else None, plan_key=plan_key,
             )
     else:
-        _run_pytorch(p, ops, q if inplace else q_out, k if inplace else k_out, interleaved, conjugate)
+        # Eager: the CPU path tuned for few cores. Traced (torch.compile for the CPU, make_fx): the plain
+        # formulation, which traces under dynamic shapes too, and which inductor fuses anyway.
+        rotate = _run_plain if compiling else cpu.rotate
+        rotate(
+            p, q, k, q if inplace else q_out, k if inplace else k_out, ops.cos, ops.sin, ops.cos_lo,
+            ops.sin_lo, ops.positions, ops.offsets, ops.cu_seqlens, interleaved, conjugate,
+        )
     return (q, k) if inplace else (q_out, k_out)
 
 

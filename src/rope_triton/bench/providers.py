@@ -66,6 +66,20 @@ def hf_partial_rotary(
     return one(q), one(k)
 
 
+def hf_rotary_cos_sin(
+    inv_freq: torch.Tensor, position_ids: torch.Tensor, dtype: torch.dtype, attention_scaling: float = 1.0
+) -> Pair:
+    """Hugging Face's rotary embedding module (``LlamaRotaryEmbedding.forward``): (B, S, D) cos and sin of
+    ``position_ids`` (B, S), computed in float32 and returned in ``dtype``."""
+    inv_freq_expanded = inv_freq[None, :, None].float().expand(position_ids.shape[0], -1, 1)
+    position_ids_expanded = position_ids[:, None, :].float()
+    freqs = (inv_freq_expanded.float() @ position_ids_expanded.float()).transpose(1, 2)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos = emb.cos() * attention_scaling
+    sin = emb.sin() * attention_scaling
+    return cos.to(dtype=dtype), sin.to(dtype=dtype)
+
+
 def hf_apply_rotary_pos_emb(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1
 ) -> Pair:
@@ -398,6 +412,35 @@ def _build_hf_eager(wl: Workload) -> Impl:
     return AutogradImpl(fn, *hf_views(wl), wl.gen)
 
 
+def _build_hf_eager_rotary(wl: Workload) -> Impl:
+    inv_freq, position_ids = wl.inv_freq, wl.position_ids
+
+    def fn(q, k):
+        # What rope-triton does inside its call, Hugging Face does in its rotary module: each token's
+        # cos/sin from its position, then the formula.
+        cos, sin = hf_rotary_cos_sin(inv_freq, position_ids, q.dtype)
+        return hf_apply_rotary_pos_emb(q, k, cos, sin)
+
+    return AutogradImpl(fn, *hf_views(wl), wl.gen)
+
+
+def _build_rope_hf(wl: Workload) -> Impl:
+    from ..integrations.transformers import apply_rotary_pos_emb
+
+    cos, sin = wl.hf_cos, wl.hf_sin
+
+    def fn(q, k):
+        return apply_rotary_pos_emb(q, k, cos, sin)
+
+    return AutogradImpl(fn, *hf_views(wl), wl.gen)
+
+
+def _cpu_by_default(wl: Workload, requested: bool) -> str | None:
+    if wl.device.type == "cuda" and not requested:
+        return "run on a CPU by default; name it in --providers to run it on CUDA"
+    return None
+
+
 def _build_compile(wl: Workload) -> Impl:
     # Each shape would add recompilations to one cache and, past the recompile limit, silently fall
     # back to eager: start every shape from an empty cache.
@@ -473,6 +516,20 @@ PROVIDERS: dict[str, Provider] = {
             _unless_default("freqs"),
         ),
         Provider("hf-eager", "q*cos + rotate_half(q)*sin, eager, (B,H,S,D)", _build_hf_eager, _always),
+        Provider(
+            "hf-eager-rotary",
+            "hf-eager with its cos/sin built from the positions in the call, as Hugging Face's rotary "
+            "embedding module does (rope-triton builds its rows in the call too)",
+            _build_hf_eager_rotary,
+            _cpu_by_default,
+        ),
+        Provider(
+            "rope-triton-hf",
+            "rope_triton.integrations.transformers.apply_rotary_pos_emb on hf-eager's (B,S,D) tables: what "
+            "a model patched with rope_triton.integrations.transformers.patch runs in every layer",
+            _build_rope_hf,
+            _cpu_by_default,
+        ),
         Provider("torch-compile", "the hf-eager function under torch.compile", _build_compile, _skip_compile),
         Provider("liger", "liger_kernel.transformers.rope.liger_rotary_pos_emb", _build_liger, _skip_liger),
     )

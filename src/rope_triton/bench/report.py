@@ -1,7 +1,12 @@
 """Output of ``rope-triton bench``: progress, the final table, results.csv / .json / .png, run metadata.
 
 rich (progress bar and table) and matplotlib (plot) are optional: without rich, tqdm or plain prints
-and a plain-text table are used; without matplotlib the plot is skipped.
+and a plain-text table are used; without matplotlib the plot is skipped, and the closing lines say so.
+
+On a CPU the times are host times (``time.perf_counter``), reported with their spread over the repeats
+(min and max); no "% of copy" is computed there: a CPU ``copy_`` shares the cores with everything else on
+the machine, and its time moved from 0.19 to 9 ms between two runs of the same command, which made a
+ratio to it meaningless.
 """
 
 from __future__ import annotations
@@ -176,7 +181,11 @@ def cpu_path() -> str:
     """What ``apply_rotary`` runs on the CPU in this process."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return "the Triton kernel in Triton's interpreter (TRITON_INTERPRET=1)"
-    return "plain PyTorch (rope_triton.reference in float32; TRITON_INTERPRET is not set)"
+    threads = torch.get_num_threads()
+    return (
+        "plain PyTorch (rope_triton._core.cpu, float32 math; TRITON_INTERPRET is not set), "
+        f"{threads} thread{'s' if threads != 1 else ''}"
+    )
 
 
 def device_banner(device: torch.device) -> str:
@@ -186,8 +195,10 @@ def device_banner(device: torch.device) -> str:
     return (
         "NO CUDA DEVICE: these are CPU numbers and say nothing about GPU performance.\n"
         "Running small CPU variants of the shapes (sequences 64x shorter, named '<shape>-cpu'; by default "
-        "only llama3-8b and decode) through "
-        f"rope-triton's CPU path: {cpu_path()}."
+        "decode, 64 x 1 token, and long-32k-cpu, 1 x 512 tokens) through "
+        f"rope-triton's CPU path: {cpu_path()}.\n"
+        "Times are host times, median over the repeats with their min-max spread; no % of a copy (a CPU "
+        "copy's time is not stable enough to divide by)."
     )
 
 
@@ -251,13 +262,22 @@ def metadata(argv: Sequence[str], options: dict, device: torch.device, timing, e
         "timing": asdict(timing),
         "ulp_tolerance": ULP_TOLERANCE,
         "elapsed_s": round(elapsed_s, 2),
-        "method": (
-            "device time: median of CUDA-event timings of single calls (L2 cleared before each, as do_bench; "
-            "host share hidden behind a spin kernel queued first) per repeat, "
-            "median over round-robin repeats; wall: back-to-back loop synchronised at both ends / calls; "
-            "bytes = 2*(numel(q)+numel(k))*itemsize per pass; pct_copy = same-bytes copy_ time / time"
-        ),
+        "method": _METHOD_CUDA if cuda else _METHOD_CPU,
     }
+
+
+_METHOD_CUDA = (
+    "device time: median of CUDA-event timings of single calls (L2 cleared before each, as do_bench; "
+    "host share hidden behind a spin kernel queued first) per repeat, "
+    "median over round-robin repeats; wall: back-to-back loop synchronised at both ends / calls; "
+    "bytes = 2*(numel(q)+numel(k))*itemsize per pass; pct_copy = same-bytes copy_ time / time"
+)
+_METHOD_CPU = (
+    "host time (CPU): median of single calls timed with time.perf_counter per repeat, median over "
+    "round-robin repeats, time_min_us/time_max_us = min/max over the repeats; wall: median of back-to-back "
+    "loops / calls; bytes = 2*(numel(q)+numel(k))*itemsize per pass; no pct_copy: a CPU copy's time is "
+    "not stable enough to be a ceiling"
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -302,38 +322,74 @@ def write_json(rows: Sequence[dict], meta: dict, path: Path) -> None:
     path.write_text(json.dumps(_json_clean(doc), indent=1, default=str) + "\n")
 
 
-def write_plot(rows: Sequence[dict], path: Path, title: str = "") -> bool:
-    """Bar chart of % of the same-bytes copy per shape and provider, one panel per pass (fwd, bwd).
+PLOT_PASSES = (("fwd", "fwd"), ("bwd", "bwd"), ("fwdbwd", "fwd+bwd"))
 
-    Returns False (and writes nothing) when matplotlib is missing or there is nothing to plot.
+
+def plot_figure(rows: Sequence[dict], title: str = "", cuda: bool = True):
+    """The figure of :func:`write_plot`: one panel per pass timed (fwd, bwd, fwd+bwd), a bar per shape and
+    provider. On CUDA the bars are % of the same-bytes copy; on a CPU host times in microseconds with their
+    min-max spread over the repeats (log scale). None when there is nothing to plot.
+
+    Raises ImportError when matplotlib is missing.
     """
-    try:
-        from matplotlib.figure import Figure  # no pyplot: no global figure or backend state
-    except ImportError:
-        return False
-    ok = [r for r in sort_rows(rows) if r["status"] == "ok" and not _is_missing(r.get("pct_copy"))]
-    passes = [p for p in ("fwd", "bwd") if any(r["pass"] == p for r in ok)] or (["fwdbwd"] if ok else [])
+    from matplotlib.figure import Figure  # no pyplot: no global figure or backend state
+
+    key = "pct_copy" if cuda else "time_us"
+    ok = [
+        r for r in sort_rows(rows)
+        if r["status"] == "ok" and r["pass"] in dict(PLOT_PASSES) and not _is_missing(r.get(key))
+    ]
+    passes = [(p, label) for p, label in PLOT_PASSES if any(r["pass"] == p for r in ok)]
     if not passes:
-        return False
+        return None
     shapes = list(dict.fromkeys(r["shape"] for r in ok))
     providers = list(dict.fromkeys(r["provider"] for r in ok))
-    fig = Figure(figsize=(max(6.0, 1.6 * len(shapes) + 2), 3.6 * len(passes)), layout="constrained")
+    fig_width = max(6.0, 1.6 * len(shapes) + 2)
+    fig = Figure(figsize=(fig_width, 3.6 * len(passes)), layout="constrained")
     axes = fig.subplots(len(passes), 1, squeeze=False)[:, 0]
     width = 0.8 / len(providers)
-    for ax, pass_ in zip(axes, passes, strict=True):
-        pct = {(r["shape"], r["provider"]): r["pct_copy"] for r in ok if r["pass"] == pass_}
+    for ax, (pass_, label) in zip(axes, passes, strict=True):
+        by = {(r["shape"], r["provider"]): r for r in ok if r["pass"] == pass_}
         for j, prov in enumerate(providers):
             xs = [i + (j - (len(providers) - 1) / 2) * width for i in range(len(shapes))]
-            ax.bar(xs, [pct.get((s, prov), 0.0) for s in shapes], width, label=prov)
-        ax.axhline(100.0, color="black", linewidth=0.8, linestyle="--")
+            got = [by.get((s, prov)) for s in shapes]
+            # (no bar where a provider did not run: zero on a linear axis, nothing on a log one)
+            heights = [r[key] if r else (0.0 if cuda else float("nan")) for r in got]
+            if cuda:
+                ax.bar(xs, heights, width, label=prov)
+                continue
+            low = [r[key] - r.get("time_min_us", r[key]) if r else 0.0 for r in got]
+            high = [r.get("time_max_us", r[key]) - r[key] if r else 0.0 for r in got]
+            ax.bar(xs, heights, width, label=prov, yerr=[low, high], capsize=2)
+        if cuda:
+            ax.axhline(100.0, color="black", linewidth=0.8, linestyle="--")
+            ax.set_ylabel("% of same-bytes copy")
+        else:
+            ax.set_yscale("log")
+            ax.set_ylabel("host time, us (min-max)")
         ax.set_xticks(range(len(shapes)), shapes, rotation=20)
-        ax.set_ylabel("% of same-bytes copy")
-        ax.set_title(f"{pass_} {('- ' + title) if title else ''}")
-    # One legend below the panels: inside them it covered the bars.
+        ax.set_title(f"{label} {('- ' + title) if title else ''}")
+    # One legend below the panels (inside them it covered the bars), in as many rows as the width needs.
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", fontsize="small", ncols=min(len(providers), 8))
+    ncols = min(len(providers), max(1, int(fig_width / 2.0)))
+    fig.legend(handles, labels, loc="outside lower center", fontsize="small", ncols=ncols)
+    return fig
+
+
+def write_plot(rows: Sequence[dict], path: Path, title: str = "", cuda: bool = True) -> str | None:
+    """Write :func:`plot_figure` to ``path``.
+
+    Returns None when written, else why not (matplotlib missing, nothing to plot): the closing lines print
+    it.
+    """
+    try:
+        fig = plot_figure(rows, title, cuda)
+    except ImportError:
+        return "matplotlib is not installed (pip install 'rope-triton[bench]', or pip install matplotlib)"
+    if fig is None:
+        return "no timed rows to plot"
     fig.savefig(path, dpi=120)
-    return True
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -364,41 +420,70 @@ TABLE = (
     ("% copy", "pct_copy", ".1f"), ("wall us", "wall_us", ".1f"), ("max abs err", "max_abs_err", ".2e"),
     ("max ulp", "max_ulp_err", ".2f"),
 )
+# On a CPU: host times with their spread over the repeats, and no % of a copy.
+TABLE_CPU = (
+    ("shape", "shape", "s"), ("dtype", "dtype", "s"), ("provider", "provider", "s"), ("pass", "pass", "s"),
+    ("status", "status", "s"), ("host us", "time_us", ".1f"), ("min-max us", "spread", "s"),
+    ("GB/s", "gbps", "~"), ("wall us", "wall_us", ".1f"), ("max abs err", "max_abs_err", ".2e"),
+    ("max ulp", "max_ulp_err", ".2f"),
+)
+TABLE_TITLE = "rope-triton bench (device time: median over repeats)"
+TABLE_TITLE_CPU = "rope-triton bench on the CPU (host time: median over repeats, min-max spread)"
 
 
-def table_cells(rows: Sequence[dict]) -> list[list[str]]:
-    """The printed table's cells, one list per row, in :data:`TABLE`'s column order.
+def _spread(row: dict) -> str:
+    lo, hi = row.get("time_min_us"), row.get("time_max_us")
+    if _is_missing(lo) or _is_missing(hi):
+        return ""
+    return f"{_fmt(lo, '~')}-{_fmt(hi, '~')}"
+
+
+def table_columns(cuda: bool = True) -> tuple[tuple[str, str, str], ...]:
+    """(header, key, format) of the printed table's columns: :data:`TABLE`, or :data:`TABLE_CPU`."""
+    return TABLE if cuda else TABLE_CPU
+
+
+def table_cells(rows: Sequence[dict], cuda: bool = True) -> list[list[str]]:
+    """The printed table's cells, one list per row, in :func:`table_columns` order.
 
     SKIPPED rows are left out (the footer lists them once per provider).
     """
-    shown = [r for r in sort_rows(rows) if r["status"] != "SKIPPED"]
-    return [[_fmt(r.get(key), spec) for _, key, spec in TABLE] for r in shown]
+    shown = [dict(r, spread=_spread(r)) for r in sort_rows(rows) if r["status"] != "SKIPPED"]
+    return [[_fmt(r.get(key), spec) for _, key, spec in table_columns(cuda)] for r in shown]
 
 
-def print_table(rows: Sequence[dict], console: Console) -> None:
-    """Print the results table (rich's table, or aligned plain text)."""
-    cells = table_cells(rows)
-    headers = [h for h, _, _ in TABLE]
+def print_table(rows: Sequence[dict], console: Console, cuda: bool = True) -> None:
+    """Print the results table (rich's table, or aligned plain text) under its title."""
+    columns = table_columns(cuda)
+    cells = table_cells(rows, cuda)
+    headers = [h for h, _, _ in columns]
+    title = TABLE_TITLE if cuda else TABLE_TITLE_CPU
     if console.rich is not None:
         from rich.table import Table
 
-        table = Table(title="rope-triton bench (device time: median over repeats)")
-        for h, _, spec in TABLE:
-            table.add_column(h, justify="left" if spec == "s" else "right")
+        table = Table(title=title)
+        for h, _, spec in columns:
+            table.add_column(h, justify="left" if spec == "s" and h != "min-max us" else "right")
         for row in cells:
             table.add_row(*row)
         console.print(table)
         return
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    console.print(title)
     console.print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
     for row in cells:
         console.print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
-def footer(rows: Sequence[dict], out: Path, plotted: bool, elapsed_s: float, cuda: bool) -> str:
-    """Closing lines: where the files went, failures, skips, and decode host overhead."""
+def footer(
+    rows: Sequence[dict], out: Path, plotted: bool, elapsed_s: float, cuda: bool, plot_note: str | None = None
+) -> str:
+    """Closing lines: where the files went (and why no plot, ``plot_note``), failures, skips, and decode host
+    overhead."""
     files = ["results.csv", "results.json"] + (["results.png"] if plotted else [])
     lines = [f"Wrote {', '.join(files)} to {out}/ in {elapsed_s:.1f} s."]
+    if not plotted and plot_note:
+        lines.append(f"No results.png: {plot_note}.")
     for status in ("FAILED", "ERROR", "SKIPPED"):
         shapes: dict[tuple[str, str], list[str]] = {}
         for r in rows:

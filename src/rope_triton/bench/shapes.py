@@ -15,6 +15,7 @@ import torch
 
 from .. import angles, reference
 from .._core.launch import prefers_freqs
+from .._core.op import triton_runs_on
 
 THETA = 10000.0
 DEFAULT_L2_BYTES = 60 * 2**20  # H200
@@ -110,7 +111,9 @@ SHAPES: dict[str, ShapeSpec] = {
 }
 DEFAULT_SHAPES = ("llama3-8b", "llama2-7b", "long-32k", "d64", "fp32", "gptj", "varlen", "decode", "decode-1")
 QUICK_SHAPES = ("llama3-8b", "varlen", "decode")
-QUICK_SHAPES_CPU = ("llama3-8b", "decode")
+# Without CUDA: a decode step (64 sequences x 1 token) and a 512-token prefill (long-32k-cpu), the shapes
+# where the CPU path is measured against Hugging Face's eager RoPE.
+QUICK_SHAPES_CPU = ("decode", "long-32k")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -152,6 +155,10 @@ class Workload:
         float64 references: the rotation of (q, k) and the conjugate rotation of (gq, gk).
     gen : torch.Generator
         Seeded generator on the device, for gradients drawn by providers.
+    position_ids : torch.Tensor
+        (B or 1, S) int64 position of every token, Hugging Face's ``position_ids``.
+    inv_freq : torch.Tensor
+        (D/2,) float32 inverse frequencies, as Hugging Face's rotary module holds them.
     """
 
     spec: ShapeSpec
@@ -172,6 +179,8 @@ class Workload:
     ref_fwd: tuple = field(repr=False)
     ref_bwd: tuple = field(repr=False)
     gen: torch.Generator = field(repr=False)
+    position_ids: torch.Tensor | None = field(default=None, repr=False)
+    inv_freq: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def bytes_per_pass(self) -> int:
@@ -231,9 +240,11 @@ def n_input_sets(set_bytes: int, device: torch.device) -> int:
     return min(MAX_SETS, max(2, math.ceil(3 * l2 / max(set_bytes, 1))))
 
 
-def cos_sin_mode(spec: ShapeSpec) -> str:
+def cos_sin_mode(spec: ShapeSpec, device: torch.device | None = None) -> str:
     """``"freqs"`` where :class:`rope_triton.RotaryEmbedding` computes cos/sin in the kernel for this shape
-    by default, else ``"tables"``."""
+    by default (on ``device``; default a GPU), else ``"tables"`` (always on the CPU path)."""
+    if device is not None and device.type == "cpu" and not triton_runs_on(device):
+        return "tables"
     itemsize = torch.empty(0, dtype=spec.dtype).element_size()
     shared = spec.n_seqs if spec.kind == "varlen" else spec.batch
     use = prefers_freqs(
@@ -300,7 +311,7 @@ def build_workload(
         cos32=cos64.float(),
         sin32=sin64.float(),
         freqs=angles.freq_table(inv_freq, device=device),
-        cos_sin_mode=cos_sin_mode(spec),
+        cos_sin_mode=cos_sin_mode(spec, device),
         hf_cos=hf_cos,
         hf_sin=hf_sin,
         sets=sets,
@@ -308,6 +319,8 @@ def build_workload(
         ref_fwd=ref(*check_inputs[:2], conjugate=False),
         ref_bwd=ref(*check_inputs[2:], conjugate=True),
         gen=gen,
+        position_ids=pos.expand(-1, spec.seqlen).long(),
+        inv_freq=inv_freq.to(device=device, dtype=torch.float32),
     )
 
 
