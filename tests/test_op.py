@@ -388,3 +388,38 @@ def test_compile_fullgraph_inplace_on_views(device):
     want, _ = ref64(a[:, :, :3] * 2, None, cos, sin)
     assert_rotary_close(x[:, :, :3], want, a[:, :, :3] * 2, layout="bshd", rotary_dim=16, interleaved=False)
     assert torch.equal(x[:, :, 5:], a[:, :, 5:] * 2)
+
+
+def test_cpu_path_reuses_validated_problems(monkeypatch):
+    # Without the interpreter, CPU calls take the PyTorch path; a repeat of a validated signature skips
+    # validation (the decode step's host time) and still gives the float64 rotation, per call's offset.
+    from rope_triton._core import op as _ops
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(_ops, "PROBLEMS", {})
+    cos, sin = random_tables(40, 8, "cpu")
+    for step, offset in enumerate((3, 7, 11)):
+        q, k = make_qk("bshd", 2, 1, 4, 2, 16, torch.bfloat16, "cpu", "packed")
+        q0, k0 = q.clone(), k.clone()
+        q_out, k_out = rope_triton.apply_rotary(q, k, cos, sin, offsets=offset)
+        assert len(_ops.PROBLEMS) == 1, "one validated problem for the three calls"
+        rq, rk = ref64(q0, k0, cos, sin, offsets=offset)
+        assert_rotary_close(q_out, rq, q0, layout="bshd", rotary_dim=16, interleaved=False)
+        assert_rotary_close(k_out, rk, k0, layout="bshd", rotary_dim=16, interleaved=False)
+    # An offset past the tables is still refused, naming the argument.
+    with pytest.raises(ValueError, match="^cos: positions up to 40"):
+        rope_triton.apply_rotary(q, k, cos, sin, offsets=40)
+
+
+def test_inplace_on_one_buffer_is_validated_every_call(monkeypatch):
+    # q and k in one buffer: whether they overlap depends on where they lie in it, so no call skips the
+    # check, even after a validated call of the same shapes and strides.
+    from rope_triton._core import op as _ops
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(_ops, "PROBLEMS", {})
+    cos, sin = random_tables(8, 4, "cpu")
+    qkv = torch.randn(1, 2, 6, 8)
+    rope_triton.apply_rotary(qkv[:, :, 0:2], qkv[:, :, 2:4], cos, sin, inplace=True)
+    with pytest.raises(ValueError, match="^k"):
+        rope_triton.apply_rotary(qkv[:, :, 0:2], qkv[:, :, 1:3], cos, sin, inplace=True)

@@ -31,6 +31,10 @@ from .operands import Operands
 
 # Replays of eager CUDA launches: what keeps a decode step near the cost of a bare Triton launch.
 PLANS = LaunchPlans()
+# Validated problems of eager calls on the CPU path, by the same keys: a decode step there skips
+# validation too (calls with cu_seqlens always validate: their boundaries are checked on the host).
+PROBLEMS: dict = {}
+_PROBLEMS_CAPACITY = 512
 
 
 def clear_launch_cache() -> None:
@@ -42,6 +46,7 @@ def clear_launch_cache() -> None:
     >>> rope_triton.clear_launch_cache()
     """
     PLANS.clear()
+    PROBLEMS.clear()
 
 
 def triton_runs_on(device: torch.device) -> bool:
@@ -192,6 +197,12 @@ def apply(
         and (rotary_dim is None or type(rotary_dim) is int)
         and (max_seqlen is None or type(max_seqlen) is int)
     )
+    if plain_options and inplace and is_tensor and k is not None and (
+        q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()
+    ):
+        # q and k in one buffer, in place: validated every time (whether they overlap depends on where
+        # they lie in it, which the signature does not hold).
+        plain_options = False
     if is_tensor and plain_options and q.is_cuda and not torch.compiler.is_compiling():
         # Hot path: a signature validated and launched before skips validation and is replayed.
         options = (layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen, freqs is not None)
@@ -206,6 +217,14 @@ def apply(
                     if inplace:
                         torch.autograd.graph.increment_version([t for t in (q, k) if t is not None])
                     return out
+    elif (is_tensor and plain_options and cu_seqlens is None and q.device.type == "cpu"
+          and not torch.compiler.is_compiling() and not triton_runs_on(q.device)):
+        options = ("cpu", layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen, freqs is not None)
+        key = signature(ops, offsets, options)
+        known = PROBLEMS.get(key) if key is not None else None
+        offset = offsets if type(offsets) is int else 0
+        if known is not None and 0 <= offset <= known.max_offset:
+            p = known._replace(offset=offset)
     if p is None:
         table = freqs if freqs is not None else cos
         p = check(
@@ -223,6 +242,10 @@ def apply(
             conjugate=conjugate,
             freqs=freqs is not None,
         )
+        if key is not None and q.device.type == "cpu":
+            if len(PROBLEMS) >= _PROBLEMS_CAPACITY:
+                PROBLEMS.clear()
+            PROBLEMS[key] = p
     if needs_grad:
         if inplace:
             if _is_view(q) or _is_view(k):
