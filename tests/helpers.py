@@ -144,3 +144,28 @@ def ref64(q, k, cos, sin, **kw):
     return reference.apply_rotary(
         q, k, cos, sin, compute_dtype=torch.float64, out_dtype=torch.float64, **kw
     )
+
+
+def check_against_reference(q, k, cos, sin, *, layout, inplace=False, table_bound=1.0, apply=None, **kw):
+    """Run ``apply`` (default :func:`rope_triton.apply_rotary`), compare with the float64 oracle, and check
+    input handling (untouched/aliased). ``table_bound``: see assert_rotary_close (2 for split tables)."""
+    import rope_triton
+
+    apply = apply or rope_triton.apply_rotary
+    q0, k0 = q.clone(), (k.clone() if k is not None else None)
+    rq, rk = ref64(q0, k0, cos, sin, layout=layout, **kw)
+    q_out, k_out = apply(q, k, cos, sin, layout=layout, inplace=inplace, **kw)
+    rotary_dim = kw.get("rotary_dim") or 2 * (cos if cos is not None else kw["freqs"]).shape[-1]
+    interleaved = kw.get("interleaved", False)
+    close = dict(layout=layout, rotary_dim=rotary_dim, interleaved=interleaved, table_bound=table_bound)
+    assert_rotary_close(q_out, rq, q0, **close)
+    if k is None:
+        assert k_out is None
+    else:
+        assert_rotary_close(k_out, rk, k0, **close)
+    if inplace:
+        assert q_out is q and (k is None or k_out is k)
+    else:
+        assert torch.equal(q, q0) and (k is None or torch.equal(k, k0)), "out-of-place changed an input"
+        assert q_out.data_ptr() != q.data_ptr()
+    return q_out, k_out

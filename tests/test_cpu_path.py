@@ -17,6 +17,7 @@ from helpers import (
     VIEWS,
     assert_rotary_close,
     make_qk,
+    check_against_reference,
     random_tables,
     ref64,
 )
@@ -56,24 +57,8 @@ def cpu_apply(q, k, cos=None, sin=None, *, freqs=None, inplace=False, **kw):
 def check_cpu(q, k, cos=None, sin=None, *, layout="bshd", inplace=False, table_bound=1.0, **kw):
     """The CPU path against the float64 oracle; inputs untouched out of place, the outputs themselves in
     place. Returns the outputs."""
-    q0, k0 = q.clone(), (None if k is None else k.clone())
-    freqs = kw.pop("freqs", None)
-    tables = dict(freqs=freqs) if freqs is not None else {}
-    rq, rk = ref64(q0, k0, cos, sin, layout=layout, **tables, **kw)
-    q_out, k_out = cpu_apply(q, k, cos, sin, layout=layout, inplace=inplace, **tables, **kw)
-    rotary_dim = kw.get("rotary_dim") or 2 * (cos if freqs is None else freqs).shape[-1]
-    close = dict(layout=layout, rotary_dim=rotary_dim, interleaved=kw.get("interleaved", False),
-                 table_bound=table_bound)
-    assert_rotary_close(q_out, rq, q0, **close)
-    if k is None:
-        assert k_out is None
-    else:
-        assert_rotary_close(k_out, rk, k0, **close)
-    if inplace:
-        assert q_out is q and (k is None or k_out is k)
-    else:
-        assert torch.equal(q, q0) and (k is None or torch.equal(k, k0)), "out of place changed an input"
-    return q_out, k_out
+    return check_against_reference(q, k, cos, sin, layout=layout, inplace=inplace, table_bound=table_bound,
+                                   apply=cpu_apply, **kw)
 
 
 def _batch(layout, batch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import (
+    check_against_reference,
     DTYPES, FREQS_TABLE_BOUND, LAYOUTS, VIEWS, assert_rotary_close, make_qk, random_tables, ref64,
 )
 
@@ -24,28 +25,6 @@ def _thd_kwargs(layout: str, seqlen: int, device, lengths=None) -> dict:
     assert sum(lengths) == seqlen
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=device, dtype=torch.int32)
     return {"cu_seqlens": cu, "max_seqlen": max(lengths)}
-
-
-def check_against_reference(q, k, cos, sin, *, layout, inplace=False, table_bound=1.0, **kw):
-    """Run apply_rotary, compare with the float64 oracle, and check input handling (untouched/aliased).
-    ``table_bound``: see assert_rotary_close (2 for split tables)."""
-    q0, k0 = q.clone(), (k.clone() if k is not None else None)
-    rq, rk = ref64(q0, k0, cos, sin, layout=layout, **kw)
-    q_out, k_out = rope_triton.apply_rotary(q, k, cos, sin, layout=layout, inplace=inplace, **kw)
-    rotary_dim = kw.get("rotary_dim") or 2 * (cos if cos is not None else kw["freqs"]).shape[-1]
-    interleaved = kw.get("interleaved", False)
-    close = dict(layout=layout, rotary_dim=rotary_dim, interleaved=interleaved, table_bound=table_bound)
-    assert_rotary_close(q_out, rq, q0, **close)
-    if k is None:
-        assert k_out is None
-    else:
-        assert_rotary_close(k_out, rk, k0, **close)
-    if inplace:
-        assert q_out is q and (k is None or k_out is k)
-    else:
-        assert torch.equal(q, q0) and (k is None or torch.equal(k, k0)), "out-of-place changed an input"
-        assert q_out.data_ptr() != q.data_ptr()
-    return q_out, k_out
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

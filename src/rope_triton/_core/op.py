@@ -197,7 +197,7 @@ def apply(
         and (rotary_dim is None or type(rotary_dim) is int)
         and (max_seqlen is None or type(max_seqlen) is int)
     )
-    if plain_options and inplace and is_tensor and k is not None and (
+    if plain_options and inplace and is_tensor and k is not None and not torch.compiler.is_compiling() and (
         q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()
     ):
         # q and k in one buffer, in place: validated every time (whether they overlap depends on where
