@@ -53,7 +53,9 @@ def _parent_site_dirs() -> list[str]:
     """Where this interpreter finds torch and triton: its site-packages, not the source tree."""
     dirs = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     dirs |= {p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")}
-    return sorted(d for d in dirs if Path(d).is_dir() and ROOT not in Path(d).resolve().parents)
+    # (The test venv may live inside the checkout, as the README's does: only the source tree is left out.)
+    src = (ROOT / "src").resolve()
+    return sorted(d for d in dirs if Path(d).is_dir() and Path(d).resolve() != src and src not in Path(d).resolve().parents)
 
 
 @pytest.fixture(scope="module")
