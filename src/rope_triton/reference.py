@@ -13,6 +13,8 @@ import torch
 
 from ._core.layouts import BSHD_AXES, LAYOUTS, from_bshd, to_bshd  # noqa: F401 (re-exported for tests)
 from .angles.fixed_point import FREQ_MAX_POSITION
+from .angles.multi_axis import MultiAxis
+from .angles.multi_axis import angles as multi_axis_angles
 from .angles.tables import freq_table_angles, freq_table_factor
 
 
@@ -95,6 +97,34 @@ def freq_rows(
     return cos.to(dtype), sin.to(dtype)
 
 
+def multi_axis_rows(
+    multi_axis: MultiAxis,
+    positions: torch.Tensor,
+    batch: int,
+    seqlen: int,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of every token's multi-axis angles times the attention factor, computed in float64.
+
+    ``positions``: (n_axes, B, S), (n_axes, S) (the same for every batch row) or, for ``thd``,
+    (n_axes, T). Returns (B, S, R/2) (for ``thd``: (1, T, R/2)) in ``dtype``.
+    """
+    if not torch.is_tensor(positions) or positions.dim() not in (2, 3):
+        got = tuple(positions.shape) if torch.is_tensor(positions) else positions
+        raise ValueError(
+            f"positions must have shape (n_axes, B, S) or (n_axes, T) with multi_axis, got {got}"
+        )
+    theta = multi_axis_angles(multi_axis, positions)
+    if theta.shape[-2] != seqlen or theta.dim() == 3 and theta.shape[0] != batch:
+        raise ValueError(
+            f"positions must have shape (n_axes, B={batch}, S={seqlen}), (n_axes, S) or for thd "
+            f"(n_axes, T={seqlen}), got {tuple(positions.shape)}"
+        )
+    theta = theta.expand(batch, seqlen, theta.shape[-1])
+    factor = multi_axis.attention_factor
+    return (torch.cos(theta) * factor).to(dtype), (torch.sin(theta) * factor).to(dtype)
+
+
 def rotate(
     x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved: bool, conjugate: bool
 ) -> torch.Tensor:
@@ -148,6 +178,7 @@ def apply_rotary(
     sin: torch.Tensor | None = None,
     *,
     freqs: torch.Tensor | None = None,
+    multi_axis: MultiAxis | None = None,
     positions: torch.Tensor | None = None,
     offsets: int | torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
@@ -168,6 +199,12 @@ def apply_rotary(
 
     Parameters
     ----------
+    multi_axis : MultiAxis, optional
+        Multi-axis RoPE (:mod:`rope_triton.angles.multi_axis`) instead of ``cos``/``sin``/``freqs``:
+        token angles are ``positions[axis[i]] * inv_freq[i]`` in float64, ``positions`` is required, of
+        shape (n_axes, B, S), (n_axes, S) or for ``thd`` (n_axes, T), and the pairing is the
+        MultiAxis's (``interleaved`` is ignored). ``rotary_dim`` defaults to ``multi_axis.rotary_dim``
+        and must equal it; a wider head passes its tail through. ``offsets`` is not supported with it.
     compute_dtype : torch.dtype
         Dtype of the arithmetic (``torch.float64`` for a test oracle).
     out_dtype : torch.dtype, optional
@@ -178,30 +215,52 @@ def apply_rotary(
     --------
     >>> q = torch.randn(1, 4, 2, 8, dtype=torch.float64)
     >>> cos, sin = torch.ones(4, 4), torch.zeros(4, 4)
-    >>> apply_rotary(q, None, cos, sin)[0].equal(q)
+    >>> apply_rotary(q, None, cos, sin, compute_dtype=torch.float64)[0].equal(q)
+    True
+
+    Multi-axis (M-RoPE) positions, (n_axes, B, S):
+
+    >>> from rope_triton.angles import mrope
+    >>> pos = torch.zeros(3, 1, 4, dtype=torch.int64)
+    >>> apply_rotary(q, None, multi_axis=mrope(8, [2, 1, 1]), positions=pos,
+    ...              compute_dtype=torch.float64)[0].equal(q)
     True
     """
-    if rotary_dim is None:
+    if multi_axis is not None:
+        if rotary_dim is not None and rotary_dim != multi_axis.rotary_dim:
+            raise ValueError(
+                f"rotary_dim must equal multi_axis.rotary_dim = {multi_axis.rotary_dim}, got {rotary_dim}"
+            )
+        if positions is None:
+            raise ValueError("positions: required with multi_axis, shape (n_axes, B, S) or (n_axes, T)")
+        if offsets is not None:
+            raise ValueError("offsets: not supported with multi_axis; add them to positions")
+        rotary_dim = multi_axis.rotary_dim
+        interleaved = multi_axis.interleaved
+    elif rotary_dim is None:
         rotary_dim = 2 * (cos if freqs is None else freqs).shape[-1]
     half = rotary_dim // 2
     qb = to_bshd(q, layout)
     batch, seqlen = qb.shape[0], qb.shape[1]
-    pos = token_positions(
-        batch, seqlen, q.device, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens
-    )
-    if freqs is not None:
-        cos_rows, sin_rows = freq_rows(freqs, pos, half, compute_dtype)
-    elif cos_lo is None:
-        seq = token_sequences(batch, seqlen, q.device, cu_seqlens) if cos.dim() == 3 else None
-        cos_rows = gather_rows(cos, pos, half, compute_dtype, seq)
-        sin_rows = gather_rows(sin, pos, half, compute_dtype, seq)
+    if multi_axis is not None:
+        cos_rows, sin_rows = multi_axis_rows(multi_axis, positions, batch, seqlen, compute_dtype)
     else:
-        # Split tables: angle(p) = angle(high part) + angle(low part), by the angle-addition formulas.
-        lo_rows = cos_lo.shape[0]
-        pos_hi = torch.where(pos >= 0, pos // lo_rows, -1)
-        ch, sh = (gather_rows(t, pos_hi, half, compute_dtype) for t in (cos, sin))
-        cl, sl = (gather_rows(t, pos % lo_rows, half, compute_dtype) for t in (cos_lo, sin_lo))
-        cos_rows, sin_rows = ch * cl - sh * sl, sh * cl + ch * sl
+        pos = token_positions(
+            batch, seqlen, q.device, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens
+        )
+        if freqs is not None:
+            cos_rows, sin_rows = freq_rows(freqs, pos, half, compute_dtype)
+        elif cos_lo is None:
+            seq = token_sequences(batch, seqlen, q.device, cu_seqlens) if cos.dim() == 3 else None
+            cos_rows = gather_rows(cos, pos, half, compute_dtype, seq)
+            sin_rows = gather_rows(sin, pos, half, compute_dtype, seq)
+        else:
+            # Split tables: angle(p) = angle(high part) + angle(low part), by the angle-addition formulas.
+            lo_rows = cos_lo.shape[0]
+            pos_hi = torch.where(pos >= 0, pos // lo_rows, -1)
+            ch, sh = (gather_rows(t, pos_hi, half, compute_dtype) for t in (cos, sin))
+            cl, sl = (gather_rows(t, pos % lo_rows, half, compute_dtype) for t in (cos_lo, sin_lo))
+            cos_rows, sin_rows = ch * cl - sh * sl, sh * cl + ch * sl
 
     def one(x: torch.Tensor) -> torch.Tensor:
         return _rotate_one(
