@@ -38,6 +38,7 @@ from transformers.models.qwen2 import modeling_qwen2 as hf_qwen2
 
 import rope_triton
 from rope_triton import RotaryEmbedding, TritonRotary, reference
+from rope_triton._core.op import triton_runs_on
 from rope_triton.angles import inv_freq_and_scale, parse_hf_config
 
 U = 2.0**-24
@@ -707,7 +708,9 @@ def test_compiled_dynamic_forward_past_the_tables(compute_cos_sin):
         ref, scale = _exact_for(rope, x, torch.arange(offset, offset + seqlen)[None], layout="bshd")
         assert_ours_close(out, ref, x, scale=scale, rotary_dim=12, layout="bshd")
         assert_ours_close(want, ref, x, scale=scale, rotary_dim=12, layout="bshd")
-        if compute_cos_sin is False:
+        if compute_cos_sin is False and triton_runs_on(x.device):
+            # The same kernel on the same rows (the CPU path differs from its traced formulation in the
+            # last bit of some elements: both are within one rounding, checked above).
             assert torch.equal(out, want)
     assert type(rope.max_positions) is int
 

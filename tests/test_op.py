@@ -395,7 +395,7 @@ def test_cpu_path_reuses_validated_problems(monkeypatch):
     # validation (the decode step's host time) and still gives the float64 rotation, per call's offset.
     from rope_triton._core import op as _ops
 
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(_ops, "_INTERPRETED", False)
     monkeypatch.setattr(_ops, "PROBLEMS", {})
     cos, sin = random_tables(40, 8, "cpu")
     for step, offset in enumerate((3, 7, 11)):
@@ -416,7 +416,7 @@ def test_inplace_on_one_buffer_is_validated_every_call(monkeypatch):
     # check, even after a validated call of the same shapes and strides.
     from rope_triton._core import op as _ops
 
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(_ops, "_INTERPRETED", False)
     monkeypatch.setattr(_ops, "PROBLEMS", {})
     cos, sin = random_tables(8, 4, "cpu")
     qkv = torch.randn(1, 2, 6, 8)

@@ -19,6 +19,7 @@ _EXPORTS = {
     "RotaryEmbedding": "rope_triton.modules",
     "TritonRotary": "rope_triton.modules",
     "clear_launch_cache": "rope_triton._core.op",
+    "CapturedRotary": "rope_triton.graphs",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -26,6 +27,7 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:
     from ._core.op import clear_launch_cache  # noqa: F401
     from .functional import apply_rotary  # noqa: F401  (for type checkers: lazy exports)
+    from .graphs import CapturedRotary  # noqa: F401
     from .modules import RotaryEmbedding, TritonRotary  # noqa: F401
 
 

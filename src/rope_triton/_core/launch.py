@@ -353,7 +353,7 @@ class LaunchPlans:
         self._plans[key] = Plan(compiled, grid, ordered, problem)
 
 
-def signature(ops: Operands, offsets, options: tuple) -> tuple | None:
+def signature(ops: Operands | tuple, offsets, options: tuple) -> tuple | None:
     """The plan key of a call (what decides a launch besides the data: see :class:`LaunchPlans`), or None
     for arguments of unusual types (they take the validating path, which explains what is wrong).
     ``offsets`` as an int enters the key only through what Triton specializes an int on (== 1, divisible

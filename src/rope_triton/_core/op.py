@@ -16,7 +16,6 @@ kernel. Nothing but the (small) tables and index tensors is saved.
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
@@ -29,6 +28,8 @@ from .kernels import rotary_kernel
 from .launch import LaunchPlans, launch, prefers_freqs, signature  # noqa: F401 (prefers_freqs: for modules)
 from .operands import Operands
 
+# Set by TRITON_INTERPRET=1 when triton was first imported: the kernel object is the interpreter's.
+_INTERPRETED = type(rotary_kernel).__name__ == "InterpretedFunction"
 # Replays of eager CUDA launches: what keeps a decode step near the cost of a bare Triton launch.
 PLANS = LaunchPlans()
 # Validated problems of eager calls on the CPU path, by the same keys: a decode step there skips
@@ -50,10 +51,11 @@ def clear_launch_cache() -> None:
 
 
 def triton_runs_on(device: torch.device) -> bool:
-    """Whether the Triton kernel can run on ``device``: any CUDA device, or the CPU via the interpreter."""
+    """Whether the Triton kernel can run on ``device``: any CUDA device, or the CPU via the interpreter
+    (which Triton chose when the kernel was defined, from ``TRITON_INTERPRET``)."""
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return device.type == "cpu" and _INTERPRETED
 
 
 def _new_out(x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +111,8 @@ def run(
         return q_out, (k_out if k is not None else None)
     if plan_key is not None:
         plan = PLANS.get(plan_key)
-        if plan is not None:
+        # A plan launches on the current device's stream: it was recorded on the tensors' device.
+        if plan is not None and q.get_device() == torch.cuda.current_device():
             return replay(plan, ops, p.offset, inplace)
     q_out = None if inplace else _new_out(q)
     k_out = None if inplace or k is None else _new_out(k)
@@ -177,12 +180,61 @@ class RotaryFunction(torch.autograd.Function):
         return gq, gk, *([None] * 6)
 
 
+def _plain_options(layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen) -> bool:
+    # Exact types only: a key holding 1 where True was validated would match it (1 == True).
+    return (
+        type(layout) is str and type(interleaved) is bool and type(inplace) is bool
+        and type(conjugate) is bool
+        and (rotary_dim is None or type(rotary_dim) is int)
+        and (max_seqlen is None or type(max_seqlen) is int)
+    )
+
+
+def _one_buffer(q, k) -> bool:
+    # In place on q and k of one buffer is validated every time: whether they overlap depends on where they
+    # lie in it, which the signature does not hold.
+    return k is not None and q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()
+
+
+def _replay_known(q, k, table, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, max_seqlen, layout,
+                  interleaved, rotary_dim, inplace, conjugate, freqs):
+    """The hot path of eager CUDA calls (a decode step): the replay of a signature validated and launched
+    before, without autograd. None when the call must take the full path."""
+    if k is not None and type(k) is not torch.Tensor:
+        return None
+    if torch.is_grad_enabled() and (q.requires_grad or (k is not None and k.requires_grad)):
+        return None
+    if not _plain_options(layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen):
+        return None
+    if torch.compiler.is_compiling() or (inplace and _one_buffer(q, k)):
+        return None
+    offsets_t = offsets if type(offsets) is torch.Tensor else None
+    tensors = (q, k, table, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens)
+    key = signature(tensors, offsets, (layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen, freqs))
+    plan = PLANS.get(key) if key is not None else None
+    if plan is None or q.get_device() != torch.cuda.current_device():
+        return None
+    offset = offsets if type(offsets) is int else 0
+    if not 0 <= offset <= plan.problem.max_offset:
+        return None
+    out = replay(plan, Operands(*tensors), offset, inplace)
+    if inplace:
+        torch.autograd.graph.increment_version([q] if k is None else [q, k])
+    return out
+
+
 def apply(
     q, k, cos, sin, *, freqs, positions, offsets, cu_seqlens, max_seqlen, layout, interleaved, rotary_dim,
     inplace, conjugate, cos_lo, sin_lo,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`rope_triton.apply_rotary` after its table arguments were sorted out: the replay of a known
     signature, or validation, then autograd or a plain run."""
+    if type(q) is torch.Tensor and q.is_cuda:
+        out = _replay_known(q, k, cos if freqs is None else freqs, sin, cos_lo, sin_lo, positions, offsets,
+                            cu_seqlens, max_seqlen, layout, interleaved, rotary_dim, inplace, conjugate,
+                            freqs is not None)
+        if out is not None:
+            return out
     is_tensor = isinstance(q, torch.Tensor) and (k is None or isinstance(k, torch.Tensor))
     needs_grad = is_tensor and torch.is_grad_enabled() and (
         q.requires_grad or (k is not None and k.requires_grad)
@@ -191,38 +243,22 @@ def apply(
     table = cos if freqs is None else freqs
     ops = Operands(q, k, table, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens)
     key = p = None
-    plain_options = (
-        type(layout) is str and type(interleaved) is bool and type(inplace) is bool
-        and type(conjugate) is bool
-        and (rotary_dim is None or type(rotary_dim) is int)
-        and (max_seqlen is None or type(max_seqlen) is int)
+    plain = (
+        is_tensor and _plain_options(layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen)
+        and not torch.compiler.is_compiling() and not (inplace and _one_buffer(q, k))
     )
-    if plain_options and inplace and is_tensor and k is not None and not torch.compiler.is_compiling() and (
-        q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()
-    ):
-        # q and k in one buffer, in place: validated every time (whether they overlap depends on where
-        # they lie in it, which the signature does not hold).
-        plain_options = False
-    if is_tensor and plain_options and q.is_cuda and not torch.compiler.is_compiling():
-        # Hot path: a signature validated and launched before skips validation and is replayed.
-        options = (layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen, freqs is not None)
-        key = signature(ops, offsets, options)
+    offset = offsets if type(offsets) is int else 0
+    if plain and q.is_cuda:
+        # Recorded for replay once validated and launched; with autograd the validation is skipped.
+        key = signature(ops, offsets, (layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen,
+                                       freqs is not None))
         plan = PLANS.get(key) if key is not None else None
-        if plan is not None and q.get_device() == torch.cuda.current_device():
-            offset = offsets if type(offsets) is int else 0
-            if 0 <= offset <= plan.problem.max_offset:
-                p = plan.problem._replace(offset=offset)
-                if not needs_grad:
-                    out = replay(plan, ops, offset, inplace)
-                    if inplace:
-                        torch.autograd.graph.increment_version([t for t in (q, k) if t is not None])
-                    return out
-    elif (is_tensor and plain_options and cu_seqlens is None and q.device.type == "cpu"
-          and not torch.compiler.is_compiling() and not triton_runs_on(q.device)):
+        if plan is not None and 0 <= offset <= plan.problem.max_offset:
+            p = plan.problem._replace(offset=offset)
+    elif plain and cu_seqlens is None and q.device.type == "cpu" and not triton_runs_on(q.device):
         options = ("cpu", layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen, freqs is not None)
         key = signature(ops, offsets, options)
         known = PROBLEMS.get(key) if key is not None else None
-        offset = offsets if type(offsets) is int else 0
         if known is not None and 0 <= offset <= known.max_offset:
             p = known._replace(offset=offset)
     if p is None:

@@ -310,6 +310,49 @@ class InplaceImpl(Impl):
         return fwdbwd
 
 
+class GraphImpl(InplaceImpl):
+    """rope-triton's in-place rotation captured in a CUDA graph (:class:`rope_triton.CapturedRotary`): the
+    timed call is the graph's replay, which is what a decode step that keeps q and k in fixed buffers pays.
+    Backward: the conjugate rotation captured the same way."""
+
+    def __init__(self, wl: Workload) -> None:
+        super().__init__(wl)
+        self.kwargs = {**_cos_sin(wl, wl.cos_sin_mode), **wl.rope_kwargs}
+
+    def _captured(self, q, k, conjugate=False):
+        from ..graphs import CapturedRotary
+
+        return CapturedRotary(q, k, inplace=True, conjugate=conjugate, **self.kwargs)
+
+    def forward(self, q, k):
+        return self._captured(q.clone(), k.clone()).replay()
+
+    def backward(self, q, k, gq, gk):
+        return self._captured(gq.clone(), gk.clone(), conjugate=True).replay()
+
+    def timed(self, pass_, q, k):
+        fwd = self._captured(q, k).replay
+        if pass_ == "fwd":
+            return fwd
+        bwd = self._captured(_normal_like(q, self.gen), _normal_like(k, self.gen), conjugate=True).replay
+        if pass_ == "bwd":
+            return bwd
+
+        def fwdbwd():
+            fwd()
+            return bwd()
+
+        return fwdbwd
+
+
+def _needs_cuda_and_tensor_offsets(wl: Workload, requested: bool) -> str | None:
+    if wl.device.type != "cuda":
+        return "CUDA graphs: a GPU only"
+    if wl.spec.kind != "decode" and not requested:
+        return "decode shapes by default (elsewhere the host cost hides behind the GPU time)"
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # Layout views for the Hugging Face style peers.
 # --------------------------------------------------------------------------------------------------
@@ -377,6 +420,7 @@ def cos_sin_read(provider: str, wl: Workload) -> str:
     """What a rope-triton provider reads on this workload: ``"tables"`` or ``"freqs"``; ``""`` for peers."""
     return {
         "rope-triton": wl.cos_sin_mode, "rope-triton-inplace": wl.cos_sin_mode,
+        "rope-triton-graph": wl.cos_sin_mode,
         "rope-triton-tables": "tables", "rope-triton-freqs": "freqs",
     }.get(provider, "")
 
@@ -501,6 +545,12 @@ PROVIDERS: dict[str, Provider] = {
             "in place",
             lambda wl: InplaceImpl(wl),
             _always,
+        ),
+        Provider(
+            "rope-triton-graph",
+            "rope-triton-inplace captured in a CUDA graph (rope_triton.CapturedRotary), timed by its replay",
+            lambda wl: GraphImpl(wl),
+            _needs_cuda_and_tensor_offsets,
         ),
         Provider(
             "rope-triton-tables",
