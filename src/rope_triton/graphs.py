@@ -87,7 +87,8 @@ class CapturedRotary:
         for name in ("positions", "cu_seqlens"):
             value = options.get(name)
             if value is not None and isinstance(value, torch.Tensor) and not value.is_cuda:
-                raise ValueError(f"{name}: a captured rotation reads it on the GPU, got a {value.device} tensor")
+                raise ValueError(f"{name}: a captured rotation reads it on the GPU, got a {value.device} "
+                                 "tensor")
         self.q, self.k = q, k
 
         def call(q_, k_):

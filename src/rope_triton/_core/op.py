@@ -210,7 +210,8 @@ def _replay_known(q, k, table, sin, cos_lo, sin_lo, positions, offsets, cu_seqle
         return None
     offsets_t = offsets if type(offsets) is torch.Tensor else None
     tensors = (q, k, table, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens)
-    key = signature(tensors, offsets, (layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen, freqs))
+    options = (layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen, freqs)
+    key = signature(tensors, offsets, options)
     plan = PLANS.get(key) if key is not None else None
     if plan is None or q.get_device() != torch.cuda.current_device():
         return None
