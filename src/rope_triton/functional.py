@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import torch  # noqa: F401 (annotations)
+import torch
 
 from ._core import op
+from .angles.multi_axis import MultiAxis
 
 
 def apply_rotary(
@@ -14,12 +15,13 @@ def apply_rotary(
     sin: torch.Tensor | None = None,
     *,
     freqs: torch.Tensor | None = None,
+    multi_axis: MultiAxis | None = None,
     positions: torch.Tensor | None = None,
     offsets: int | torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
     max_seqlen: int | None = None,
     layout: str = "bshd",
-    interleaved: bool = False,
+    interleaved: bool | None = None,
     rotary_dim: int | None = None,
     inplace: bool = False,
     conjugate: bool = False,
@@ -53,9 +55,18 @@ def apply_rotary(
         The kernel computes each position's cos/sin itself (exact angles at any position up to 2**31 - 2,
         cos/sin within ~2 float32 ulps), reading no table rows: for long sequences, whose tables are
         megabytes read on every call. Not for float64 q and k.
+    multi_axis : rope_triton.angles.MultiAxis, optional
+        Multi-axis RoPE (M-RoPE of Qwen2-VL / Qwen2.5-VL / Qwen3-VL, 2-D vision, N-D diffusion; presets in
+        :mod:`rope_triton.angles`) instead of tables: pair i turns by ``positions[axis[i]] * inv_freq[i]``,
+        computed in the kernel as with ``freqs`` (``freqs=multi_axis.freq_table(device)`` is the same
+        call). ``positions`` then have a leading axis dim; without positions every axis is at the
+        token's index plus ``offsets`` (text tokens, decode). The pairing and rotary_dim are the
+        MultiAxis's.
     positions : torch.Tensor, optional
         Explicit table row of every token, int32 or int64: (B, S) (or (1, S), (S,), broadcast over the
-        batch), or (T,) for ``"thd"``. Exclusive with ``offsets``.
+        batch), or (T,) for ``"thd"``. Exclusive with ``offsets``. With a multi-axis table: (n_axes, B,
+        S) (or (n_axes, 1, S), (n_axes, S) shared by the batch), (n_axes, T) for ``"thd"``; integers, or
+        floats for presets with fractional coordinates (diffusion models' ids).
     offsets : int or torch.Tensor, optional
         Added to each token's index in its sequence (KV-cache decoding, chunked prefill): an int, or an
         int tensor of shape (B,), or (num_seqs,) for ``"thd"``.
@@ -66,9 +77,10 @@ def apply_rotary(
         ``"thd"`` only: the longest sequence, used to check on the host that positions fit the table
         (without it, tokens past the table come out NaN).
     layout : {"bshd", "bhsd", "sbhd", "thd"}
-    interleaved : bool
-        ``False``: pairs (i, i + R/2), the NeoX / Llama / Hugging Face ``rotate_half`` convention.
-        ``True``: pairs (2i, 2i + 1), the GPT-J / Meta convention.
+    interleaved : bool, optional
+        ``False`` (default): pairs (i, i + R/2), the NeoX / Llama / Hugging Face ``rotate_half``
+        convention. ``True``: pairs (2i, 2i + 1), the GPT-J / Meta convention. With ``multi_axis``, its
+        pairing.
     rotary_dim : int, optional
         Even, 0 < R <= D; default ``2 * cos.shape[-1]``. Dimensions past R pass through unchanged.
     inplace : bool
@@ -99,6 +111,12 @@ def apply_rotary(
     >>> q_rot.shape, k_rot.shape
     (torch.Size([2, 16, 8, 64]), torch.Size([2, 16, 2, 64]))
     """
+    if multi_axis is not None:
+        freqs, interleaved, rotary_dim = _multi_axis_args(
+            q, cos, sin, freqs, multi_axis, positions, interleaved, rotary_dim
+        )
+    elif interleaved is None:
+        interleaved = False
     if freqs is not None:
         if cos is not None or sin is not None:
             raise ValueError("freqs: cos/sin tables and freqs are exclusive, got both")
@@ -110,3 +128,33 @@ def apply_rotary(
         max_seqlen=max_seqlen, layout=layout, interleaved=interleaved, rotary_dim=rotary_dim, inplace=inplace,
         conjugate=conjugate, cos_lo=cos_lo, sin_lo=sin_lo,
     )
+
+
+def _multi_axis_args(q, cos, sin, freqs, multi_axis, positions, interleaved, rotary_dim):
+    """(freqs, interleaved, rotary_dim) of a ``multi_axis`` call, after checking the arguments against it."""
+    if not isinstance(multi_axis, MultiAxis):
+        raise TypeError(
+            f"multi_axis: expected a rope_triton.angles.MultiAxis, got {type(multi_axis).__name__}"
+        )
+    if cos is not None or sin is not None or freqs is not None:
+        raise ValueError("multi_axis: cos/sin tables, freqs and multi_axis are exclusive, got more than one")
+    if interleaved is not None and interleaved != multi_axis.interleaved:
+        pairs = "adjacent (2i, 2i + 1)" if multi_axis.interleaved else "half-split (i, i + R/2)"
+        raise ValueError(f"interleaved: the MultiAxis pairs dims {pairs}, got interleaved={interleaved!r}")
+    if rotary_dim is not None and rotary_dim != multi_axis.rotary_dim:
+        raise ValueError(
+            f"rotary_dim: expected the MultiAxis's {multi_axis.rotary_dim} (or None), got {rotary_dim}"
+        )
+    if isinstance(positions, torch.Tensor):
+        if positions.dim() < 2 or positions.shape[0] != multi_axis.n_axes:
+            raise ValueError(
+                f"positions: expected a leading axis dim of n_axes = {multi_axis.n_axes}, (n_axes, B, S) or "
+                f"(n_axes, S) ((n_axes, T) packed), got shape {tuple(positions.shape)}"
+            )
+        if multi_axis.integer_positions and positions.is_floating_point():
+            raise ValueError(
+                "positions: this MultiAxis takes integer positions (token indices), got dtype "
+                f"{positions.dtype}"
+            )
+    device = q.device if isinstance(q, torch.Tensor) else None
+    return multi_axis.freq_table(device), multi_axis.interleaved, multi_axis.rotary_dim

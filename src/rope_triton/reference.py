@@ -106,7 +106,8 @@ def multi_axis_rows(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of every token's multi-axis angles times the attention factor, computed in float64.
 
-    ``positions``: (n_axes, B, S), (n_axes, S) (the same for every batch row) or, for ``thd``,
+    ``positions``: (n_axes, B, S), (n_axes, 1, S) or (n_axes, S) (the same for every batch row) or, for
+    ``thd``,
     (n_axes, T). Returns (B, S, R/2) (for ``thd``: (1, T, R/2)) in ``dtype``.
     """
     if not torch.is_tensor(positions) or positions.dim() not in (2, 3):
@@ -115,9 +116,10 @@ def multi_axis_rows(
             f"positions must have shape (n_axes, B, S) or (n_axes, T) with multi_axis, got {got}"
         )
     theta = multi_axis_angles(multi_axis, positions)
-    if theta.shape[-2] != seqlen or theta.dim() == 3 and theta.shape[0] != batch:
+    if theta.shape[-2] != seqlen or theta.dim() == 3 and theta.shape[0] not in (1, batch):
         raise ValueError(
-            f"positions must have shape (n_axes, B={batch}, S={seqlen}), (n_axes, S) or for thd "
+            f"positions must have shape (n_axes, B={batch}, S={seqlen}), (n_axes, 1, S), (n_axes, S) or "
+            "for thd "
             f"(n_axes, T={seqlen}), got {tuple(positions.shape)}"
         )
     theta = theta.expand(batch, seqlen, theta.shape[-1])

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
-from ..angles.fixed_point import FREQ_MAX_POSITION, FREQ_ROWS
+from ..angles.fixed_point import FREQ_AXIS_ROW, FREQ_MAX_POSITION, FREQ_ROWS
 from .layouts import BSHD_AXES, LAYOUTS
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -43,6 +43,8 @@ class Problem(NamedTuple):
     rows_shared: int = 1
     # cos/sin given per sequence, (batch or num_seqs, rows, columns): each sequence reads its own rows.
     table_batch: bool = False
+    # Multi-axis positions (n_axes, ...) read through the axis row of a multi-axis freq table; 0: one axis.
+    n_axes: int = 0
 
 
 def _dim_names(layout: str) -> str:
@@ -230,6 +232,38 @@ def _check_positions_or_offsets(positions, offsets, layout: str, batch: int, seq
     return POS_DEFAULT
 
 
+# Position axes the kernel unrolls (M-RoPE has 3, video diffusion 3, 2-D vision 2).
+MAX_AXES = 8
+
+
+def _check_axis_positions(positions, offsets, layout: str, batch: int, seqlen: int) -> int:
+    """The number of axes of valid multi-axis ``positions``: (n_axes, batch, seq), (n_axes, 1, seq) or
+    (n_axes, seq) shared by the batch, (n_axes, total_tokens) for ``thd``; integers, or floats for
+    fractional coordinates."""
+    if offsets is not None:
+        raise ValueError("offsets: positions and offsets are mutually exclusive, got both")
+    if not isinstance(positions, torch.Tensor):
+        raise TypeError(f"positions: expected a tensor, got {type(positions).__name__}")
+    if positions.dtype not in INDEX_DTYPES and not positions.is_floating_point():
+        raise TypeError(f"positions: expected an integer or floating-point tensor, got {positions.dtype}")
+    if layout == "thd":
+        ok, want = positions.dim() == 2 and positions.shape[1] == seqlen, f"(n_axes, total_tokens={seqlen})"
+    else:
+        ok = (positions.dim() == 3 and positions.shape[1] in (1, batch) and positions.shape[2] == seqlen) or (
+            positions.dim() == 2 and positions.shape[1] == seqlen
+        )
+        want = f"(n_axes, batch={batch}, seq={seqlen}) (or (n_axes, 1, seq), (n_axes, seq))"
+    if not ok:
+        raise ValueError(
+            f"positions: a multi-axis freqs table needs positions with a leading axis dim, {want}, got "
+            f"{_shape(positions)}"
+        )
+    n_axes = positions.shape[0]
+    if not 1 <= n_axes <= MAX_AXES:
+        raise ValueError(f"positions: expected 1 to {MAX_AXES} axes in dim 0, got {_shape(positions)}")
+    return n_axes
+
+
 def check_call(
     q: torch.Tensor,
     k: torch.Tensor | None,
@@ -354,7 +388,12 @@ def check(
             f"cos: per-sequence tables need a first dim of {what} = {n_seqs} (or 1), got {_shape(cos)}"
         )
     table_rows = FREQ_MAX_POSITION + 1 if freqs else cos.shape[-2] << lo_bits
-    pos_mode = _check_positions_or_offsets(positions, offsets, layout, batch, seqlen, n_seqs)
+    n_axes = 0
+    if freqs and cos.shape[0] == FREQ_AXIS_ROW + 1 and positions is not None:
+        n_axes = _check_axis_positions(positions, offsets, layout, batch, seqlen)
+        pos_mode = POS_EXPLICIT
+    else:
+        pos_mode = _check_positions_or_offsets(positions, offsets, layout, batch, seqlen, n_seqs)
     offset = 0
     max_offset = float("inf")
     if pos_mode == POS_DEFAULT:
@@ -388,14 +427,14 @@ def check(
                 f"(q: {_shape(q)}, strides {q.stride()}; k: {_shape(k)}, strides {k.stride()}, "
                 f"{k.data_ptr() - q.data_ptr():+d} bytes from q)"
             )
-    broadcast = pos_mode == POS_EXPLICIT and (
+    broadcast = pos_mode == POS_EXPLICIT and not n_axes and (
         positions.dim() == 1 or positions.shape[0] == 1 or positions.stride(0) == 0
     )
     own_rows = table_batch and cos.shape[0] > 1 and (cos.stride(0) != 0 or sin.stride(0) != 0)
     rows_shared = batch if layout != "thd" and (pos_mode == POS_DEFAULT or broadcast) and not own_rows else 1
     return Problem(
         layout, batch, seqlen, heads_q, heads_k, head_dim, rotary_dim, n_seqs, pos_mode, offset, table_rows,
-        lo_bits, max_offset, freqs, rows_shared, table_batch,
+        lo_bits, max_offset, freqs, rows_shared, table_batch, n_axes,
     )
 
 
@@ -404,10 +443,11 @@ def _check_freq_table(freqs: object, q: torch.Tensor, cos_lo: torch.Tensor | Non
         raise TypeError(
             f"freqs: expected a torch.Tensor from rope_triton.angles.freq_table, got {type(freqs).__name__}"
         )
-    if freqs.dtype != torch.int64 or freqs.dim() != 2 or freqs.shape[0] != FREQ_ROWS:
+    if freqs.dtype != torch.int64 or freqs.dim() != 2 or freqs.shape[0] not in (FREQ_ROWS, FREQ_AXIS_ROW + 1):
         raise ValueError(
             f"freqs: expected an int64 tensor of shape ({FREQ_ROWS}, rotary_dim // 2) from "
-            f"rope_triton.angles.freq_table, got dtype {freqs.dtype} and {_shape(freqs)}"
+            f"rope_triton.angles.freq_table (or ({FREQ_AXIS_ROW + 1}, rotary_dim // 2) from "
+            f"MultiAxis.freq_table), got dtype {freqs.dtype} and {_shape(freqs)}"
         )
     if q.dtype == torch.float64:
         raise TypeError(

@@ -26,7 +26,13 @@ import math
 
 import torch
 
-from ..angles.fixed_point import FREQ_CHUNK_BITS, FREQ_CHUNKS, FREQ_FRAC_BITS, FREQ_MAX_POSITION
+from ..angles.fixed_point import (
+    FREQ_AXIS_ROW,
+    FREQ_CHUNK_BITS,
+    FREQ_CHUNKS,
+    FREQ_FRAC_BITS,
+    FREQ_MAX_POSITION,
+)
 from ..angles.tables import freq_table_factor
 from .checks import POS_EXPLICIT, POS_OFFSETS, Problem
 from .layouts import to_bshd
@@ -280,6 +286,8 @@ def _decode_rows(p, cos, sin, cos_lo, offsets, half, wdtype):
 
 def _cos_sin(p, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, half, wdtype):
     """Each token's cos and sin, (1 or B, S, R/2) in ``wdtype``; NaN rows for positions off the table."""
+    if p.n_axes:
+        return _axis_rows(cos, positions, p, half, wdtype)
     start, pos, seq = _positions(p, positions, offsets, cu_seqlens)
     if p.freqs:
         c, s = _freq_rows(cos, start, pos, p.seqlen, half, wdtype)
@@ -437,6 +445,39 @@ def _freq_rows(freqs, start, pos, seqlen, half, wdtype):
     c = (torch.cos(theta) * amplitude).to(wdtype)
     s = (torch.sin(theta) * amplitude).to(wdtype)
     return (c, s) if outside is None else _nan_rows(outside, c, s)
+
+
+def _axis_rows(freqs, positions, p, half, wdtype):
+    """cos/sin of a multi-axis freq table at positions (n_axes, B or 1, S) or (n_axes, S) or, packed,
+    (n_axes, T): each pair at its own axis's position, fractional ones included, as the kernel does (an
+    exact int64 sum of turns), (1 or B, S, R/2) in ``wdtype``; NaN where a position is off the table or an
+    axis id has no positions."""
+    freqs = freqs[:, :half]
+    n_axes = positions.shape[0]
+    pos = positions.reshape(n_axes, -1, positions.shape[-1])  # (n_axes, B or 1, S)
+    axis = freqs[FREQ_AXIS_ROW]
+    valid_axis = (axis >= 0) & (axis < n_axes)
+    per_pair = pos[axis.clamp(0, n_axes - 1)].movedim(0, -1)  # (B or 1, S, R/2)
+    if per_pair.is_floating_point():
+        value = per_pair.to(_F64)
+        whole = value.floor()
+        frac_turns = ((value - whole) * freqs[0].to(_F64) + 0.5).floor().to(torch.int64)
+        whole = whole.clamp(-1, FREQ_MAX_POSITION + 1).to(torch.int64)
+    else:
+        whole, frac_turns = per_pair.long(), None
+    outside = (whole < 0) | (whole > FREQ_MAX_POSITION) | ~valid_axis
+    whole = whole.clamp(0, FREQ_MAX_POSITION)
+    acc = (whole & _CHUNK_MASK) * freqs[0]
+    for k in range(1, FREQ_CHUNKS):
+        acc += ((whole >> (FREQ_CHUNK_BITS * k)) & _CHUNK_MASK) * freqs[k]
+    if frac_turns is not None:
+        acc += frac_turns
+    theta = (acc & _TURN_MASK).to(_F64) * _RADIANS
+    amplitude = freq_table_factor(freqs).to(_F64)
+    nan = torch.tensor(float("nan"), dtype=_F64)
+    c = torch.where(outside, nan, torch.cos(theta) * amplitude).to(wdtype)
+    s = torch.where(outside, nan, torch.sin(theta) * amplitude).to(wdtype)
+    return c, s
 
 
 def _unit_turns(freqs, positions, top, amplitude):

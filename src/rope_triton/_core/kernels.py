@@ -19,14 +19,15 @@ import os
 import triton
 import triton.language as tl
 
-from ..angles.fixed_point import FREQ_CHUNK_BITS, FREQ_CHUNKS, FREQ_FRAC_BITS
+from ..angles.fixed_point import FREQ_AXIS_ROW, FREQ_CHUNK_BITS, FREQ_CHUNKS, FREQ_FRAC_BITS
 
 # PROGRAM[0], the order of the programs in the grid.
 ORDER_TOKENS = 0  # the q and k chunks of a token block side by side
 ORDER_Q_FIRST = 1  # every q program, then every k program, each tensor with its own block shape
 ORDER_DECODE = 2  # as ORDER_TOKENS, but q/k loads are issued before the position and its angles
 
-# POS_MODE: where a token's position comes from.
+# POS_MODE[0]: where a token's position comes from. POS_MODE[1]: its axes (0: one position per token; n:
+# multi-axis positions (n, ...) read with POS_TOKENS or POS_SHARED, each pair by its axis).
 POS_OFFSET = 0  # index in its sequence + the scalar ``offset``
 POS_OFFSETS = 1  # index in its sequence + POS[sequence] (per-sequence offsets)
 POS_TOKENS = 2  # POS[token]: explicit positions, (batch, seq) contiguous or (total_tokens,)
@@ -37,6 +38,7 @@ _DECODE = tl.constexpr(ORDER_DECODE)
 _OFFSETS = tl.constexpr(POS_OFFSETS)
 _TOKEN_POS, _SHARED_POS = tl.constexpr(POS_TOKENS), tl.constexpr(POS_SHARED)
 
+_AXIS_ROW = tl.constexpr(FREQ_AXIS_ROW)
 _CHUNK_BITS = tl.constexpr(FREQ_CHUNK_BITS)
 _CHUNK_MASK = tl.constexpr((1 << FREQ_CHUNK_BITS) - 1)
 _TURN_MASK = tl.constexpr((1 << FREQ_FRAC_BITS) - 1)  # turns modulo 1, in units of 2**-48
@@ -156,9 +158,11 @@ def _split_rows(COS, SIN, COS_LO, SIN_LO, lo_bits, stride_r, pos, ok, j, ct: tl.
 
 
 @triton.jit
-def _computed(F, stride_r, pos, pos_ok, j, mj):
-    """cos and sin, times the attention factor, of each token's angles from a ``freq_table`` (see
-    :func:`rope_triton.angles.freq_table`): float32, NaN where not ``pos_ok``.
+def _computed(F, stride_r, p, ok, frac, j, mj, FRACTIONAL: tl.constexpr):
+    """cos and sin, times the attention factor, of the angles from a ``freq_table`` (see
+    :func:`rope_triton.angles.freq_table`) at int64 positions ``p`` ([BLOCK_T, 1], or one per pair):
+    float32, NaN where not ``ok``. ``FRACTIONAL``: ``frac`` holds the fractional part of each position
+    (float64).
 
     The turns modulo 1 are an exact int64 sum of position chunks times the table's fixed-point rows; the
     nearest quarter turn is taken off exactly, and the rest (|angle| <= pi / 4) goes through Taylor
@@ -168,9 +172,12 @@ def _computed(F, stride_r, pos, pos_ok, j, mj):
     f1 = tl.load(F + stride_r + j, mask=mj, other=0)
     f2 = tl.load(F + 2 * stride_r + j, mask=mj, other=0)
     amp = tl.load(F + 3 * stride_r + j, mask=mj, other=0).to(tl.int32).to(tl.float32, bitcast=True)
-    p = pos[:, None]
     acc = ((p & _CHUNK_MASK) * f0[None, :] + ((p >> _CHUNK_BITS) & _CHUNK_MASK) * f1[None, :]
            + ((p >> (2 * _CHUNK_BITS)) & _CHUNK_MASK) * f2[None, :])
+    if FRACTIONAL:
+        # A fractional coordinate's turns: frac * (the first row, inv_freq / 2 pi below one turn), in
+        # float64 (frac and the row are exact there; the product is off by far less than one unit).
+        acc += (frac * f0[None, :].to(tl.float64) + 0.5).to(tl.int64)
     acc = acc & _TURN_MASK
     quarter = (acc + _EIGHTH) >> _QUARTER_BITS
     rest = acc - (quarter << _QUARTER_BITS)  # within 1/8 turn, exact
@@ -188,8 +195,33 @@ def _computed(F, stride_r, pos, pos_ok, j, mj):
     s = tl.where(swap, cos_a, sin_a)
     c = tl.where((q == 1) | (q == 2), -c, c) * amp[None, :]
     s = tl.where(q >= 2, -s, s) * amp[None, :]
-    ok = pos_ok[:, None] & mj[None, :]
+    ok = ok & mj[None, :]
     return tl.where(ok, c, float("nan")), tl.where(ok, s, float("nan"))
+
+
+@triton.jit
+def _pair_positions(POS, row, axis_stride, axis, tok_ok, N_AXES: tl.constexpr, BLOCK_T: tl.constexpr,
+                    BLOCK_HALF: tl.constexpr):
+    """Multi-axis positions: for every token and pair, the position along the pair's axis (``axis``, the
+    table's axis row), [BLOCK_T, BLOCK_HALF] int64, -1 (NaN downstream) for an axis id the positions do
+    not have; and the fractional parts (float64) of float positions, else 0.0."""
+    pos = tl.full((BLOCK_T, BLOCK_HALF), -1, tl.int64)
+    FRACTIONAL: tl.constexpr = POS.dtype.element_ty.is_floating()
+    if FRACTIONAL:
+        frac = tl.zeros((BLOCK_T, BLOCK_HALF), tl.float64)
+    else:
+        frac = 0.0  # (Triton passes no None inside a tuple)
+    for a in tl.static_range(N_AXES):
+        v = tl.load(POS + a * axis_stride + row, mask=tok_ok, other=0)
+        on_axis = axis[None, :] == a
+        if FRACTIONAL:
+            v = v.to(tl.float64)
+            whole = tl.floor(v)
+            pos = tl.where(on_axis, whole.to(tl.int64)[:, None], pos)
+            frac = tl.where(on_axis, (v - whole)[:, None], frac)
+        else:
+            pos = tl.where(on_axis, v.to(tl.int64)[:, None], pos)
+    return pos, frac
 
 
 @triton.jit
@@ -198,19 +230,37 @@ def _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, 
     """The angles of tokens ``tok`` from the call's angle source: (cos, sin, cos_lo, sin_lo).
     ``sizes``: (seqlen, n_seqs, offset); ``table``: (table_rows, lo_bits, stride_b, stride_r)."""
     table_rows, lo_bits, stride_b, stride_r = table
+    MODE: tl.constexpr = POS_MODE[0]
+    N_AXES: tl.constexpr = POS_MODE[1]
     HALF: tl.constexpr = ROTARY_DIM // 2
-    j = tl.arange(0, triton.next_power_of_2(HALF)).to(tl.int64)
-    pos, seq = _positions(tok, tok_ok, b, s, POS, CU, sizes, LAYOUT, POS_MODE, SEARCH_STEPS)
-    pos_ok = tok_ok & (pos >= 0) & (pos < table_rows)
-    ok = pos_ok[:, None] & (j < HALF)[None, :]
-    if COS.dtype.element_ty == tl.int64:  # a freq_table: computed, not read
-        cos, sin = _computed(COS, stride_r, pos, pos_ok, j, j < HALF)
+    BLOCK_HALF: tl.constexpr = triton.next_power_of_2(HALF)
+    j = tl.arange(0, BLOCK_HALF).to(tl.int64)
+    if N_AXES > 0:
+        # Multi-axis positions (n_axes, tokens) or (n_axes, seq): each pair turns by its own axis's.
+        seqlen, n_seqs, _ = sizes
+        zero = tl.program_id(0).to(tl.int64) * 0  # (int64 strides even where a size arrives as 1)
+        if MODE == _SHARED_POS:
+            row, axis_stride = s, zero + seqlen
+        else:
+            row, axis_stride = b * seqlen + s, _n_tokens(zero + seqlen, zero + n_seqs, LAYOUT)
+        axis = tl.load(COS + _AXIS_ROW * stride_r + j, mask=j < HALF, other=-1)
+        p, frac = _pair_positions(POS, row, axis_stride, axis, tok_ok, N_AXES, tok.shape[0], BLOCK_HALF)
+        ok = tok_ok[:, None] & (p >= 0) & (p < table_rows)
+        cos, sin = _computed(COS, stride_r, p, ok, frac, j, j < HALF, POS.dtype.element_ty.is_floating())
         cos_lo, sin_lo = cos, sin
-    elif COS_LO is not None:
-        cos, sin, cos_lo, sin_lo = _split_rows(COS, SIN, COS_LO, SIN_LO, lo_bits, stride_r, pos, ok, j, ct)
     else:
-        cos, sin = _table_rows(COS, SIN, pos, seq, ok, j, stride_b, stride_r, ct)
-        cos_lo, sin_lo = cos, sin
+        pos, seq = _positions(tok, tok_ok, b, s, POS, CU, sizes, LAYOUT, MODE, SEARCH_STEPS)
+        pos_ok = tok_ok & (pos >= 0) & (pos < table_rows)
+        ok = pos_ok[:, None] & (j < HALF)[None, :]
+        if COS.dtype.element_ty == tl.int64:  # a freq_table: computed, not read
+            cos, sin = _computed(COS, stride_r, pos[:, None], pos_ok[:, None], 0.0, j, j < HALF, False)
+            cos_lo, sin_lo = cos, sin
+        elif COS_LO is not None:
+            cos, sin, cos_lo, sin_lo = _split_rows(COS, SIN, COS_LO, SIN_LO, lo_bits, stride_r, pos, ok, j,
+                                                   ct)
+        else:
+            cos, sin = _table_rows(COS, SIN, pos, seq, ok, j, stride_b, stride_r, ct)
+            cos_lo, sin_lo = cos, sin
     return cos, sin, cos_lo, sin_lo
 
 
@@ -333,7 +383,7 @@ def rotary_kernel(
     INTERLEAVED: tl.constexpr,  # pairs (2i, 2i + 1); else (i, i + rotary_dim / 2)
     CONJUGATE: tl.constexpr,  # rotate by -theta
     LAYOUT: tl.constexpr,  # "bshd", "bhsd", "sbhd" (out-of-place output strides) or "thd" (packed)
-    POS_MODE: tl.constexpr,
+    POS_MODE: tl.constexpr,  # (where positions come from, their axes)
     SEARCH_STEPS: tl.constexpr,  # "thd": >= ceil(log2(n_seqs)) binary-search steps over cu_seqlens
     PROGRAM: tl.constexpr,  # (order, tokens and heads of a q program, tokens and heads of a k program)
 ):

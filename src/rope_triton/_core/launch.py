@@ -178,6 +178,10 @@ def _kernel_pos_mode(p: Problem, positions: torch.Tensor | None) -> int:
         return kernels.POS_OFFSETS
     if p.pos_mode != POS_EXPLICIT:
         return kernels.POS_OFFSET
+    if p.n_axes:
+        # (n_axes, seq), or (n_axes, 1 or broadcast, seq): one row of positions per axis for the batch.
+        shared = positions.dim() == 2 or positions.shape[1] == 1 or positions.stride(1) == 0
+        return kernels.POS_SHARED if p.layout != "thd" and shared else kernels.POS_TOKENS
     if p.layout != "thd" and (positions.dim() == 1 or positions.shape[0] == 1 or positions.stride(0) == 0):
         return kernels.POS_SHARED
     return kernels.POS_TOKENS
@@ -210,7 +214,10 @@ def kernel_operands(p: Problem, ops: Operands) -> tuple[Operands, bool]:
     if cos_lo is not None:
         cos_lo, sin_lo = tables[2], tables[3]
     if positions is not None:
-        if _kernel_pos_mode(p, positions) == kernels.POS_SHARED and positions.dim() == 2:
+        shared = _kernel_pos_mode(p, positions) == kernels.POS_SHARED
+        if p.n_axes and shared and positions.dim() == 3:
+            positions = positions[:, 0]  # (n_axes, seq)
+        elif not p.n_axes and shared and positions.dim() == 2:
             positions = positions[0]
         if not positions.is_contiguous():
             positions, copied = positions.contiguous(), True
@@ -252,7 +259,7 @@ def kernel_call(
         "INTERLEAVED": interleaved,
         "CONJUGATE": conjugate,
         "LAYOUT": p.layout,
-        "POS_MODE": _kernel_pos_mode(p, ops.positions),
+        "POS_MODE": (_kernel_pos_mode(p, ops.positions), int(p.n_axes)),
         "SEARCH_STEPS": max(1, (p.n_seqs - 1).bit_length()) if p.layout == "thd" else 1,
         "PROGRAM": (order, int(bt_q), int(bh_q), int(bt_k), int(bh_k)),
     }

@@ -10,13 +10,16 @@ Notation: R rotary_dim, R/2 the number of rotated pairs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from ._args import _as_real, _positive_int
+from .fixed_point import FREQ_AXIS_ROW
 from .hf_config import _config_get, parse_hf_config
 from .rope_types import inv_freq_and_scale
+from .tables import freq_table
 
 _F64 = torch.float64
 _HOST = torch.device("cpu")
@@ -89,6 +92,37 @@ class MultiAxis:
     def rotary_dim(self) -> int:
         """Number of rotated dims, ``2 * len(axis)``."""
         return 2 * self.axis.numel()
+
+    def freq_table(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """What the kernel computes every pair's angle from: ``apply_rotary(q, k, freqs=ma.freq_table(dev),
+        positions=positions)`` with positions of shape ``(n_axes, B, S)`` (or ``(n_axes, S)`` shared by the
+        batch, ``(n_axes, T)`` packed).
+
+        The rows of :func:`rope_triton.angles.freq_table` (exact fixed-point turns, attention factor), plus
+        a row of axis ids: int64, shape ``(5, R/2)``. Built once per device and kept by this object.
+
+        Examples
+        --------
+        >>> from rope_triton.angles import mrope
+        >>> mrope(128, [16, 24, 24]).freq_table().shape
+        torch.Size([5, 64])
+        """
+        device = torch.device("cpu" if device is None else device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        cache = self.__dict__.setdefault("_tables", {})
+        if device not in cache:
+            if not self.integer_positions and float(self.inv_freq.abs().max()) >= 2 * math.pi:
+                # The kernel takes a fractional position's turns from the first row, frac(inv_freq / 2 pi).
+                raise ValueError(
+                    "inv_freq: fractional positions need every inverse frequency below 2 pi, got "
+                    f"{float(self.inv_freq.abs().max())}"
+                )
+            table = freq_table(self.inv_freq, attention_factor=self.attention_factor, device=_HOST)
+            table = torch.cat((table, self.axis[None]))
+            assert table.shape[0] == FREQ_AXIS_ROW + 1
+            cache[device] = table.to(device)
+        return cache[device]
 
 
 def _describe(x) -> str:
