@@ -286,7 +286,7 @@ class InplaceImpl(Impl):
     """
 
     def __init__(self, wl: Workload) -> None:
-        self.call = partial(apply_rotary, **_cos_sin(wl, wl.cos_sin_mode), inplace=True, **wl.rope_kwargs)
+        self.call = partial(apply_rotary, inplace=True, **_rope_kwargs(wl, wl.cos_sin_mode))
         self.gen = wl.gen
 
     def forward(self, q, k):
@@ -317,7 +317,7 @@ class GraphImpl(InplaceImpl):
 
     def __init__(self, wl: Workload) -> None:
         super().__init__(wl)
-        self.kwargs = {**_cos_sin(wl, wl.cos_sin_mode), **wl.rope_kwargs}
+        self.kwargs = _rope_kwargs(wl, wl.cos_sin_mode)
 
     def _captured(self, q, k, conjugate=False):
         from ..graphs import CapturedRotary
@@ -412,8 +412,17 @@ def _always(wl: Workload, requested: bool) -> str | None:
     return None
 
 
-def _cos_sin(wl: Workload, mode: str) -> dict:
-    return {"freqs": wl.freqs} if mode == "freqs" else {"cos": wl.cos32, "sin": wl.sin32}
+def _rope_kwargs(wl: Workload, mode: str) -> dict:
+    """apply_rotary's arguments besides q and k for an angle source: ``"tables"``, ``"freqs"``, or
+    ``"multi-axis"`` (the positions of a multi-axis shape). Multi-axis shapes read as ``"tables"`` get one
+    row per token, (B or 1, S, R/2): Hugging Face's tables, halved."""
+    if mode == "multi-axis":
+        return dict(wl.rope_kwargs)
+    if wl.multi_axis is not None:
+        pairs = wl.multi_axis.interleaved
+        return {"cos": wl.cos32, "sin": wl.sin32, "layout": wl.layout, "interleaved": pairs}
+    tables = {"freqs": wl.freqs} if mode == "freqs" else {"cos": wl.cos32, "sin": wl.sin32}
+    return {**tables, **wl.rope_kwargs}
 
 
 def cos_sin_read(provider: str, wl: Workload) -> str:
@@ -426,7 +435,7 @@ def cos_sin_read(provider: str, wl: Workload) -> str:
 
 
 def _build_rope(wl: Workload, mode: str | None = None) -> Impl:
-    fn = partial(apply_rotary, **_cos_sin(wl, mode or wl.cos_sin_mode), **wl.rope_kwargs)
+    fn = partial(apply_rotary, **_rope_kwargs(wl, mode or wl.cos_sin_mode))
     return AutogradImpl(fn, _identity, _identity, wl.gen)
 
 
@@ -434,6 +443,8 @@ def _unless_default(mode: str) -> Callable[[Workload, bool], str | None]:
     def skip_reason(wl: Workload, requested: bool) -> str | None:
         if wl.cos_sin_mode == mode and not requested:
             return f"the same as rope-triton on this shape (it reads {mode})"
+        if wl.multi_axis is not None and mode == "freqs":
+            return "the same as rope-triton on a multi-axis shape (computed from the positions)"
         return None
 
     return skip_reason
@@ -441,6 +452,8 @@ def _unless_default(mode: str) -> Callable[[Workload, bool], str | None]:
 
 def _hf_formula(wl: Workload) -> Callable:
     # Looked up at call time, so that a patched formula (tests) is the one that runs.
+    if wl.multi_axis is not None and wl.multi_axis.interleaved:
+        return partial(hf_partial_rotary, interleaved=True)  # diffusers' apply_rotary_emb, real pairs
     if wl.spec.rotary_dim:
         return partial(hf_partial_rotary, interleaved=wl.spec.interleaved)
     return lambda q, k, cos, sin: hf_apply_rotary_pos_emb(q, k, cos, sin)
@@ -456,8 +469,28 @@ def _build_hf_eager(wl: Workload) -> Impl:
     return AutogradImpl(fn, *hf_views(wl), wl.gen)
 
 
+def multi_axis_cos_sin(ma, positions: torch.Tensor, dtype: torch.dtype) -> Pair:
+    """Multi-axis cos/sin as the models build them in eager PyTorch (Qwen-VL's rotary module and
+    ``apply_multimodal_rotary_pos_emb`` / ``apply_interleaved_mrope``, diffusers' per-axis
+    ``get_1d_rotary_pos_embed``): every pair's angle as a float32 product of its axis's position and its
+    inverse frequency, full width (B or 1, S, R), in ``dtype``."""
+    inv_freq = ma.inv_freq.to(device=positions.device, dtype=torch.float32)
+    axis = ma.axis.to(positions.device)
+    theta = positions.float()[axis].movedim(0, -1) * inv_freq  # (..., S, R/2)
+    theta = theta.reshape(-1, positions.shape[-1], inv_freq.numel())
+    wide = torch.repeat_interleave(theta, 2, dim=-1) if ma.interleaved else torch.cat((theta, theta), dim=-1)
+    return (wide.cos() * ma.attention_factor).to(dtype), (wide.sin() * ma.attention_factor).to(dtype)
+
+
 def _build_hf_eager_rotary(wl: Workload) -> Impl:
     inv_freq, position_ids = wl.inv_freq, wl.position_ids
+    if wl.multi_axis is not None:
+        formula, ma, positions = _hf_formula(wl), wl.multi_axis, wl.axis_positions
+
+        def fn_multi_axis(q, k):
+            return formula(q, k, *multi_axis_cos_sin(ma, positions, q.dtype))
+
+        return AutogradImpl(fn_multi_axis, *hf_views(wl), wl.gen)
 
     def fn(q, k):
         # What rope-triton does inside its call, Hugging Face does in its rotary module: each token's
@@ -480,7 +513,7 @@ def _build_rope_hf(wl: Workload) -> Impl:
 
 
 def _cpu_by_default(wl: Workload, requested: bool) -> str | None:
-    if wl.device.type == "cuda" and not requested:
+    if wl.device.type == "cuda" and not requested and wl.multi_axis is None:
         return "run on a CPU by default; name it in --providers to run it on CUDA"
     return None
 
@@ -489,6 +522,12 @@ def _build_compile(wl: Workload) -> Impl:
     # Each shape would add recompilations to one cache and, past the recompile limit, silently fall
     # back to eager: start every shape from an empty cache.
     torch._dynamo.reset()
+    if wl.multi_axis is not None:
+        # Positions -> rotated q and k, all of it compiled (cos/sin built inside the graph).
+        formula, ma, positions = _hf_formula(wl), wl.multi_axis, wl.axis_positions
+        whole = torch.compile(lambda q, k: formula(q, k, *multi_axis_cos_sin(ma, positions, q.dtype)),
+                              dynamic=False)
+        return AutogradImpl(whole, *hf_views(wl), wl.gen)
     compiled = torch.compile(
         partial(hf_partial_rotary, interleaved=wl.spec.interleaved) if wl.spec.rotary_dim
         else hf_apply_rotary_pos_emb, dynamic=False,
@@ -526,6 +565,8 @@ def _skip_liger(wl: Workload, requested: bool) -> str | None:
         return "needs a CUDA device"
     if wl.spec.rotary_dim:
         return "rotates whole heads in NeoX pairs only"
+    if wl.multi_axis is not None:
+        return "liger_rotary_pos_emb takes one position per token (its qwen2vl_mrope is not wired here)"
     return None
 
 
@@ -580,7 +621,8 @@ PROVIDERS: dict[str, Provider] = {
             _build_rope_hf,
             _cpu_by_default,
         ),
-        Provider("torch-compile", "the hf-eager function under torch.compile", _build_compile, _skip_compile),
+        Provider("torch-compile", "the hf-eager function under torch.compile (multi-axis shapes: "
+                 "hf-eager-rotary's, positions to output)", _build_compile, _skip_compile),
         Provider("liger", "liger_kernel.transformers.rope.liger_rotary_pos_emb", _build_liger, _skip_liger),
     )
 }

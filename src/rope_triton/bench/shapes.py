@@ -50,6 +50,9 @@ class ShapeSpec:
         Rotated dims (0: all of head_dim); the rest pass through.
     interleaved : bool
         GPT-J pairs (2i, 2i + 1) instead of (i, i + rotary_dim / 2).
+    multi_axis : str
+        A key of :data:`MULTI_AXIS`: multi-axis positions (n_axes, B, S) built per model (vision-language
+        text with an image block, a diffusion image with its prompt, a vision tower's patch grid).
     """
 
     name: str
@@ -64,6 +67,7 @@ class ShapeSpec:
     max_offset: int = 0
     rotary_dim: int = 0
     interleaved: bool = False
+    multi_axis: str = ""
 
     @property
     def rotated(self) -> int:
@@ -78,6 +82,8 @@ class ShapeSpec:
         extra = f" off<{self.max_offset}" if self.kind == "decode" else ""
         if self.rotary_dim:
             extra += f" rot{self.rotary_dim}" + (" interleaved" if self.interleaved else "")
+        if self.multi_axis:
+            extra += f" {self.multi_axis} positions"
         return f"{self.batch}x{self.seqlen}x{heads}{extra}"
 
     def cpu_variant(self) -> ShapeSpec:
@@ -102,18 +108,73 @@ SHAPES: dict[str, ShapeSpec] = {
         ShapeSpec("decode-1", 1, 1, 32, 8, 128, kind="decode", max_offset=8192),
         # GPT-J 6B: interleaved pairs on the first 64 of 256 dims, the rest copied through.
         ShapeSpec("gptj", 4, 2048, 16, 16, 256, rotary_dim=64, interleaved=True),
+        # Multi-axis positions, rotated from the positions (no tables given): Qwen2-VL-7B text with a
+        # 64 x 64 image block in the middle, Qwen3-VL-8B, FLUX.1 (512 prompt + 4096 image tokens), and
+        # Qwen2-VL's vision tower on a 64 x 64 patch grid.
+        ShapeSpec("qwen2-vl", 2, 8192, 28, 4, 128, multi_axis="qwen2-vl"),
+        ShapeSpec("qwen3-vl", 2, 8192, 32, 8, 128, multi_axis="qwen3-vl"),
+        ShapeSpec("flux", 1, 4608, 24, 24, 128, multi_axis="flux"),
+        ShapeSpec("vit", 1, 4096, 16, 16, 80, multi_axis="vit"),
         # Tiny shapes for smoke tests (the Triton interpreter takes ~50 ms a program).
         ShapeSpec("tiny", 2, 4, 4, 2, 32),
         ShapeSpec("tiny-varlen", 1, 10, 4, 2, 32, kind="varlen", n_seqs=3),
         ShapeSpec("tiny-decode", 3, 1, 4, 2, 32, kind="decode", max_offset=64),
         ShapeSpec("tiny-gptj", 2, 4, 4, 4, 32, rotary_dim=8, interleaved=True),
+        ShapeSpec("tiny-mrope", 2, 24, 4, 2, 32, multi_axis="tiny-mrope"),
+        ShapeSpec("tiny-flux", 1, 20, 2, 2, 32, multi_axis="tiny-flux"),
     )
 }
-DEFAULT_SHAPES = ("llama3-8b", "llama2-7b", "long-32k", "d64", "fp32", "gptj", "varlen", "decode", "decode-1")
+DEFAULT_SHAPES = (
+    "llama3-8b", "llama2-7b", "long-32k", "d64", "fp32", "gptj", "varlen", "decode", "decode-1", "qwen2-vl",
+    "qwen3-vl", "flux", "vit",
+)
 QUICK_SHAPES = ("llama3-8b", "varlen", "decode")
 # Without CUDA: a decode step (64 sequences x 1 token) and a 512-token prefill (long-32k-cpu), the shapes
 # where the CPU path is measured against Hugging Face's eager RoPE.
 QUICK_SHAPES_CPU = ("decode", "long-32k")
+
+
+def _vl_text_positions(batch: int, seqlen: int, grid: int) -> torch.Tensor:
+    """Qwen-VL's M-RoPE positions (3, B, S) of text with one image of grid x grid tokens in the middle:
+    text at (i, i, i); the image at (t0, t0 + row, t0 + col); text after it resumes past the largest."""
+    grid = min(grid, math.isqrt(seqlen))  # (shortened CPU variants)
+    start = (seqlen - grid * grid) // 2
+    before = torch.arange(start).expand(3, start)
+    rows = torch.arange(grid).repeat_interleave(grid)
+    cols = torch.arange(grid).repeat(grid)
+    image = torch.stack((torch.zeros_like(rows), rows, cols)) + start
+    after_len = seqlen - start - grid * grid
+    after = (torch.arange(after_len) + start + grid).expand(3, after_len)
+    return torch.cat((before, image, after), dim=1)[:, None].expand(3, batch, seqlen)
+
+
+def _grid_positions(seqlen: int, prefix: int = 0) -> torch.Tensor:
+    """(h, w) of a square patch grid (seqlen - prefix patches, the last row partial when they are not a
+    square), after ``prefix`` tokens at (0, 0)."""
+    side = max(1, math.isqrt(seqlen - prefix))
+    patch = torch.arange(seqlen - prefix)
+    rows, cols = patch // side, patch % side
+    return torch.cat((torch.zeros(2, prefix, dtype=torch.int64), torch.stack((rows, cols))), dim=1)
+
+
+def _flux_ids(seqlen: int, prompt: int) -> torch.Tensor:
+    """FLUX's ids transposed, (3, S) float32: the prompt at (0, 0, 0), then the image at (0, h, w)."""
+    hw = _grid_positions(seqlen, prompt)
+    return torch.cat((torch.zeros(1, seqlen, dtype=torch.int64), hw)).float()
+
+
+# name: (MultiAxis builder, positions builder (spec) -> (n_axes, B or 1, S) or (n_axes, S))
+MULTI_AXIS: dict[str, tuple[Callable, Callable]] = {
+    "qwen2-vl": (lambda: angles.mrope(128, [16, 24, 24], base=1000000.0),
+                 lambda spec: _vl_text_positions(spec.batch, spec.seqlen, 64)),
+    "qwen3-vl": (lambda: angles.mrope(128, [24, 20, 20], base=5000000.0, interleaved_sections=True),
+                 lambda spec: _vl_text_positions(spec.batch, spec.seqlen, 64)),
+    "flux": (angles.flux, lambda spec: _flux_ids(spec.seqlen, 512)),
+    "vit": (lambda: angles.vision_2d(80), lambda spec: _grid_positions(spec.seqlen)),
+    "tiny-mrope": (lambda: angles.mrope(32, [4, 6, 6]),
+                   lambda spec: _vl_text_positions(spec.batch, spec.seqlen, 4)),
+    "tiny-flux": (lambda: angles.nd_rope([8, 12, 12]), lambda spec: _flux_ids(spec.seqlen, 4)),
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -159,6 +220,9 @@ class Workload:
         (B or 1, S) int64 position of every token, Hugging Face's ``position_ids``.
     inv_freq : torch.Tensor
         (D/2,) float32 inverse frequencies, as Hugging Face's rotary module holds them.
+    multi_axis, axis_positions : MultiAxis and torch.Tensor, optional
+        Multi-axis shapes: the preset and its positions (n_axes, B or 1, S), which rope-triton rotates
+        from (``rope_kwargs`` holds them); cos64 / hf_cos then hold the per-token angles' rows.
     """
 
     spec: ShapeSpec
@@ -181,6 +245,8 @@ class Workload:
     gen: torch.Generator = field(repr=False)
     position_ids: torch.Tensor | None = field(default=None, repr=False)
     inv_freq: torch.Tensor | None = field(default=None, repr=False)
+    multi_axis: angles.MultiAxis | None = field(default=None, repr=False)
+    axis_positions: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def bytes_per_pass(self) -> int:
@@ -242,7 +308,10 @@ def n_input_sets(set_bytes: int, device: torch.device) -> int:
 
 def cos_sin_mode(spec: ShapeSpec, device: torch.device | None = None) -> str:
     """``"freqs"`` where :class:`rope_triton.RotaryEmbedding` computes cos/sin in the kernel for this shape
-    by default (on ``device``; default a GPU), else ``"tables"`` (always on the CPU path)."""
+    by default (on ``device``; default a GPU), else ``"tables"`` (always on the CPU path);
+    ``"multi-axis"`` for multi-axis shapes (angles computed from the positions)."""
+    if spec.multi_axis:
+        return "multi-axis"
     if device is not None and device.type == "cpu" and not triton_runs_on(device):
         return "tables"
     itemsize = torch.empty(0, dtype=spec.dtype).element_size()
@@ -278,9 +347,27 @@ def build_workload(
     if spec.rotary_dim:
         kwargs.update(rotary_dim=spec.rotary_dim, interleaved=spec.interleaved)
     inv_freq, _ = angles.inv_freq_and_scale(spec.rotated, base=THETA)
-    cos64, sin64 = angles.cos_sin_tables(inv_freq, rows, dtype=torch.float64, device=device)
+    ma = axis_positions = None
+    if spec.multi_axis:
+        make_ma, make_positions = MULTI_AXIS[spec.multi_axis]
+        ma, axis_positions = make_ma(), make_positions(spec).to(device)
+        kwargs.update(multi_axis=ma, positions=axis_positions)
+        # One row per token (B or 1, S, R/2): the float64 angles of its positions.
+        theta = angles.multi_axis_angles(ma, axis_positions)
+        theta = theta.reshape(-1, spec.seqlen, theta.shape[-1])
+        cos64, sin64 = theta.cos() * ma.attention_factor, theta.sin() * ma.attention_factor
+        pos = torch.arange(spec.seqlen, device=device)[None]
+        interleaved = ma.interleaved
+    else:
+        cos64, sin64 = angles.cos_sin_tables(inv_freq, rows, dtype=torch.float64, device=device)
+        interleaved = spec.interleaved
     # Hugging Face's full-width tables: each angle twice, side by side (NeoX) or in adjacent dims (GPT-J).
-    if spec.interleaved:
+    if ma is not None:
+        if interleaved:
+            hf_cos, hf_sin = (t.repeat_interleave(2, dim=-1).to(dtype) for t in (cos64, sin64))
+        else:
+            hf_cos, hf_sin = (torch.cat((t, t), dim=-1).to(dtype) for t in (cos64, sin64))
+    elif spec.interleaved:
         hf_cos = cos64.repeat_interleave(2, dim=-1)[pos].to(dtype)
         hf_sin = sin64.repeat_interleave(2, dim=-1)[pos].to(dtype)
     else:
@@ -299,7 +386,7 @@ def build_workload(
     q_all, k_all = randn(n_sets, *q_shape), randn(n_sets, *k_shape)
     sets = [(q_all[i], k_all[i]) for i in range(n_sets)]
     check_inputs = (randn(*q_shape), randn(*k_shape), randn(*q_shape), randn(*k_shape))
-    ref = partial_reference(cos64, sin64, kwargs)
+    ref = partial_reference(None if ma else cos64, None if ma else sin64, kwargs)
     return Workload(
         spec=spec,
         device=device,
@@ -310,7 +397,7 @@ def build_workload(
         sin64=sin64,
         cos32=cos64.float(),
         sin32=sin64.float(),
-        freqs=angles.freq_table(inv_freq, device=device),
+        freqs=ma.freq_table(device) if ma else angles.freq_table(inv_freq, device=device),
         cos_sin_mode=cos_sin_mode(spec, device),
         hf_cos=hf_cos,
         hf_sin=hf_sin,
@@ -321,6 +408,8 @@ def build_workload(
         gen=gen,
         position_ids=pos.expand(-1, spec.seqlen).long(),
         inv_freq=inv_freq.to(device=device, dtype=torch.float32),
+        multi_axis=ma,
+        axis_positions=axis_positions,
     )
 
 
