@@ -327,6 +327,21 @@ def test_hugging_face_like_for_like_providers(shape):
     cos, sin = bench_providers.hf_rotary_cos_sin(wl.inv_freq, wl.position_ids, torch.float64)
     assert torch.allclose(cos, wl.hf_cos.double(), atol=1e-2)
     assert torch.allclose(sin, wl.hf_sin.double(), atol=1e-2)
-    cuda_wl = types.SimpleNamespace(device=torch.device("cuda"))
+    cuda_wl = types.SimpleNamespace(device=torch.device("cuda"), multi_axis=None)
     assert "CPU" in bench_providers.PROVIDERS["hf-eager-rotary"].skip_reason(cuda_wl, False)
     assert bench_providers.PROVIDERS["rope-triton-hf"].skip_reason(cuda_wl, True) is None
+
+
+@pytest.mark.parametrize("shape", ["tiny-mrope", "tiny-flux"])
+def test_multi_axis_shapes_check_every_provider(shape):
+    # Multi-axis shapes: rope-triton rotates from the positions, rope-triton-tables reads one row per token,
+    # hf-eager reads HF's full-width tables, hf-eager-rotary builds them from the positions; all pass the
+    # float64 check of the same multi-axis rotation (FLUX: adjacent pairs, fractional-capable float ids).
+    wl = bench_shapes.build_workload(bench_shapes.SHAPES[shape], torch.device("cpu"), n_sets=1)
+    assert wl.cos_sin_mode == "multi-axis" and wl.axis_positions.shape[0] == 3
+    for name in ("rope-triton", "rope-triton-inplace", "rope-triton-tables", "hf-eager", "hf-eager-rotary"):
+        prov = bench_providers.PROVIDERS[name]
+        assert prov.skip_reason(wl, False) is None, name
+        result = bench_providers.check_impl(prov.build(wl), wl, ("fwd", "bwd"))
+        assert all(r.ok for r in result.values()), (name, result)
+    assert "multi-axis" in bench_providers.PROVIDERS["rope-triton-freqs"].skip_reason(wl, False)

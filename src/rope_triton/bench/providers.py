@@ -66,6 +66,21 @@ def hf_partial_rotary(
     return one(q), one(k)
 
 
+def diffusers_apply_rotary_emb(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> Pair:
+    """diffusers' ``apply_rotary_emb`` with real cos/sin (FLUX, HunyuanVideo, Wan): adjacent pairs, the
+    arithmetic in float32 on float32 (B or 1, S, D) tables, on (B, H, S, D) tensors."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+
+    def one(x):
+        real, imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
+        turned = torch.stack((-imag, real), dim=-1).flatten(3)
+        return (x.float() * cos + turned.float() * sin).to(x.dtype)
+
+    return one(q), one(k)
+
+
 def hf_rotary_cos_sin(
     inv_freq: torch.Tensor, position_ids: torch.Tensor, dtype: torch.dtype, attention_scaling: float = 1.0
 ) -> Pair:
@@ -453,7 +468,7 @@ def _unless_default(mode: str) -> Callable[[Workload, bool], str | None]:
 def _hf_formula(wl: Workload) -> Callable:
     # Looked up at call time, so that a patched formula (tests) is the one that runs.
     if wl.multi_axis is not None and wl.multi_axis.interleaved:
-        return partial(hf_partial_rotary, interleaved=True)  # diffusers' apply_rotary_emb, real pairs
+        return diffusers_apply_rotary_emb
     if wl.spec.rotary_dim:
         return partial(hf_partial_rotary, interleaved=wl.spec.interleaved)
     return lambda q, k, cos, sin: hf_apply_rotary_pos_emb(q, k, cos, sin)
@@ -473,12 +488,14 @@ def multi_axis_cos_sin(ma, positions: torch.Tensor, dtype: torch.dtype) -> Pair:
     """Multi-axis cos/sin as the models build them in eager PyTorch (Qwen-VL's rotary module and
     ``apply_multimodal_rotary_pos_emb`` / ``apply_interleaved_mrope``, diffusers' per-axis
     ``get_1d_rotary_pos_embed``): every pair's angle as a float32 product of its axis's position and its
-    inverse frequency, full width (B or 1, S, R), in ``dtype``."""
+    inverse frequency, full width (B or 1, S, R), in ``dtype`` (float32 for adjacent pairs, as diffusers)."""
     inv_freq = ma.inv_freq.to(device=positions.device, dtype=torch.float32)
     axis = ma.axis.to(positions.device)
     theta = positions.float()[axis].movedim(0, -1) * inv_freq  # (..., S, R/2)
     theta = theta.reshape(-1, positions.shape[-1], inv_freq.numel())
     wide = torch.repeat_interleave(theta, 2, dim=-1) if ma.interleaved else torch.cat((theta, theta), dim=-1)
+    if ma.interleaved:
+        dtype = torch.float32  # (diffusers keeps its tables in float32)
     return (wide.cos() * ma.attention_factor).to(dtype), (wide.sin() * ma.attention_factor).to(dtype)
 
 

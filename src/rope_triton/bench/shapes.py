@@ -207,7 +207,7 @@ class Workload:
         (:func:`rope_triton._core.launch.prefers_freqs`): what the rope-triton providers time.
     hf_cos, hf_sin : torch.Tensor
         Full-width (B or 1, S, D) tables in the input dtype, gathered per token, as Hugging Face's
-        rotary module hands them to every layer.
+        rotary module hands them to every layer (float32 for diffusion shapes, as diffusers keeps them).
     sets : list of (q, k)
         Timed input sets in the canonical layout.
     check_inputs : (q, k, gq, gk)
@@ -363,8 +363,8 @@ def build_workload(
         interleaved = spec.interleaved
     # Hugging Face's full-width tables: each angle twice, side by side (NeoX) or in adjacent dims (GPT-J).
     if ma is not None:
-        if interleaved:
-            hf_cos, hf_sin = (t.repeat_interleave(2, dim=-1).to(dtype) for t in (cos64, sin64))
+        if interleaved:  # diffusers' tables: float32
+            hf_cos, hf_sin = (t.repeat_interleave(2, dim=-1).float() for t in (cos64, sin64))
         else:
             hf_cos, hf_sin = (torch.cat((t, t), dim=-1).to(dtype) for t in (cos64, sin64))
     elif spec.interleaved:
