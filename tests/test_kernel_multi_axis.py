@@ -166,3 +166,28 @@ def test_fractional_positions_need_frequencies_below_one_turn():
     ma = MultiAxis(torch.tensor([0]), torch.tensor([2 * math.pi], dtype=torch.float64), 1, integer_positions=False)
     with pytest.raises(ValueError, match="inv_freq: fractional positions need every inverse frequency below 2 pi"):
         ma.freq_table()
+
+
+@pytest.mark.parametrize("model", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_module_from_hf_config_takes_three_axis_positions(model, device):
+    # RotaryEmbedding.from_hf_config on a Qwen-VL text config gives the multi-axis module (built even under
+    # a meta default device, as deferred initialization does); its forward takes (3, B, S) positions.
+    transformers = pytest.importorskip("transformers")
+    configs = {
+        "qwen2_vl": transformers.Qwen2VLTextConfig, "qwen2_5_vl": transformers.Qwen2_5_VLTextConfig,
+        "qwen3_vl": transformers.Qwen3VLTextConfig,
+    }
+    params = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}
+    cfg = configs[model](hidden_size=32, num_attention_heads=2, head_dim=16, rope_parameters=params)
+    with torch.device("meta"):
+        rope = rope_triton.RotaryEmbedding.from_hf_config(cfg)
+    assert isinstance(rope, rope_triton.MultiAxisRotaryEmbedding) and rope.multi_axis.n_axes == 3
+    q, k = make_qk("bshd", 2, 5, 2, 1, 16, torch.bfloat16, device)
+    positions = torch.randint(0, 5000, (3, 2, 5), device=device)
+    q_out, k_out = rope(q, k, positions=positions)
+    ma = rope.multi_axis
+    assert ma.axis.tolist()[:8] == ([0, 1, 2, 0, 1, 2, 0, 1] if model == "qwen3_vl" else [0, 0, 1, 1, 1, 2, 2, 2])
+    rq, rk = ref64(q, k, None, None, multi_axis=ma, positions=positions)
+    close = dict(layout="bshd", rotary_dim=16, interleaved=False, table_bound=FREQS_TABLE_BOUND)
+    assert_rotary_close(q_out, rq, q, **close)
+    assert_rotary_close(k_out, rk, k, **close)

@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "apply_rotary": "rope_triton.functional",
     "RotaryEmbedding": "rope_triton.modules",
+    "MultiAxisRotaryEmbedding": "rope_triton.modules",
     "TritonRotary": "rope_triton.modules",
     "clear_launch_cache": "rope_triton._core.op",
     "CapturedRotary": "rope_triton.graphs",
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from ._core.op import clear_launch_cache  # noqa: F401
     from .functional import apply_rotary  # noqa: F401  (for type checkers: lazy exports)
     from .graphs import CapturedRotary  # noqa: F401
-    from .modules import RotaryEmbedding, TritonRotary  # noqa: F401
+    from .modules import MultiAxisRotaryEmbedding, RotaryEmbedding, TritonRotary  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -1,4 +1,5 @@
-"""``nn.Module`` front ends: :class:`RotaryEmbedding` (any model family) and the seed's :class:`TritonRotary`.
+"""``nn.Module`` front ends: :class:`RotaryEmbedding` (any model family), :class:`MultiAxisRotaryEmbedding`
+(positions along several axes: vision-language and diffusion models) and the seed's :class:`TritonRotary`.
 
 Both build their cos/sin tables from float64 angles (:mod:`rope_triton.angles`) and keep them as float32,
 non-persistent buffers: ``.to(device)`` moves them, ``state_dict()`` does not contain them, and casting the
@@ -177,6 +178,9 @@ class RotaryEmbedding(nn.Module):
         """Build from a transformers config (``head_dim``, ``rope_theta``, ``partial_rotary_factor``,
         ``rope_scaling`` / ``rope_parameters``, ``max_position_embeddings``).
 
+        The text configs of Qwen2-VL, Qwen2.5-VL and Qwen3-VL (M-RoPE: ``mrope_section``) give a
+        :class:`MultiAxisRotaryEmbedding`, whose forward takes positions of shape (3, B, S).
+
         ``layer_type`` picks the layers' RoPE in configs whose layer types rotate differently (Gemma 3:
         ``"sliding_attention"`` or ``"full_attention"``; see :func:`rope_triton.angles.parse_hf_config`):
         one module per layer type. ``overrides`` replace what the config gives (``interleaved``,
@@ -189,6 +193,8 @@ class RotaryEmbedding(nn.Module):
         >>> rope.head_dim, rope.rotary_dim
         (64, 64)
         """
+        if _is_mrope_config(config):
+            return MultiAxisRotaryEmbedding.from_hf_config(config, device=device, **overrides)
         kw = angles.parse_hf_config(config, layer_type=layer_type)
         # GPT-J and CodeGen rotate interleaved pairs; the other families rotate half-split pairs.
         if isinstance(config, dict):
@@ -524,3 +530,91 @@ class TritonRotary(nn.Module):
             self._build(q.device)
         # The tutorial's direction (x1 cos + x2 sin, -x1 sin + x2 cos) is the rotation by -theta.
         return apply_rotary(q, k, self.cos, self.sin, layout="bhsd", conjugate=True)
+
+
+def _is_mrope_config(config) -> bool:
+    if isinstance(config, dict):
+        get = config.get
+    else:
+        def get(key, default=None):
+            return getattr(config, key, default)
+    text = get("text_config", None)
+    if text is not None and (get("model_type", "") or "").endswith("_vl"):
+        return True
+    for key in ("rope_parameters", "rope_scaling"):
+        params = get(key, None)
+        if isinstance(params, dict) and ("mrope_section" in params or params.get("type") == "mrope"):
+            return True
+    return (get("model_type", "") or "").startswith(("qwen2_vl", "qwen2_5_vl", "qwen3_vl"))
+
+
+class MultiAxisRotaryEmbedding(nn.Module):
+    """Multi-axis rotary embedding: every pair turns by the position along its own axis (M-RoPE of Qwen2-VL /
+    Qwen2.5-VL / Qwen3-VL, 2-D RoPE of vision towers, N-D RoPE of diffusion transformers).
+
+    The angles are computed in the kernel from the positions (no cos/sin tables are built per call): the
+    module holds a :class:`rope_triton.angles.MultiAxis` and its fixed-point frequency table per device.
+
+    Parameters
+    ----------
+    multi_axis : rope_triton.angles.MultiAxis
+        A preset (:func:`~rope_triton.angles.mrope`, :func:`~rope_triton.angles.vision_2d`,
+        :func:`~rope_triton.angles.flux`, ...) or your own.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rope_triton import MultiAxisRotaryEmbedding
+    >>> from rope_triton.angles import mrope
+    >>> rope = MultiAxisRotaryEmbedding(mrope(64, [8, 12, 12]))
+    >>> q, k = torch.randn(1, 5, 4, 64), torch.randn(1, 5, 2, 64)
+    >>> positions = torch.arange(5).expand(3, 1, 5)  # text: (t, h, w) all at the token index
+    >>> q_rot, k_rot = rope(q, k, positions=positions)
+    >>> q_rot.shape
+    torch.Size([1, 5, 4, 64])
+    """
+
+    def __init__(self, multi_axis: angles.MultiAxis) -> None:
+        super().__init__()
+        if not isinstance(multi_axis, angles.MultiAxis):
+            raise TypeError(
+                f"multi_axis: expected a rope_triton.angles.MultiAxis, got {type(multi_axis).__name__}"
+            )
+        self.multi_axis = multi_axis
+        self.rotary_dim = multi_axis.rotary_dim
+        self.interleaved = multi_axis.interleaved
+
+    @classmethod
+    def from_hf_config(cls, config, *, device=None, **overrides) -> MultiAxisRotaryEmbedding:
+        """M-RoPE of a Qwen2-VL / Qwen2.5-VL / Qwen3-VL (text) config, see
+        :func:`rope_triton.angles.from_hf_config`. ``device`` is accepted for symmetry with
+        :meth:`RotaryEmbedding.from_hf_config` (tables are built on the device of each call's q)."""
+        if overrides:
+            raise TypeError(f"from_hf_config: unexpected arguments for M-RoPE: {', '.join(overrides)}")
+        # Host math, whatever default device is in effect (e.g. a meta device for deferred init).
+        with torch.device("cpu"):
+            return cls(angles.from_hf_config(config))
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor | None = None,
+        *,
+        positions: torch.Tensor | None = None,
+        offsets: int | torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        layout: str = "bshd",
+        inplace: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rotate q and k. ``positions``: (n_axes, B, S) (or (n_axes, 1, S), (n_axes, S)), (n_axes, T) for
+        ``thd``; without them every axis is at the token's index plus ``offsets`` (text tokens, decode).
+        Other arguments as in :func:`rope_triton.apply_rotary`."""
+        return apply_rotary(
+            q, k, multi_axis=self.multi_axis, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen, layout=layout, inplace=inplace,
+        )
+
+    def extra_repr(self) -> str:
+        n_axes = self.multi_axis.n_axes
+        return f"rotary_dim={self.rotary_dim}, n_axes={n_axes}, interleaved={self.interleaved}"
