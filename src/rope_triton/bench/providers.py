@@ -310,11 +310,14 @@ class InplaceImpl(Impl):
     def backward(self, q, k, gq, gk):
         return self.call(gq.clone(), gk.clone(), conjugate=True)
 
+    def _pass(self, q, k, conjugate: bool) -> Callable[[], object]:
+        return partial(self.call, q, k, conjugate=conjugate)
+
     def timed(self, pass_, q, k):
-        fwd = partial(self.call, q, k)
+        fwd = self._pass(q, k, False)
         if pass_ == "fwd":
             return fwd
-        bwd = partial(self.call, _normal_like(q, self.gen), _normal_like(k, self.gen), conjugate=True)
+        bwd = self._pass(_normal_like(q, self.gen), _normal_like(k, self.gen), True)
         if pass_ == "bwd":
             return bwd
 
@@ -345,19 +348,8 @@ class GraphImpl(InplaceImpl):
     def backward(self, q, k, gq, gk):
         return self._captured(gq.clone(), gk.clone(), conjugate=True).replay()
 
-    def timed(self, pass_, q, k):
-        fwd = self._captured(q, k).replay
-        if pass_ == "fwd":
-            return fwd
-        bwd = self._captured(_normal_like(q, self.gen), _normal_like(k, self.gen), conjugate=True).replay
-        if pass_ == "bwd":
-            return bwd
-
-        def fwdbwd():
-            fwd()
-            return bwd()
-
-        return fwdbwd
+    def _pass(self, q, k, conjugate: bool) -> Callable[[], object]:
+        return self._captured(q, k, conjugate=conjugate).replay
 
 
 def _needs_cuda_and_tensor_offsets(wl: Workload, requested: bool) -> str | None:
