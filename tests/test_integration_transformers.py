@@ -23,11 +23,14 @@ from helpers import assert_rotary_close  # noqa: E402
 from transformers.models.gpt_neox import modeling_gpt_neox as hf_neox  # noqa: E402
 from transformers.models.gptj import modeling_gptj as hf_gptj  # noqa: E402
 from transformers.models.llama import modeling_llama as hf_llama  # noqa: E402
+from transformers.models.qwen2_vl import modeling_qwen2_vl as hf_qwen2_vl  # noqa: E402
 
 from rope_triton.integrations.transformers import (  # noqa: E402
     SUPPORTED_FAMILIES,
+    apply_multimodal_rotary_pos_emb,
     apply_rotary_pos_emb,
     apply_rotary_pos_emb_gptj,
+    apply_rotary_pos_emb_vision,
     patch,
     unpatch,
 )
@@ -36,6 +39,7 @@ from rope_triton.integrations.transformers import (  # noqa: E402
 HF_STANDARD = hf_llama.apply_rotary_pos_emb
 HF_PARTIAL = hf_neox.apply_rotary_pos_emb
 HF_GPTJ = hf_gptj.apply_rotary_pos_emb
+HF_VISION = hf_qwen2_vl.apply_rotary_pos_emb_vision
 
 # ---- tiny models ----------------------------------------------------------------------------------------
 
@@ -54,18 +58,21 @@ FAMILIES = {
     "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(num_local_experts=2, **_MOE)),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
     "qwen2_moe": (
-        "Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+        "Qwen2MoeConfig",
+        "Qwen2MoeForCausalLM",
         dict(num_experts=2, moe_intermediate_size=32, shared_expert_intermediate_size=32, **_MOE),
     ),  # fmt: skip
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=16)),
     "qwen3_moe": (
-        "Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
         dict(head_dim=16, num_experts=2, moe_intermediate_size=32, **_MOE),
     ),  # fmt: skip
     "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(head_dim=16)),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(head_dim=16)),
     "gemma3": (
-        "Gemma3TextConfig", "Gemma3ForCausalLM",
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
         dict(head_dim=16, num_hidden_layers=2, sliding_window=4, layer_types=_GEMMA3_LAYERS),
     ),  # fmt: skip
     "phi": ("PhiConfig", "PhiForCausalLM", dict(partial_rotary_factor=0.5)),
@@ -79,10 +86,70 @@ FAMILIES = {
     "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", {}),
     "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(rotary_pct=0.25)),
     "gptj": (
-        "GPTJConfig", "GPTJForCausalLM",
+        "GPTJConfig",
+        "GPTJForCausalLM",
         dict(n_embd=64, n_layer=1, n_head=4, n_positions=64, rotary_dim=8, **_TOKENS),
     ),  # fmt: skip
 }
+
+
+# Vision-language families: a tiny text model with M-RoPE sections [2, 3, 3] (head_dim 16) and a one-block
+# vision tower of 2 x 2 patches merged 2 x 2. Their inputs: see _vl_inputs.
+_VL_TEXT = dict(_COMMON, vocab_size=160, max_position_embeddings=256, head_dim=16)
+_VL_VISION = dict(
+    depth=1, num_heads=2, patch_size=2, spatial_merge_size=2, temporal_patch_size=2, in_channels=3
+)  # fmt: skip
+_VL_TOKENS = dict(image_token_id=150, video_token_id=151, vision_start_token_id=152, vision_end_token_id=153)
+_VL_SECTIONS = dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3])
+_QWEN25_VISION = dict(
+    hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=8, fullatt_block_indexes=[0]
+)  # fmt: skip
+_QWEN3_VISION = dict(
+    hidden_size=32, intermediate_size=64, out_hidden_size=64, num_position_embeddings=16,
+    deepstack_visual_indexes=[0],
+)  # fmt: skip
+_QWEN3_TEXT = dict(rope_parameters=dict(_VL_SECTIONS, mrope_interleaved=True))
+# family -> (config class, model class, text config, vision config)
+VL_FAMILIES = {
+    "qwen2_vl": (
+        "Qwen2VLConfig", "Qwen2VLForConditionalGeneration", dict(rope_parameters=_VL_SECTIONS),
+        dict(embed_dim=32, hidden_size=64, mlp_ratio=2),
+    ),
+    "qwen2_5_vl": (
+        "Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration", dict(rope_parameters=_VL_SECTIONS),
+        _QWEN25_VISION,
+    ),
+    "qwen3_vl": ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration", _QWEN3_TEXT, _QWEN3_VISION),
+    "qwen3_vl_moe": (
+        "Qwen3VLMoeConfig", "Qwen3VLMoeForConditionalGeneration",
+        dict(_QWEN3_TEXT, num_experts=2, moe_intermediate_size=32, **_MOE), _QWEN3_VISION,
+    ),
+}  # fmt: skip
+
+
+def build_vl(family: str, device) -> torch.nn.Module:
+    """A seeded tiny vision-language model of ``family`` in float32, eval mode."""
+    config_cls, model_cls, text, vision = VL_FAMILIES[family]
+    config = getattr(transformers, config_cls)(
+        text_config={**_VL_TEXT, **text}, vision_config={**_VL_VISION, **vision}, **_VL_TOKENS
+    )
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(config).eval()
+    if "moe" in family:
+        model.set_experts_implementation("eager")
+    return model.to(device)
+
+
+def _vl_inputs(device, dtype=torch.float32) -> dict:
+    """Two text tokens, an image of 4 x 4 patches (4 tokens after the 2 x 2 merge) and two text tokens."""
+    ids = torch.tensor([[5, 6, 152, 150, 150, 150, 150, 153, 7, 8]], device=device)
+    torch.manual_seed(1)
+    return dict(
+        input_ids=ids,
+        mm_token_type_ids=(ids == 150).long(),
+        pixel_values=torch.randn(16, 3 * 2 * 2 * 2, device=device, dtype=dtype),
+        image_grid_thw=torch.tensor([[1, 4, 4]], device=device),
+    )
 
 
 def build(family: str, device, **overrides) -> torch.nn.Module:
@@ -136,7 +203,7 @@ def test_importing_rope_triton_does_not_import_transformers():
 
 
 def test_every_supported_family_is_tested():
-    assert sorted(FAMILIES) == sorted(SUPPORTED_FAMILIES)
+    assert sorted({**FAMILIES, **VL_FAMILIES}) == sorted(SUPPORTED_FAMILIES)
 
 
 # ---- drop-in functions ----------------------------------------------------------------------------------
@@ -338,6 +405,103 @@ def test_generate_same_tokens(family, device):
         finally:
             unpatch(model)
     assert torch.equal(ours, base)
+
+
+def _vl_logits_and_grads(model, inputs):
+    model.zero_grad(set_to_none=True)
+    out = model(**inputs, labels=inputs["input_ids"])
+    out.loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.logits.detach(), grads
+
+
+@pytest.mark.parametrize("family", sorted(VL_FAMILIES))
+def test_vl_model_parity_fp32(family, device):
+    """A patched vision-language model with an image: the text attention (M-RoPE tables) and the vision
+    tower (2-D tables) both rotate with rope-triton; logits and every gradient (vision tower included) are
+    as accurate as the unpatched model's against a float64 run."""
+    model = build_vl(family, device)
+    ref_model = copy.deepcopy(model).double()
+    ref_logits, ref_grads = _vl_logits_and_grads(ref_model, _vl_inputs(device, torch.float64))
+    base_logits, base_grads = _vl_logits_and_grads(model, _vl_inputs(device))
+    changed = patch(model)
+    try:
+        ours_logits, ours_grads = _vl_logits_and_grads(model, _vl_inputs(device))
+    finally:
+        unpatch(model)
+    module = f"transformers.models.{family}.modeling_{family}"
+    assert f"{module}.apply_rotary_pos_emb" in changed and f"{module}.apply_rotary_pos_emb_vision" in changed
+    _assert_as_accurate(ours_logits, base_logits, ref_logits, "logits")
+    assert ours_grads.keys() == base_grads.keys() == ref_grads.keys()
+    assert any(name.startswith("model.visual") for name in ours_grads)  # the tower is on the gradient path
+    for name, g in ours_grads.items():
+        _assert_as_accurate(g, base_grads[name], ref_grads[name], f"grad of {name}")
+
+
+@pytest.mark.parametrize("family", sorted(VL_FAMILIES))
+def test_vl_generate_same_tokens(family, device):
+    """Greedy generation with an image and a KV cache (decode steps continue the M-RoPE positions)."""
+    model = build_vl(family, device)
+    kw = dict(max_new_tokens=3, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        base = model.generate(**_vl_inputs(device), **kw)
+        patch(model)
+        try:
+            ours = model.generate(**_vl_inputs(device), **kw)
+        finally:
+            unpatch(model)
+    assert torch.equal(ours, base)
+
+
+def test_vision_drop_in_matches_hf(device):
+    """The vision drop-in against the float64 rotation by the same tables, on the strided (tokens, heads,
+    dim) views that the towers unbind from their fused qkv."""
+    torch.manual_seed(0)
+    tokens, heads, dim = 12, 2, 16
+    qkv = torch.randn(tokens, 3, heads, dim, device=device, dtype=torch.bfloat16)
+    q, k, _ = qkv.permute(1, 0, 2, 3).unbind(0)
+    hw = torch.stack((torch.arange(tokens) // 4, torch.arange(tokens) % 4), -1).to(device)
+    inv = 10000.0 ** (-torch.arange(0, dim // 2, 2, dtype=torch.float64, device=device) / (dim // 2))
+    freqs = (hw[..., None] * inv).flatten(1)  # (tokens, dim / 2): h pairs, then w pairs
+    emb = torch.cat((freqs, freqs), -1)
+    cos, sin = emb.cos().float(), emb.sin().float()
+    before = qkv.clone()
+    ours = apply_rotary_pos_emb_vision(q, k, cos, sin)
+    exact = _exact(HF_VISION, q, k, cos, sin)
+    assert torch.equal(qkv, before)  # out of place
+    for o, e, x in zip(ours, exact, (q, k), strict=True):
+        assert_rotary_close(o, e, x, layout="thd", rotary_dim=dim, interleaved=False)
+    with pytest.raises(ValueError, match="q: expected a 3-D"):
+        apply_rotary_pos_emb_vision(q[None], k, cos, sin)
+
+
+_LAYOUT_OF = {1: "bhsd", 2: "bshd"}
+
+
+@pytest.mark.parametrize("unsqueeze_dim", [1, 2])
+def test_multimodal_drop_in_composes_sections(unsqueeze_dim, device):
+    """transformers before 4.57 passes per-axis (3, B, S, R) tables and the sections to every layer: block
+    j of the sections turns by axis j % 3. Checked against that rule spelled out in float64."""
+    torch.manual_seed(0)
+    sections, dim = [2, 3, 3], 16
+    pos = torch.randint(0, 50, (3, B, S), device=device, dtype=torch.float64)
+    inv = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim)
+    freqs = pos[..., None] * inv  # (3, B, S, dim/2)
+    emb = torch.cat((freqs, freqs), -1)
+    cos, sin = emb.cos().float(), emb.sin().float()
+    shape = (B, HQ, S, dim) if unsqueeze_dim == 1 else (B, S, HQ, dim)
+    q, k = torch.randn(shape, device=device), torch.randn(shape, device=device)
+    axis_of_pair = [j % 3 for j, n in enumerate(sections) for _ in range(n)]
+    angle = torch.stack([freqs[a, ..., i] for i, a in enumerate(axis_of_pair)], -1)
+    angle = torch.cat((angle, angle), -1).unsqueeze(unsqueeze_dim)
+    ours = apply_multimodal_rotary_pos_emb(q, k, cos, sin, sections, unsqueeze_dim)
+    for o, x in zip(ours, (q, k), strict=True):
+        x64 = x.double()
+        rotated = torch.cat((-x64[..., dim // 2 :], x64[..., : dim // 2]), -1)
+        exact = x64 * angle.cos() + rotated * angle.sin()
+        assert_rotary_close(o, exact, x, layout=_LAYOUT_OF[unsqueeze_dim], rotary_dim=dim, interleaved=False)
+    with pytest.raises(ValueError, match="mrope_section: expected sections summing to 8"):
+        apply_multimodal_rotary_pos_emb(q, k, cos, sin, [2, 2, 2], unsqueeze_dim)
 
 
 # ---- patch mechanics --------------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ which makes a loaded model use them.
 transformers is never imported here: :func:`patch` works on the modeling modules that the model's own
 classes come from.
 
-Scope of a patch. The attention layers of a model family look up ``apply_rotary_pos_emb`` in their
-modeling module (``transformers.models.llama.modeling_llama``, ...) on every call, so that module
-attribute is what :func:`patch` swaps. While at least one model of a family is patched, **every** model of
+Scope of a patch. The attention layers of a model family look up ``apply_rotary_pos_emb`` (and the
+vision towers of Qwen-VL ``apply_rotary_pos_emb_vision``) in their modeling module
+(``transformers.models.llama.modeling_llama``, ...) on every call, so those module attributes are what
+:func:`patch` swaps. While at least one model of a family is patched, **every** model of
 that family in the process uses rope-triton (with the same results up to rounding); the last
 :func:`unpatch` of the family (or the garbage collection of the last patched model) puts the original
 function back. What ``fp32_tables=True`` changes (the rotary embedding modules) belongs to the patched
@@ -33,7 +34,15 @@ from torch import nn
 
 from ..functional import apply_rotary
 
-__all__ = ["SUPPORTED_FAMILIES", "apply_rotary_pos_emb", "apply_rotary_pos_emb_gptj", "patch", "unpatch"]
+__all__ = [
+    "SUPPORTED_FAMILIES",
+    "apply_multimodal_rotary_pos_emb",
+    "apply_rotary_pos_emb",
+    "apply_rotary_pos_emb_gptj",
+    "apply_rotary_pos_emb_vision",
+    "patch",
+    "unpatch",
+]
 
 _FUNCTION = "apply_rotary_pos_emb"
 _LAYOUTS = {1: "bhsd", 2: "bshd"}
@@ -104,6 +113,74 @@ def apply_rotary_pos_emb_gptj(tensor: torch.Tensor, sin: torch.Tensor, cos: torc
     return out
 
 
+def apply_rotary_pos_emb_vision(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop-in for ``apply_rotary_pos_emb_vision`` of the Qwen2-VL, Qwen2.5-VL and Qwen3-VL vision towers.
+
+    Parameters
+    ----------
+    q, k : torch.Tensor
+        (tokens, heads, head_dim), any strides (the unbound views of the tower's fused qkv are read in place).
+    cos, sin : torch.Tensor
+        (tokens, R) tables holding ``cat(freqs, freqs)`` of the 2-D (h, w) angles, as the tower's rotary
+        module builds them; R < head_dim passes the last dims through.
+
+    Returns
+    -------
+    (q_embed, k_embed)
+        New tensors of q's and k's shape and dtype, computed in float32 and rounded once, as transformers
+        does.
+    """
+    for name, t in (("q", q), ("k", k)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            raise ValueError(
+                f"{name}: expected a 3-D (tokens, heads, head_dim) tensor, "
+                f"got {getattr(t, 'shape', type(t).__name__)}"
+            )
+    width = cos.shape[-1]
+    if width % 2 or width > q.shape[-1]:
+        raise ValueError(
+            f"cos: expected an even width cat(freqs, freqs) of at most head_dim = {q.shape[-1]}, "
+            f"got shape {tuple(cos.shape)}"
+        )
+    q_embed, k_embed = _rotate(q[None], k[None], cos, sin, "bshd", interleaved=False, rotary_dim=width)
+    return q_embed[0], k_embed[0]
+
+
+def apply_multimodal_rotary_pos_emb(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    mrope_section: list[int],
+    unsqueeze_dim: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop-in for Qwen2-VL / Qwen2.5-VL's ``apply_multimodal_rotary_pos_emb`` (transformers before 4.57).
+
+    ``cos`` and ``sin`` are (3, batch, seq, R) per-axis tables of ``cat(freqs, freqs)``; pair ``i`` of the
+    j-th block of ``mrope_section`` turns by axis ``j % 3``. The tables are composed into one (batch, seq,
+    R/2) table (a gather; transformers concatenates the same blocks) and the rotation is the kernel's.
+    """
+    if cos.dim() != 4 or sin.shape != cos.shape:
+        raise ValueError(
+            "cos, sin: expected (3, batch, seq, rotary_dim) tables, "
+            f"got {tuple(cos.shape)} and {tuple(sin.shape)}"
+        )
+    half = cos.shape[-1] // 2
+    if sum(mrope_section) != half:
+        raise ValueError(f"mrope_section: expected sections summing to {half}, got {list(mrope_section)}")
+    if unsqueeze_dim not in (1, 2):  # it says where the heads dim is in q and k
+        raise ValueError(f"unsqueeze_dim: expected 1 or 2, got {unsqueeze_dim!r}")
+    axis = torch.repeat_interleave(
+        torch.arange(len(mrope_section), device=cos.device) % cos.shape[0],
+        torch.tensor(list(mrope_section), device=cos.device),
+    )
+    index = axis.expand(*cos.shape[1:-1], half)[None]
+    cos, sin = (t[..., :half].gather(0, index)[0] for t in (cos, sin))
+    return _rotate(q, k, cos, sin, _LAYOUTS[unsqueeze_dim], interleaved=False, rotary_dim=2 * half)
+
+
 def _rotate(q, k, cos, sin, layout: str, *, interleaved: bool, rotary_dim: int | None = None):
     """Rotate by per-token tables ``cos``/``sin`` of shape (batch or 1, seq, >= R/2) or (seq, >= R/2).
 
@@ -138,12 +215,25 @@ _STANDARD = (
     "gemma", "gemma2", "gemma3", "gpt_neox", "granite", "granitemoe", "llama", "mistral", "mixtral", "olmo",
     "olmo2", "olmoe", "phi", "phi3", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "stablelm", "starcoder2",
 )  # fmt: skip
-_DROP_INS: dict[str, Callable] = {
-    **dict.fromkeys(_STANDARD, apply_rotary_pos_emb),
-    "gptj": apply_rotary_pos_emb_gptj,
+# Vision-language families: the text attention rotates by per-token tables that the model's rotary module
+# composed from the (3, B, S) positions once per forward (apply_multimodal_rotary_pos_emb in transformers
+# before 4.57 composes them in every layer); the vision tower rotates by 2-D tables with
+# apply_rotary_pos_emb_vision.
+_VISION_LANGUAGE = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+_DROP_INS: dict[str, dict[str, Callable]] = {
+    **{f: {_FUNCTION: apply_rotary_pos_emb} for f in _STANDARD},
+    **{
+        f: {
+            _FUNCTION: apply_rotary_pos_emb,
+            "apply_multimodal_rotary_pos_emb": apply_multimodal_rotary_pos_emb,
+            "apply_rotary_pos_emb_vision": apply_rotary_pos_emb_vision,
+        }
+        for f in _VISION_LANGUAGE
+    },
+    "gptj": {_FUNCTION: apply_rotary_pos_emb_gptj},
 }
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(sorted(_DROP_INS))
-"""transformers model types whose ``apply_rotary_pos_emb`` :func:`patch` replaces."""
+"""transformers model types whose rotary functions :func:`patch` replaces."""
 
 _MODELING = re.compile(r"transformers\.models\.(\w+)\.modeling_\1")
 
@@ -153,6 +243,7 @@ class _Swap:
     """One swapped module attribute, shared by the patched models of a family."""
 
     module: types.ModuleType
+    name: str
     original: Callable
     replacement: Callable
     users: int = 0
@@ -167,7 +258,7 @@ class _Patch:
 
 
 _LOCK = threading.Lock()
-_SWAPS: dict[str, _Swap] = {}  # modeling module name -> swap
+_SWAPS: dict[str, _Swap] = {}  # "module.function" -> swap
 _PATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> _Patch
 
 
@@ -235,9 +326,10 @@ def patch(model: nn.Module, *, fp32_tables: bool = False) -> list[str]:
                 )
         record = _Patch(names=[], fp32_tables=fp32_tables)
         for family, module in families.items():
-            _acquire(module, _DROP_INS[family])
-            record.names.append(f"{module.__name__}.{_FUNCTION}")
-        record.release = weakref.finalize(model, _release, [m.__name__ for m in families.values()])
+            for name, replacement in _DROP_INS[family].items():
+                if callable(getattr(module, name, None)):
+                    record.names.append(_acquire(module, name, replacement))
+        record.release = weakref.finalize(model, _release, list(record.names))
         record.release.atexit = False
         if fp32_tables:
             for name, m in rotary:
@@ -277,8 +369,11 @@ def _families(model: nn.Module) -> dict[str, types.ModuleType]:
         family = _family_of(m)
         if family and family not in found:
             module = sys.modules[type(m).__module__]
-            if not callable(getattr(module, _FUNCTION, None)):
-                raise TypeError(f"{type(model).__name__}: {module.__name__} has no {_FUNCTION} to replace")
+            if not any(callable(getattr(module, name, None)) for name in _DROP_INS[family]):
+                raise TypeError(
+                    f"{type(model).__name__}: {module.__name__} has none of "
+                    f"{', '.join(_DROP_INS[family])} to replace"
+                )
             found[family] = module
     if not found:
         raise TypeError(
@@ -288,27 +383,29 @@ def _families(model: nn.Module) -> dict[str, types.ModuleType]:
     return found
 
 
-def _acquire(module: types.ModuleType, replacement: Callable) -> None:
-    swap = _SWAPS.get(module.__name__)
+def _acquire(module: types.ModuleType, name: str, replacement: Callable) -> str:
+    key = f"{module.__name__}.{name}"
+    swap = _SWAPS.get(key)
     if swap is None:
-        swap = _SWAPS[module.__name__] = _Swap(module, getattr(module, _FUNCTION), replacement)
-        setattr(module, _FUNCTION, replacement)
+        swap = _SWAPS[key] = _Swap(module, name, getattr(module, name), replacement)
+        setattr(module, name, replacement)
     swap.users += 1
+    return key
 
 
-def _release(module_names: list[str]) -> None:
+def _release(keys: list[str]) -> None:
     # Runs once per patched model: from unpatch(), or when the model is garbage collected.
-    for key in module_names:
+    for key in keys:
         swap = _SWAPS[key]
         swap.users -= 1
         if swap.users:
             continue
         del _SWAPS[key]
-        if getattr(swap.module, _FUNCTION) is swap.replacement:
-            setattr(swap.module, _FUNCTION, swap.original)
+        if getattr(swap.module, swap.name) is swap.replacement:
+            setattr(swap.module, swap.name, swap.original)
         else:
             warnings.warn(
-                f"{key}.{_FUNCTION} was replaced by someone else after rope-triton patched it; left as it is",
+                f"{key} was replaced by someone else after rope-triton patched it; left as it is",
                 stacklevel=3,
             )
 
