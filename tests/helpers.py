@@ -169,3 +169,20 @@ def check_against_reference(q, k, cos, sin, *, layout, inplace=False, table_boun
         assert torch.equal(q, q0) and (k is None or torch.equal(k, k0)), "out-of-place changed an input"
         assert q_out.data_ptr() != q.data_ptr()
     return q_out, k_out
+
+
+def assert_as_accurate(ours, base, ref, what: str, *, max_ratio=2.0, rms_ratio=None):
+    """``ours`` and ``base`` compute the same thing in the same dtype, rounding the rotary step
+    differently (ours: once, in float32; a model library's: often in the activations' dtype). Against the
+    float64 ``ref``, the whole computation's rounding error dominates and is about the same size in both:
+    ours may not exceed ``max_ratio`` times base's (``rms_ratio`` for the RMS), plus 4 units of the
+    dtype's rounding at ref's magnitude for the case where base is exact by chance."""
+    ref = ref.double()
+    floor = 4 * torch.finfo(ours.dtype).eps / 2 * ref.abs().max().item()
+    e_ours, e_base = (ours.double() - ref).abs(), (base.double() - ref).abs()
+    assert e_ours.max() <= max_ratio * e_base.max() + floor, (
+        f"{what}: max error {e_ours.max():.3e} vs the unpatched model's {e_base.max():.3e}"
+    )
+    if rms_ratio is not None:
+        rms_ours, rms_base = e_ours.pow(2).mean().sqrt(), e_base.pow(2).mean().sqrt()
+        assert rms_ours <= rms_ratio * rms_base + floor, f"{what}: RMS error {rms_ours:.3e} vs {rms_base:.3e}"

@@ -19,6 +19,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from helpers import assert_as_accurate as _assert_as_accurate  # noqa: E402
 from helpers import assert_rotary_close  # noqa: E402
 from transformers.models.gpt_neox import modeling_gpt_neox as hf_neox  # noqa: E402
 from transformers.models.gptj import modeling_gptj as hf_gptj  # noqa: E402
@@ -163,23 +164,6 @@ def build(family: str, device, **overrides) -> torch.nn.Module:
         # The grouped-matmul experts have no float64 kernel; the eager loop does.
         model.set_experts_implementation("eager")
     return model.to(device)
-
-
-def _assert_as_accurate(ours, base, ref, what: str, *, max_ratio=2.0, rms_ratio=None):
-    """``ours`` and ``base`` compute the same thing in the same dtype, rounding the rotary step
-    differently (ours: once, in float32; transformers: in the activations' dtype). Against the float64
-    ``ref``, the whole computation's rounding error dominates and is about the same size in both: ours may
-    not exceed ``max_ratio`` times base's (``rms_ratio`` for the RMS), plus 4 units of the dtype's
-    rounding at ref's magnitude for the case where base is exact by chance."""
-    ref = ref.double()
-    floor = 4 * torch.finfo(ours.dtype).eps / 2 * ref.abs().max().item()
-    e_ours, e_base = (ours.double() - ref).abs(), (base.double() - ref).abs()
-    assert e_ours.max() <= max_ratio * e_base.max() + floor, (
-        f"{what}: max error {e_ours.max():.3e} vs transformers' {e_base.max():.3e}"
-    )
-    if rms_ratio is not None:
-        rms_ours, rms_base = e_ours.pow(2).mean().sqrt(), e_base.pow(2).mean().sqrt()
-        assert rms_ours <= rms_ratio * rms_base + floor, f"{what}: RMS error {rms_ours:.3e} vs {rms_base:.3e}"
 
 
 def _logits_and_grads(model, ids):

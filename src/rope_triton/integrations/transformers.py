@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 import sys
-import threading
 import types
 import warnings
 import weakref
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from ..functional import apply_rotary
+from . import _swap
 
 __all__ = [
     "SUPPORTED_FAMILIES",
@@ -239,17 +239,6 @@ _MODELING = re.compile(r"transformers\.models\.(\w+)\.modeling_\1")
 
 
 @dataclass
-class _Swap:
-    """One swapped module attribute, shared by the patched models of a family."""
-
-    module: types.ModuleType
-    name: str
-    original: Callable
-    replacement: Callable
-    users: int = 0
-
-
-@dataclass
 class _Patch:
     names: list[str]
     fp32_tables: bool
@@ -257,8 +246,6 @@ class _Patch:
     release: weakref.finalize | None = None
 
 
-_LOCK = threading.Lock()
-_SWAPS: dict[str, _Swap] = {}  # "module.function" -> swap
 _PATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> _Patch
 
 
@@ -301,7 +288,7 @@ def patch(model: nn.Module, *, fp32_tables: bool = False) -> list[str]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    with _LOCK:
+    with _swap.LOCK:
         done = _PATCHES.get(model)
         if done is not None:
             if done.fp32_tables != fp32_tables:
@@ -328,8 +315,8 @@ def patch(model: nn.Module, *, fp32_tables: bool = False) -> list[str]:
         for family, module in families.items():
             for name, replacement in _DROP_INS[family].items():
                 if callable(getattr(module, name, None)):
-                    record.names.append(_acquire(module, name, replacement))
-        record.release = weakref.finalize(model, _release, list(record.names))
+                    record.names.append(_swap.acquire(module, name, replacement))
+        record.release = weakref.finalize(model, _swap.release, list(record.names))
         record.release.atexit = False
         if fp32_tables:
             for name, m in rotary:
@@ -345,7 +332,7 @@ def unpatch(model: nn.Module) -> list[str]:
 
     The family's original function comes back when no other patched model of that family is left.
     """
-    with _LOCK:
+    with _swap.LOCK:
         record = _PATCHES.pop(model, None)
         if record is None:
             return []
@@ -381,33 +368,6 @@ def _families(model: nn.Module) -> dict[str, types.ModuleType]:
             f"Supported: {', '.join(SUPPORTED_FAMILIES)}"
         )
     return found
-
-
-def _acquire(module: types.ModuleType, name: str, replacement: Callable) -> str:
-    key = f"{module.__name__}.{name}"
-    swap = _SWAPS.get(key)
-    if swap is None:
-        swap = _SWAPS[key] = _Swap(module, name, getattr(module, name), replacement)
-        setattr(module, name, replacement)
-    swap.users += 1
-    return key
-
-
-def _release(keys: list[str]) -> None:
-    # Runs once per patched model: from unpatch(), or when the model is garbage collected.
-    for key in keys:
-        swap = _SWAPS[key]
-        swap.users -= 1
-        if swap.users:
-            continue
-        del _SWAPS[key]
-        if getattr(swap.module, swap.name) is swap.replacement:
-            setattr(swap.module, swap.name, swap.original)
-        else:
-            warnings.warn(
-                f"{key} was replaced by someone else after rope-triton patched it; left as it is",
-                stacklevel=3,
-            )
 
 
 def _fp32_rotary_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs):
