@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "apply_rotary": "rope_triton.functional",
+    "qk_norm_rotary": "rope_triton.functional",
     "RotaryEmbedding": "rope_triton.modules",
     "MultiAxisRotaryEmbedding": "rope_triton.modules",
     "TritonRotary": "rope_triton.modules",
@@ -27,7 +28,7 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
     from ._core.op import clear_launch_cache  # noqa: F401
-    from .functional import apply_rotary  # noqa: F401  (for type checkers: lazy exports)
+    from .functional import apply_rotary, qk_norm_rotary  # noqa: F401  (for type checkers: lazy exports)
     from .graphs import CapturedRotary  # noqa: F401
     from .modules import MultiAxisRotaryEmbedding, RotaryEmbedding, TritonRotary  # noqa: F401
 

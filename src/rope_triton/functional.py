@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._core import op
+from ._core import norm_op, op
 from .angles.multi_axis import MultiAxis
 
 
@@ -111,23 +111,27 @@ def apply_rotary(
     >>> q_rot.shape, k_rot.shape
     (torch.Size([2, 16, 8, 64]), torch.Size([2, 16, 2, 64]))
     """
+    freqs, interleaved, rotary_dim = _angle_args(
+        q, cos, sin, freqs, multi_axis, positions, interleaved, rotary_dim
+    )
+    return op.apply(
+        q, k, cos, sin, freqs=freqs, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens,
+        max_seqlen=max_seqlen, layout=layout, interleaved=interleaved, rotary_dim=rotary_dim, inplace=inplace,
+        conjugate=conjugate, cos_lo=cos_lo, sin_lo=sin_lo,
+    )
+
+
+def _angle_args(q, cos, sin, freqs, multi_axis, positions, interleaved, rotary_dim):
+    """(freqs, interleaved, rotary_dim) once the angle source is checked: tables, freqs or multi_axis."""
     if multi_axis is not None:
-        freqs, interleaved, rotary_dim = _multi_axis_args(
-            q, cos, sin, freqs, multi_axis, positions, interleaved, rotary_dim
-        )
-    elif interleaved is None:
-        interleaved = False
+        return _multi_axis_args(q, cos, sin, freqs, multi_axis, positions, interleaved, rotary_dim)
     if freqs is not None:
         if cos is not None or sin is not None:
             raise ValueError("freqs: cos/sin tables and freqs are exclusive, got both")
     elif cos is None or sin is None:
         missing = "cos" if cos is None else "sin"
         raise TypeError(f"{missing}: expected cos and sin tables (or freqs=...), got None")
-    return op.apply(
-        q, k, cos, sin, freqs=freqs, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens,
-        max_seqlen=max_seqlen, layout=layout, interleaved=interleaved, rotary_dim=rotary_dim, inplace=inplace,
-        conjugate=conjugate, cos_lo=cos_lo, sin_lo=sin_lo,
-    )
+    return freqs, (False if interleaved is None else interleaved), rotary_dim
 
 
 def _multi_axis_args(q, cos, sin, freqs, multi_axis, positions, interleaved, rotary_dim):
@@ -158,3 +162,85 @@ def _multi_axis_args(q, cos, sin, freqs, multi_axis, positions, interleaved, rot
             )
     device = q.device if isinstance(q, torch.Tensor) else None
     return multi_axis.freq_table(device), multi_axis.interleaved, multi_axis.rotary_dim
+
+
+def qk_norm_rotary(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+    cos: torch.Tensor | None = None,
+    sin: torch.Tensor | None = None,
+    *,
+    eps: float = 1e-6,
+    norm: str = "rms",
+    weight_offset: float = 0.0,
+    norm_after_rope: bool = False,
+    freqs: torch.Tensor | None = None,
+    multi_axis: MultiAxis | None = None,
+    positions: torch.Tensor | None = None,
+    offsets: int | torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
+    layout: str = "bshd",
+    interleaved: bool | None = None,
+    rotary_dim: int | None = None,
+    inplace: bool = False,
+    cos_lo: torch.Tensor | None = None,
+    sin_lo: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Normalize q and k (RMSNorm of Qwen3, Gemma 3, OLMo 2; Llama 4's L2 norm) and rotate them, in one
+    launch: q and k are read once and written once, forward and backward.
+
+    Notation as in :func:`apply_rotary`: B batch, S sequence, Hq/Hk heads, D head_dim, R rotary_dim.
+
+    Parameters
+    ----------
+    q, k : torch.Tensor
+        As in :func:`apply_rotary` (any strides: slices of a fused qkv projection are read in place).
+    q_weight, k_weight : torch.Tensor or None
+        The norms' weights, any float dtype: (D,) for ``norm="rms"``, (Hq * D,) / (Hk * D,) for
+        ``"rms_heads"``; None for no weight (always for ``"l2"``). Gradients flow to them.
+    cos, sin, freqs, multi_axis, positions, offsets, cu_seqlens, max_seqlen, layout, interleaved,
+    rotary_dim, cos_lo, sin_lo
+        The angles and layout, as in :func:`apply_rotary`.
+    eps : float
+        Added to the mean square, > 0 (a head of zeros stays zeros).
+    norm : {"rms", "rms_heads", "l2"}
+        ``"rms"``: each head over its D values, ``x / sqrt(mean(x**2) + eps) * (weight + weight_offset)``
+        (Qwen3, Qwen3-MoE, Gemma 3, OLMo 2's per-head variants). ``"rms_heads"``: each token over all its
+        heads' values at once (OLMo 2's q_norm/k_norm over the whole projection). ``"l2"``: Llama 4's
+        ``L2Norm``, the same without a weight (put it after the rotation with ``norm_after_rope=True``).
+    weight_offset : float
+        Added to the weight: 1.0 for Gemma's ``(1 + weight)``.
+    norm_after_rope : bool
+        Rotate first, then normalize (Llama 4). Without a weight the order makes no difference.
+    inplace : bool
+        Write into q and k. With autograd the inputs are still needed by the backward: the result is then
+        computed out of place and copied back (autograd is told).
+
+    Returns
+    -------
+    (q_out, k_out) : tuple of torch.Tensor
+        q's and k's shapes and dtypes. Statistics and rotation in float32 (float64 for float64 inputs),
+        rounded once.
+
+    Examples
+    --------
+    >>> import torch, rope_triton
+    >>> q, k = torch.randn(2, 16, 8, 64), torch.randn(2, 16, 2, 64)
+    >>> angle = torch.arange(16.0)[:, None] * 10000.0 ** (-torch.arange(32) / 32)
+    >>> qw, kw = torch.ones(64), torch.ones(64)
+    >>> q_out, k_out = rope_triton.qk_norm_rotary(q, k, qw, kw, angle.cos(), angle.sin())
+    >>> q_out.pow(2).mean(-1).allclose(torch.ones(2, 16, 8), atol=1e-4)
+    True
+    """
+    freqs, interleaved, rotary_dim = _angle_args(
+        q, cos, sin, freqs, multi_axis, positions, interleaved, rotary_dim
+    )
+    return norm_op.apply(
+        q, k, q_weight, k_weight, cos, sin, norm=norm, eps=eps, weight_offset=weight_offset,
+        norm_after_rope=norm_after_rope, freqs=freqs, multi_axis=multi_axis, positions=positions,
+        offsets=offsets, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, layout=layout, interleaved=interleaved,
+        rotary_dim=rotary_dim, inplace=inplace, cos_lo=cos_lo, sin_lo=sin_lo,
+    )

@@ -283,3 +283,69 @@ def apply_rotary(
         q_out = q.copy_(q_out)
         k_out = k.copy_(k_out) if k is not None else None
     return q_out, k_out
+
+
+def qk_norm_rotary(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+    cos: torch.Tensor | None = None,
+    sin: torch.Tensor | None = None,
+    *,
+    norm: str = "rms",
+    eps: float = 1e-6,
+    weight_offset: float = 0.0,
+    norm_after_rope: bool = False,
+    layout: str = "bshd",
+    inplace: bool = False,
+    compute_dtype: torch.dtype = torch.float32,
+    out_dtype: torch.dtype | None = None,
+    **rotary,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Normalize then rotate (or rotate then normalize) in plain PyTorch; see
+    :func:`rope_triton.qk_norm_rotary` for the arguments (``rotary``: those of :func:`apply_rotary`).
+
+    ``norm="rms"`` and ``"l2"`` divide each head by the root mean square of its head_dim values (plus
+    ``eps``), ``"rms_heads"`` each token by that of all its heads' values; the weight (plus
+    ``weight_offset``) scales the result. Differentiable through autograd.
+
+    Examples
+    --------
+    >>> q = torch.randn(1, 4, 2, 8, dtype=torch.float64)
+    >>> cos, sin = torch.ones(4, 4), torch.zeros(4, 4)
+    >>> y, _ = qk_norm_rotary(q, None, None, None, cos, sin, eps=0.0, compute_dtype=torch.float64)
+    >>> torch.allclose(y.pow(2).mean(-1), torch.ones(1, 4, 2, dtype=torch.float64))
+    True
+    """
+
+    def normalize(x: torch.Tensor) -> torch.Tensor:
+        xb = to_bshd(x, layout).to(compute_dtype)
+        dims = (-2, -1) if norm == "rms_heads" else (-1,)
+        return from_bshd(xb * torch.rsqrt(xb.pow(2).mean(dims, keepdim=True) + eps), layout)
+
+    def weigh(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        if w is None:
+            return x
+        xb = to_bshd(x, layout)
+        w = w.to(compute_dtype) + weight_offset
+        return from_bshd(xb * (w.view(xb.shape[-2:]) if norm == "rms_heads" else w), layout)
+
+    def rotate_exactly(a: torch.Tensor, b: torch.Tensor | None):
+        return apply_rotary(
+            a, b, cos, sin, layout=layout, compute_dtype=compute_dtype, out_dtype=compute_dtype, **rotary
+        )
+
+    nq = normalize(q)
+    nk = normalize(k) if k is not None else None
+    if norm_after_rope:
+        rq, rk = rotate_exactly(nq, nk)
+        yq, yk = weigh(rq, q_weight), (weigh(rk, k_weight) if k is not None else None)
+    else:
+        yq, yk = rotate_exactly(weigh(nq, q_weight), weigh(nk, k_weight) if k is not None else None)
+    yq = yq.to(out_dtype or q.dtype)
+    yk = yk.to(out_dtype or k.dtype) if k is not None else None
+    if inplace:
+        yq = q.copy_(yq)
+        yk = k.copy_(yk) if k is not None else None
+    return yq, yk

@@ -6,6 +6,7 @@ Every error names the argument, what was expected and what was given. Nothing he
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -519,3 +520,43 @@ def _broadcasts(shape: tuple[int, ...], target: tuple[int, int]) -> bool:
     if len(shape) == 1:
         shape = (1, *shape)
     return all(a in (1, b) for a, b in zip(shape, target, strict=True)) and shape[-1] == target[-1]
+
+
+# Fused norms: name -> the kernel's kind (1: over each head's head_dim, 2: over all heads of a token).
+NORM_KINDS = {"rms": 1, "l2": 1, "rms_heads": 2}
+
+
+def check_norm(
+    p: Problem, q: torch.Tensor, k: torch.Tensor | None, q_weight, k_weight, norm, eps, weight_offset,
+    norm_after_rope,
+) -> tuple[int, float, float, bool]:
+    """Validate the norm arguments of ``qk_norm_rotary`` against the validated problem ``p``; returns the
+    kernel's (kind, eps, weight offset, after rope)."""
+    if not isinstance(norm, str) or norm not in NORM_KINDS:
+        raise ValueError(f"norm: expected one of {', '.join(map(repr, NORM_KINDS))}, got {norm!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps: expected a finite number > 0, got {eps!r}")
+    if (
+        isinstance(weight_offset, bool) or not isinstance(weight_offset, (int, float))
+        or not math.isfinite(weight_offset)
+    ):
+        raise ValueError(f"weight_offset: expected a finite number, got {weight_offset!r}")
+    if not isinstance(norm_after_rope, bool):
+        raise TypeError(f"norm_after_rope: expected a bool, got {type(norm_after_rope).__name__}")
+    for name, w, heads, x in (("q_weight", q_weight, p.heads_q, q), ("k_weight", k_weight, p.heads_k, k)):
+        if w is None:
+            continue
+        if norm == "l2":
+            raise ValueError(f"{name}: norm='l2' (Llama 4's L2Norm) takes no weight, got a tensor")
+        if x is None:
+            raise ValueError(f"{name}: given without {name[0]}")
+        check_tensor(name, w)
+        size = heads * p.head_dim if norm == "rms_heads" else p.head_dim
+        what = f"heads * head_dim = {heads} * {p.head_dim}" if norm == "rms_heads" else "head_dim"
+        if w.dim() != 1 or w.shape[0] != size:
+            raise ValueError(f"{name}: expected shape ({size},) ({what}) for norm={norm!r}, got {_shape(w)}")
+        if w.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name}: expected a floating-point weight, got dtype {w.dtype}")
+        if w.device != x.device:
+            raise ValueError(f"{name}: expected device {x.device} (that of {name[0]}), got {w.device}")
+    return NORM_KINDS[norm], float(eps), float(weight_offset), norm_after_rope

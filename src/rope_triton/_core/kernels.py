@@ -293,6 +293,27 @@ def _out_strides(seqlen, n_seqs, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, LA
 
 
 @triton.jit
+def _block(blk, chunk, sizes, strides, INPLACE: tl.constexpr, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+           BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, LAYOUT: tl.constexpr):
+    """A program's tokens (and their batch, seq coordinates), heads, which of them exist, and where each
+    head starts in the input and in the output (the input itself in place)."""
+    seqlen, n_seqs, offset = sizes
+    seqlen64 = blk * 0 + seqlen  # int64 even where seqlen arrives as the constant 1
+    n_seqs64 = blk * 0 + n_seqs
+    tok, tok_ok, b, s = _tokens(blk, _n_tokens(seqlen64, n_seqs64, LAYOUT), seqlen64, BLOCK_T, LAYOUT)
+    stride_b, stride_s, stride_h = strides
+    if INPLACE:
+        out_b, out_s, out_h = strides
+    else:
+        out_b, out_s, out_h = _out_strides(seqlen64, n_seqs64, HEADS, HEAD_DIM, LAYOUT)
+    h = chunk * BLOCK_H + tl.arange(0, BLOCK_H).to(tl.int64)
+    ok = tok_ok[:, None] & (h < HEADS)[None, :]
+    xh = (b * stride_b + s * stride_s)[:, None] + h[None, :] * stride_h
+    yh = (b * out_b + s * out_s)[:, None] + h[None, :] * out_h
+    return tok, tok_ok, b, s, h, ok, xh, yh
+
+
+@triton.jit
 def _program(X, Y, strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, have_angles,
              SHAPE: tl.constexpr,
              HEADS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr,
@@ -311,21 +332,11 @@ def _program(X, Y, strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO
     BLOCK_HALF: tl.constexpr = triton.next_power_of_2(HALF)
     TAIL: tl.constexpr = HEAD_DIM - ROTARY_DIM
     ct: tl.constexpr = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
-    seqlen, n_seqs, offset = sizes
-    seqlen64 = blk * 0 + seqlen  # int64 even where seqlen arrives as the constant 1
-    n_seqs64 = blk * 0 + n_seqs
-    tok, tok_ok, b, s = _tokens(blk, _n_tokens(seqlen64, n_seqs64, LAYOUT), seqlen64, BLOCK_T, LAYOUT)
-    stride_b, stride_s, stride_h = strides
     INPLACE: tl.constexpr = Y is None
     if INPLACE:
         Y = X
-        out_b, out_s, out_h = strides
-    else:
-        out_b, out_s, out_h = _out_strides(seqlen64, n_seqs64, HEADS, HEAD_DIM, LAYOUT)
-    h = chunk * BLOCK_H + tl.arange(0, BLOCK_H).to(tl.int64)
-    ok = tok_ok[:, None] & (h < HEADS)[None, :]
-    xh = (b * stride_b + s * stride_s)[:, None] + h[None, :] * stride_h
-    yh = (b * out_b + s * out_s)[:, None] + h[None, :] * out_h
+    tok, tok_ok, b, s, h, ok, xh, yh = _block(blk, chunk, sizes, strides, INPLACE, HEADS, HEAD_DIM, BLOCK_T,
+                                              BLOCK_H, LAYOUT)
     if not HAVE_ANGLES and ORDER != _DECODE:
         cos, sin, cos_lo, sin_lo = _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table,
                                            ROTARY_DIM, LAYOUT, POS_MODE, SEARCH_STEPS, ct)
@@ -365,6 +376,180 @@ def _program(X, Y, strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO
         tl.store(Y + yh[:, :, None] + (ROTARY_DIM + t)[None, None, :], tail, mask=mt)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Fused normalization (NORM[0] != 0): a program holds whole heads (their rotated pairs and the dims past
+# rotary_dim) and normalizes them before or after the rotation, statistics in float32, one rounding at the
+# end. Backward (G given): X is the saved input and G the output gradient, contiguous in the layout; the
+# input gradient goes to Y and each program's partial weight gradient to row ``dw_row`` of DW.
+# ----------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _head_parts(X, at, ok, HALF: tl.constexpr, ROTARY_DIM: tl.constexpr, TAIL: tl.constexpr,
+                INTERLEAVED: tl.constexpr, ct: tl.constexpr):
+    """A head's elements at offsets ``at`` ([A, B]) as float: the pairs' first and second elements
+    ([A, B, BLOCK_HALF] each) and the dims past rotary_dim ([A, B, tail width]); zeros where not ``ok``."""
+    BLOCK_HALF: tl.constexpr = triton.next_power_of_2(HALF)
+    if INTERLEAVED:
+        jj = tl.arange(0, 2 * BLOCK_HALF).to(tl.int64)
+        m = ok[:, :, None] & (jj < 2 * HALF)[None, None, :]
+        span = tl.load(X + at[:, :, None] + jj[None, None, :], mask=m, other=0.0).to(ct)
+        p1, p2 = tl.split(tl.reshape(span, (at.shape[0], at.shape[1], BLOCK_HALF, 2)))
+    else:
+        j = tl.arange(0, BLOCK_HALF).to(tl.int64)
+        m = ok[:, :, None] & (j < HALF)[None, None, :]
+        p1 = tl.load(X + at[:, :, None] + j[None, None, :], mask=m, other=0.0).to(ct)
+        p2 = tl.load(X + at[:, :, None] + (j + HALF)[None, None, :], mask=m, other=0.0).to(ct)
+    if TAIL > 0:
+        t = tl.arange(0, triton.next_power_of_2(TAIL)).to(tl.int64)
+        tail = tl.load(X + at[:, :, None] + (ROTARY_DIM + t)[None, None, :],
+                       mask=ok[:, :, None] & (t < TAIL)[None, None, :], other=0.0).to(ct)
+    else:
+        tail = tl.zeros((at.shape[0], at.shape[1], 1), ct)  # nothing past rotary_dim: adds nothing
+    return p1, p2, tail
+
+
+@triton.jit
+def _store_head(Y, at, ok, y1, y2, tail, HALF: tl.constexpr, ROTARY_DIM: tl.constexpr, TAIL: tl.constexpr,
+                INTERLEAVED: tl.constexpr, TO_STORAGE: tl.constexpr):
+    """The inverse of :func:`_head_parts` (rounded to Y's dtype when ``TO_STORAGE``)."""
+    BLOCK_HALF: tl.constexpr = triton.next_power_of_2(HALF)
+    if INTERLEAVED:
+        jj = tl.arange(0, 2 * BLOCK_HALF).to(tl.int64)
+        y = tl.reshape(tl.join(y1, y2), (at.shape[0], at.shape[1], 2 * BLOCK_HALF))
+        if TO_STORAGE:
+            y = _to_storage(y, Y)
+        m = ok[:, :, None] & (jj < 2 * HALF)[None, None, :]
+        tl.store(Y + at[:, :, None] + jj[None, None, :], y, mask=m)
+    else:
+        j = tl.arange(0, BLOCK_HALF).to(tl.int64)
+        m = ok[:, :, None] & (j < HALF)[None, None, :]
+        if TO_STORAGE:
+            y1 = _to_storage(y1, Y)
+            y2 = _to_storage(y2, Y)
+        tl.store(Y + at[:, :, None] + j[None, None, :], y1, mask=m)
+        tl.store(Y + at[:, :, None] + (j + HALF)[None, None, :], y2, mask=m)
+    if TAIL > 0:
+        t = tl.arange(0, triton.next_power_of_2(TAIL)).to(tl.int64)
+        if TO_STORAGE:
+            tail = _to_storage(tail, Y)
+        tl.store(Y + at[:, :, None] + (ROTARY_DIM + t)[None, None, :], tail,
+                 mask=ok[:, :, None] & (t < TAIL)[None, None, :])
+
+
+@triton.jit
+def _head_dot(a1, a2, at, b1, b2, bt, PER_TOKEN: tl.constexpr):
+    """Sum of a * b over each head ([BT, BH, 1]), or over all heads of each token ([BT, 1, 1])."""
+    d = tl.sum(a1 * b1, axis=2) + tl.sum(a2 * b2, axis=2) + tl.sum(at * bt, axis=2)
+    if PER_TOKEN:
+        d = tl.sum(d, axis=1)[:, None, None]
+    else:
+        d = d[:, :, None]
+    return d
+
+
+@triton.jit
+def _norm_program(X, Y, G, W, DW, dw_row, strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO,
+                  table, have_angles, SHAPE: tl.constexpr, HEADS: tl.constexpr, BLOCK_T: tl.constexpr,
+                  BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr, CONJUGATE: tl.constexpr,
+                  LAYOUT: tl.constexpr, POS_MODE: tl.constexpr, SEARCH_STEPS: tl.constexpr,
+                  NORM: tl.constexpr, W_ROW: tl.constexpr, HAVE_ANGLES: tl.constexpr):
+    """Normalize and rotate heads ``chunk * BLOCK_H ..`` of token block ``blk`` of X into Y (X itself when
+    Y is None); with G, the backward of that. NORM = (kind, eps, weight offset, after rope): kind 1
+    normalizes each head over head_dim, kind 2 each token over all its heads (the program then holds
+    every head: BLOCK_H >= HEADS)."""
+    HEAD_DIM: tl.constexpr = SHAPE[2]
+    ROTARY_DIM: tl.constexpr = SHAPE[3]
+    HALF: tl.constexpr = ROTARY_DIM // 2
+    TAIL: tl.constexpr = HEAD_DIM - ROTARY_DIM
+    PER_TOKEN: tl.constexpr = NORM[0] == 2
+    EPS: tl.constexpr = NORM[1]
+    W_OFFSET: tl.constexpr = NORM[2]
+    AFTER: tl.constexpr = NORM[3]
+    N: tl.constexpr = HEADS * HEAD_DIM if PER_TOKEN else HEAD_DIM
+    ct: tl.constexpr = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
+    INPLACE: tl.constexpr = Y is None
+    if INPLACE:
+        Y = X
+    tok, tok_ok, b, s, h, ok, xh, yh = _block(blk, chunk, sizes, strides, INPLACE, HEADS, HEAD_DIM, BLOCK_T,
+                                              BLOCK_H, LAYOUT)
+    h_ok = h < HEADS
+    if HAVE_ANGLES:
+        cos, sin, cos_lo, sin_lo = have_angles
+    else:
+        cos, sin, cos_lo, sin_lo = _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table,
+                                           ROTARY_DIM, LAYOUT, POS_MODE, SEARCH_STEPS, ct)
+    x1, x2, xt = _head_parts(X, xh, ok, HALF, ROTARY_DIM, TAIL, INTERLEAVED, ct)
+    # Weights: (head_dim,) shared by the heads, or (heads * head_dim,) per token; 1 without.
+    wh = (h * HEAD_DIM if PER_TOKEN else h * 0)[None, :]
+    if W is None:
+        w1 = 1.0
+        w2 = 1.0
+        wt = 1.0
+    else:
+        w1, w2, wt = _head_parts(W, wh, h_ok[None, :], HALF, ROTARY_DIM, TAIL, INTERLEAVED, ct)
+        w1 += W_OFFSET
+        w2 += W_OFFSET
+        wt += W_OFFSET
+    c, sn = _combine(cos, sin, cos_lo, sin_lo, COS_LO is not None)
+    # The padding pairs past rotary_dim / 2 have NaN angles: zero them, the sums over the head read them.
+    pad = (tl.arange(0, triton.next_power_of_2(HALF)) < HALF)[None, None, :]
+    c = tl.where(pad, c[:, None, :], 0.0)
+    sn = tl.where(pad, sn[:, None, :], 0.0)
+    mean_square = _head_dot(x1, x2, xt, x1, x2, xt, PER_TOKEN) / N + EPS
+    if ct == tl.float64:
+        r = 1.0 / tl.sqrt(mean_square)
+    else:
+        r = 1.0 / tl.sqrt_rn(mean_square)  # (the correctly rounded root, not the approximate one)
+    if G is None:
+        if AFTER:
+            z1, z2 = _rotate_pair(x1, x2, c, sn, CONJUGATE)
+            y1 = z1 * r * w1
+            y2 = z2 * r * w2
+        else:
+            y1, y2 = _rotate_pair(x1 * r * w1, x2 * r * w2, c, sn, CONJUGATE)
+        _store_head(Y, yh, ok, y1, y2, xt * r * wt, HALF, ROTARY_DIM, TAIL, INTERLEAVED, True)
+    else:
+        # y = R(u * w) (or u' * w with u' = R u), u = x r: with v the gradient at u * w (resp. at u'),
+        # dw = sum v * u, and the gradient at u is r (v w - u <v w, u> / N) (rotated back after the rope).
+        g1, g2, gt = _head_parts(G, yh, ok, HALF, ROTARY_DIM, TAIL, INTERLEAVED, ct)
+        if AFTER:
+            u1, u2 = _rotate_pair(x1 * r, x2 * r, c, sn, not CONJUGATE)
+            v1 = g1
+            v2 = g2
+        else:
+            u1 = x1 * r
+            u2 = x2 * r
+            v1, v2 = _rotate_pair(g1, g2, c, sn, CONJUGATE)
+        ut = xt * r
+        vt = gt
+        if W is not None:
+            # This program's share of the weight gradient: summed over its tokens (and, for a weight
+            # shared by the heads, over its heads), one row of DW per program, summed on the host.
+            d1 = tl.sum(v1 * u1, axis=0)
+            d2 = tl.sum(v2 * u2, axis=0)
+            dt = tl.sum(vt * ut, axis=0)
+            if PER_TOKEN:
+                d_at = (dw_row * W_ROW + h * HEAD_DIM)[None, :]
+                d_ok = h_ok[None, :]
+                _store_head(DW, d_at, d_ok, d1[None, :, :], d2[None, :, :], dt[None, :, :], HALF, ROTARY_DIM,
+                            TAIL, INTERLEAVED, False)
+            else:
+                d_at = tl.zeros((1, 1), tl.int64) + dw_row * W_ROW
+                _store_head(DW, d_at, d_at >= 0, tl.sum(d1, axis=0)[None, None, :],
+                            tl.sum(d2, axis=0)[None, None, :], tl.sum(dt, axis=0)[None, None, :], HALF,
+                            ROTARY_DIM, TAIL, INTERLEAVED, False)
+        v1 = v1 * w1
+        v2 = v2 * w2
+        vt = vt * wt
+        dot = _head_dot(v1, v2, vt, u1, u2, ut, PER_TOKEN) / N
+        gx1 = r * (v1 - u1 * dot)
+        gx2 = r * (v2 - u2 * dot)
+        if AFTER:
+            gx1, gx2 = _rotate_pair(gx1, gx2, c, sn, CONJUGATE)
+        _store_head(Y, yh, ok, gx1, gx2, r * (vt - ut * dot), HALF, ROTARY_DIM, TAIL, INTERLEAVED, True)
+
+
 @triton.jit
 def rotary_kernel(
     Q, K, Q_OUT, K_OUT,  # q, k in; q, k out (None: in place). K None: q alone
@@ -379,6 +564,9 @@ def rotary_kernel(
     k_stride_b, k_stride_s, k_stride_h,
     table_stride_b,  # per-sequence tables: the sequence stride (0: one table for all)
     table_stride_r,  # row stride of every table (columns are contiguous)
+    NORM_W_Q, NORM_W_K,  # fused norm (NORM[0] != 0): the weights of q's and k's norms, or None
+    NORM_G_Q, NORM_G_K,  # backward of a fused norm: the output gradients (Q, K: the saved inputs), or None
+    NORM_DW,  # backward of a fused norm with weights: the partial weight gradients, a row per program
     SHAPE: tl.constexpr,  # (heads of q, heads of k, head_dim, rotary_dim)
     INTERLEAVED: tl.constexpr,  # pairs (2i, 2i + 1); else (i, i + rotary_dim / 2)
     CONJUGATE: tl.constexpr,  # rotate by -theta
@@ -386,6 +574,7 @@ def rotary_kernel(
     POS_MODE: tl.constexpr,  # (where positions come from, their axes)
     SEARCH_STEPS: tl.constexpr,  # "thd": >= ceil(log2(n_seqs)) binary-search steps over cu_seqlens
     PROGRAM: tl.constexpr,  # (order, tokens and heads of a q program, tokens and heads of a k program)
+    NORM: tl.constexpr,  # (0: none, 1: per head, 2: per token over its heads; eps; weight offset; after rope)
 ):
     HEADS_Q: tl.constexpr = SHAPE[0]
     HEADS_K: tl.constexpr = SHAPE[1]
@@ -428,7 +617,23 @@ def rotary_kernel(
     else:
         have = (0.0, 0.0, 0.0, 0.0)
     q_strides = (q_stride_b, q_stride_s, q_stride_h)
-    if K is None:
+    k_strides = (k_stride_b, k_stride_s, k_stride_h)
+    if NORM[0] != 0:
+        # (rows of per-token weight gradients hold the wider tensor's heads)
+        W_ROW: tl.constexpr = SHAPE[2] * (max(HEADS_Q, HEADS_K) if NORM[0] == 2 else 1)
+        if K is None:
+            _norm_program(Q, Q_OUT, NORM_G_Q, NORM_W_Q, NORM_DW, pid, q_strides, blk, chunk, POS, CU, sizes,
+                          COS, SIN, COS_LO, SIN_LO, table, have, SHAPE, HEADS_Q, BT_Q, BH_Q, INTERLEAVED,
+                          CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, NORM, W_ROW, SAME)
+        elif is_q:
+            _norm_program(Q, Q_OUT, NORM_G_Q, NORM_W_Q, NORM_DW, pid, q_strides, blk, chunk, POS, CU, sizes,
+                          COS, SIN, COS_LO, SIN_LO, table, have, SHAPE, HEADS_Q, BT_Q, BH_Q, INTERLEAVED,
+                          CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, NORM, W_ROW, SAME)
+        else:
+            _norm_program(K, K_OUT, NORM_G_K, NORM_W_K, NORM_DW, pid, k_strides, blk, chunk - q_chunks, POS,
+                          CU, sizes, COS, SIN, COS_LO, SIN_LO, table, have, SHAPE, HEADS_K, BT_K, BH_K,
+                          INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, NORM, W_ROW, SAME)
+    elif K is None:
         _program(Q, Q_OUT, q_strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, have,
                  SHAPE, HEADS_Q, BT_Q, BH_Q, INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER,
                  SAME)
@@ -437,6 +642,6 @@ def rotary_kernel(
                  SHAPE, HEADS_Q, BT_Q, BH_Q, INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER,
                  SAME)
     else:
-        _program(K, K_OUT, (k_stride_b, k_stride_s, k_stride_h), blk, chunk - q_chunks, POS, CU, sizes, COS,
+        _program(K, K_OUT, k_strides, blk, chunk - q_chunks, POS, CU, sizes, COS,
                  SIN, COS_LO, SIN_LO, table, have, SHAPE, HEADS_K, BT_K, BH_K, INTERLEAVED, CONJUGATE, LAYOUT,
                  POS_MODE, SEARCH_STEPS, ORDER, SAME)

@@ -14,7 +14,7 @@ import triton
 from . import kernels
 from .checks import POS_EXPLICIT, POS_OFFSETS, Problem
 from .layouts import BSHD_AXES
-from .operands import Operands
+from .operands import NormOperands, Operands
 
 # q/k bytes one program reads (both halves of its tokens x heads), one 16-byte vector per thread and half:
 # the shape of the fastest flat Triton copies (2-4 KB programs run at the speed of cudaMemcpy, 16 KB programs
@@ -173,6 +173,31 @@ def config(p: Problem, itemsize: int = 2, inplace: bool = False) -> dict:
     return {"PROGRAM": (order, *q_block, *k_block), "num_warps": warps}
 
 
+_NO_NORM = (0, 0.0, 0.0, False)
+# A fused norm's programs hold whole heads; per-token norms hold every head of their tokens. Their size in
+# elements of one tensor (the backward holds the input and the gradient).
+_NORM_PROGRAM_ELEMENTS = 2048
+
+
+def norm_config(p: Problem, itemsize: int, norm: NormOperands) -> dict:
+    """The launch rule of a fused norm: programs of whole heads (every head of a token for a per-token
+    norm), token-ordered with one block shape for q and k (a program's row of partial weight gradients is
+    then its grid index)."""
+    head = triton.next_power_of_2(p.head_dim)
+    heads = max(p.heads_q, p.heads_k)
+    if norm.kind == 2:
+        block_h = triton.next_power_of_2(max(1, heads))
+    else:
+        block_h = min(triton.next_power_of_2(max(1, heads)), max(1, _NORM_PROGRAM_ELEMENTS // head))
+    n_tokens = p.batch * p.seqlen
+    waves_cap = max(1, triton.next_power_of_2(max(1, n_tokens // 2048)))
+    block_t = min(max(1, _NORM_PROGRAM_ELEMENTS // (block_h * head)), waves_cap)
+    if n_tokens <= _FEW_TOKENS:
+        block_t = 1
+    warps = max(1, min(8, block_t * block_h * head * itemsize // 1024))
+    return {"PROGRAM": (kernels.ORDER_TOKENS, block_t, block_h, block_t, block_h), "num_warps": warps}
+
+
 def _kernel_pos_mode(p: Problem, positions: torch.Tensor | None) -> int:
     if p.pos_mode == POS_OFFSETS:
         return kernels.POS_OFFSETS
@@ -229,11 +254,12 @@ def kernel_operands(p: Problem, ops: Operands) -> tuple[Operands, bool]:
 
 def kernel_call(
     p: Problem, ops: Operands, q_out: torch.Tensor | None, k_out: torch.Tensor | None, *,
-    interleaved: bool, conjugate: bool, cfg: dict | None = None,
+    interleaved: bool, conjugate: bool, cfg: dict | None = None, norm: NormOperands | None = None,
 ) -> tuple[tuple[int, int, int], list, dict, int]:
     """Grid, runtime arguments, constexpr arguments and warps of a launch; ``q_out``/``k_out`` None for in
     place. ``ops`` as returned by :func:`kernel_operands`, q and k with dim stride 1."""
-    cfg = cfg or config(p, ops.q.element_size(), inplace=q_out is None)
+    cfg = cfg or (config(p, ops.q.element_size(), inplace=q_out is None) if norm is None
+                  else norm_config(p, ops.q.element_size(), norm))
     has_k = ops.k is not None and p.heads_k > 0
     order, bt_q, bh_q, bt_k, bh_k = cfg["PROGRAM"]
     if not has_k:
@@ -252,6 +278,8 @@ def kernel_call(
         *bshd_strides(ops.q, p.layout),
         *(bshd_strides(ops.k, p.layout) if has_k else (0, 0, 0)),
         table_stride_b, table_stride_r,
+        *((None,) * 5 if norm is None else (norm.weight_q, norm.weight_k if has_k else None, norm.grad_q,
+                                            norm.grad_k if has_k else None, norm.dw)),
     ]
     # (int(): under torch.compile with dynamic shapes a size may be a SymInt; a constexpr is specialized on)
     consts = {
@@ -262,6 +290,9 @@ def kernel_call(
         "POS_MODE": (_kernel_pos_mode(p, ops.positions), int(p.n_axes)),
         "SEARCH_STEPS": max(1, (p.n_seqs - 1).bit_length()) if p.layout == "thd" else 1,
         "PROGRAM": (order, int(bt_q), int(bh_q), int(bt_k), int(bh_k)),
+        "NORM": _NO_NORM if norm is None else (
+            int(norm.kind), float(norm.eps), float(norm.weight_offset), bool(norm.after_rope)
+        ),
     }
     n_tokens = p.batch * p.seqlen
     programs = triton.cdiv(n_tokens, bt_q) * triton.cdiv(p.heads_q, bh_q)
@@ -273,7 +304,7 @@ def kernel_call(
 def launch(
     kernel, p: Problem, ops: Operands, q_out: torch.Tensor | None, k_out: torch.Tensor | None, *,
     interleaved: bool, conjugate: bool, cfg: dict | None = None, plans: LaunchPlans | None = None,
-    plan_key: tuple | None = None,
+    plan_key: tuple | None = None, norm: NormOperands | None = None,
 ):
     """Rotate ``ops.q`` (and ``ops.k``) into ``q_out`` (and ``k_out``), or in place where those are None.
     Out-of-place outputs must be contiguous in the layout (``torch.empty(q.shape)``).
@@ -293,7 +324,7 @@ def launch(
         ko = None if k is None else (torch.empty(k.shape, dtype=k.dtype, device=k.device)
                                      if k_out is None else k_out)
         launch(kernel, p, ops._replace(q=qc, k=kc), qo, ko, interleaved=interleaved, conjugate=conjugate,
-               cfg=cfg)
+               cfg=cfg, norm=norm)
         if q_out is None:
             q.copy_(qo)
             if k is not None:
@@ -301,7 +332,7 @@ def launch(
         return None
     kops, copied = kernel_operands(p, ops)
     grid, args, consts, warps = kernel_call(p, kops, q_out, k_out, interleaved=interleaved,
-                                            conjugate=conjugate, cfg=cfg)
+                                            conjugate=conjugate, cfg=cfg, norm=norm)
     compiled = kernel[grid](*args, **consts, num_warps=warps)
     if plans is not None and plan_key is not None and not copied:
         plans.record(plan_key, compiled, grid, args, consts, p)
