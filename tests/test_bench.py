@@ -345,3 +345,22 @@ def test_multi_axis_shapes_check_every_provider(shape):
         result = bench_providers.check_impl(prov.build(wl), wl, ("fwd", "bwd"))
         assert all(r.ok for r in result.values()), (name, result)
     assert "multi-axis" in bench_providers.PROVIDERS["rope-triton-freqs"].skip_reason(wl, False)
+
+
+@pytest.mark.parametrize("shape", ["tiny-qwen3", "tiny-olmo2"])
+def test_norm_shapes_check_every_provider(shape, monkeypatch):
+    # Norm shapes: rope-triton is qk_norm_rotary, hf-eager transformers' q/k RMSNorm then RoPE (Qwen3's per
+    # head, OLMo 2's per token over all heads); both pass the float64 check of norm-then-rotate, forward and
+    # backward. Providers of the rotation alone are skipped; the backward moves 1.5 passes of bytes.
+    wl = bench_shapes.build_workload(bench_shapes.SHAPES[shape], torch.device("cpu"), n_sets=1)
+    for name in ("rope-triton", "hf-eager"):
+        result = bench_providers.check_impl(bench_providers.PROVIDERS[name].build(wl), wl, ("fwd", "bwd"))
+        assert all(r.ok for r in result.values()), (name, result)
+    for name in ("rope-triton-inplace", "rope-triton-graph", "rope-triton-hf"):
+        assert "normalizes" in bench_providers.PROVIDERS[name].skip_reason(wl, True)
+    assert wl.pass_bytes("bwd") == 3 * wl.bytes_per_pass // 2
+    assert wl.pass_bytes("fwdbwd") == 5 * wl.bytes_per_pass // 2
+    # A provider that leaves the norm out fails the check.
+    monkeypatch.setattr(bench_providers, "hf_qk_norm", lambda x, w, norm: x)
+    result = bench_providers.check_impl(bench_providers.PROVIDERS["hf-eager"].build(wl), wl, ("fwd",))
+    assert not result["fwd"].ok

@@ -325,8 +325,11 @@ def test_compile_fullgraph_gpu():
 
     eager = torch.autograd.grad(step(q, k, wq, wk), (q, wq, wk))
     compiled = torch.autograd.grad(torch.compile(step, fullgraph=True)(q, k, wq, wk), (q, wq, wk))
-    for a, b in zip(eager, compiled, strict=True):
-        assert torch.equal(a, b)
+    assert torch.equal(eager[0], compiled[0])  # the same kernel both ways
+    # The weight gradients' last sum over the programs' rows is inductor's reduction when compiled, in
+    # another order: equal within float32 summation error.
+    for a, b in zip(eager[1:], compiled[1:], strict=True):
+        torch.testing.assert_close(a, b)
 
 
 # ---- errors --------------------------------------------------------------------------------------------

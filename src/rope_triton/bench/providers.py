@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..functional import apply_rotary
+from ..functional import apply_rotary, qk_norm_rotary
+from .shapes import NORM_EPS
 
 if TYPE_CHECKING:
     from .shapes import Workload
@@ -240,6 +241,9 @@ class AutogradImpl(Impl):
         Draws the output gradients.
     mutates_inputs : bool
         ``fn`` writes into its inputs (Liger): the check runs it on clones.
+    params : tuple of torch.Tensor
+        Parameters ``fn`` uses whose gradients a training step needs too (norm weights): the timed
+        backward asks for them.
     """
 
     def __init__(
@@ -250,9 +254,10 @@ class AutogradImpl(Impl):
         gen: torch.Generator,
         *,
         mutates_inputs: bool = False,
+        params: tuple = (),
     ) -> None:
         self.fn, self.to_native, self.from_native = fn, to_native, from_native
-        self.gen, self.mutates_inputs = gen, mutates_inputs
+        self.gen, self.mutates_inputs, self.params = gen, mutates_inputs, tuple(params)
 
     def _call(self, q: torch.Tensor, k: torch.Tensor) -> Pair:
         return self.fn(self.to_native(q), self.to_native(k))
@@ -283,12 +288,13 @@ class AutogradImpl(Impl):
             leaves = (_leaf(q), _leaf(k))
         outs = self._call(*leaves)
         grads = tuple(_normal_like(o, self.gen) for o in outs)
+        wrt = leaves + self.params
         if pass_ == "bwd":
-            return partial(torch.autograd.grad, outs, leaves, grads, retain_graph=True)
+            return partial(torch.autograd.grad, outs, wrt, grads, retain_graph=True)
         del outs  # fwdbwd records a fresh graph on every call
 
         def fwdbwd():
-            return torch.autograd.grad(self._call(*leaves), leaves, grads)
+            return torch.autograd.grad(self._call(*leaves), wrt, grads)
 
         return fwdbwd
 
@@ -419,6 +425,17 @@ def _always(wl: Workload, requested: bool) -> str | None:
     return None
 
 
+def _rotation_only(skip: Callable[[Workload, bool], str | None]) -> Callable[[Workload, bool], str | None]:
+    """A provider of the rotation alone: not run on shapes with a fused norm."""
+
+    def skip_reason(wl: Workload, requested: bool) -> str | None:
+        if wl.spec.norm:
+            return "rotation alone: this shape normalizes q and k first"
+        return skip(wl, requested)
+
+    return skip_reason
+
+
 def _rope_kwargs(wl: Workload, mode: str) -> dict:
     """apply_rotary's arguments besides q and k for an angle source: ``"tables"``, ``"freqs"``, or
     ``"multi-axis"`` (the positions of a multi-axis shape). Multi-axis shapes read as ``"tables"`` get one
@@ -442,8 +459,15 @@ def cos_sin_read(provider: str, wl: Workload) -> str:
 
 
 def _build_rope(wl: Workload, mode: str | None = None) -> Impl:
-    fn = partial(apply_rotary, **_rope_kwargs(wl, mode or wl.cos_sin_mode))
-    return AutogradImpl(fn, _identity, _identity, wl.gen)
+    kwargs = _rope_kwargs(wl, mode or wl.cos_sin_mode)
+    if wl.spec.norm:
+        wq, wk = wl.norm_weights
+
+        def fn(q, k):
+            return qk_norm_rotary(q, k, wq, wk, norm=wl.spec.norm, eps=NORM_EPS, **kwargs)
+
+        return AutogradImpl(fn, _identity, _identity, wl.gen, params=wl.norm_weights)
+    return AutogradImpl(partial(apply_rotary, **kwargs), _identity, _identity, wl.gen)
 
 
 def _unless_default(mode: str) -> Callable[[Workload, bool], str | None]:
@@ -466,7 +490,41 @@ def _hf_formula(wl: Workload) -> Callable:
     return lambda q, k, cos, sin: hf_apply_rotary_pos_emb(q, k, cos, sin)
 
 
+def hf_qk_norm(x: torch.Tensor, weight: torch.Tensor, norm: str) -> torch.Tensor:
+    """transformers' q/k RMSNorm on (B, S, H, D): Qwen3's over each head (the normalized values rounded to
+    the input dtype before the weight), OLMo 2's over each token's H * D values (weight applied in
+    float32)."""
+    shape = x.shape
+    if norm == "rms_heads":
+        x = x.reshape(*shape[:-2], -1)
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + NORM_EPS)
+    out = (weight * h).to(x.dtype) if norm == "rms_heads" else weight * h.to(x.dtype)
+    return out.view(shape)
+
+
+def hf_norm_rope(q, k, wq, wk, cos, sin, norm: str) -> Pair:
+    """The attention layers' q/k norm on the projections' (B, S, H, D), then the transpose to (B, H, S, D)
+    and the RoPE, as transformers' Qwen3 / OLMo 2 run them. Takes and returns (B, H, S, D) views (of the
+    (B, S, H, D) projections)."""
+    q = hf_qk_norm(q.transpose(1, 2), wq, norm).transpose(1, 2)
+    k = hf_qk_norm(k.transpose(1, 2), wk, norm).transpose(1, 2)
+    return hf_apply_rotary_pos_emb(q, k, cos, sin)
+
+
+def _build_hf_norm(wl: Workload, compiled: bool = False) -> Impl:
+    cos, sin, norm = wl.hf_cos, wl.hf_sin, wl.spec.norm
+    formula = torch.compile(hf_norm_rope, dynamic=False) if compiled else hf_norm_rope
+
+    def fn(q, k):
+        return formula(q, k, *wl.norm_weights, cos, sin, norm)
+
+    return AutogradImpl(fn, *hf_views(wl), wl.gen, params=wl.norm_weights)
+
+
 def _build_hf_eager(wl: Workload) -> Impl:
+    if wl.spec.norm:
+        return _build_hf_norm(wl)
     cos, sin = wl.hf_cos, wl.hf_sin
     formula = _hf_formula(wl)
 
@@ -531,6 +589,11 @@ def _build_compile(wl: Workload) -> Impl:
     # Each shape would add recompilations to one cache and, past the recompile limit, silently fall
     # back to eager: start every shape from an empty cache.
     torch._dynamo.reset()
+    if wl.spec.norm:
+        # The bwd pass replays one recorded backward (retain_graph=True), which a compiled backward that
+        # donates its saved buffers refuses; without donation it computes the same.
+        torch._functorch.config.donated_buffer = False
+        return _build_hf_norm(wl, compiled=True)
     if wl.multi_axis is not None:
         # Positions -> rotated q and k, all of it compiled (cos/sin built inside the graph).
         formula, ma, positions = _hf_formula(wl), wl.multi_axis, wl.axis_positions
@@ -559,6 +622,21 @@ def _build_liger(wl: Workload) -> Impl:
     from liger_kernel.transformers.rope import liger_rotary_pos_emb
 
     cos, sin = wl.hf_cos, wl.hf_sin
+    if wl.spec.norm:
+        from liger_kernel.transformers.functional import liger_rms_norm
+
+        wq, wk = wl.norm_weights
+
+        def norm(x, w):  # (B, H, S, D) view of the (B, S, H, D) projection
+            x = x.transpose(1, 2)
+            flat = x.reshape(*x.shape[:-2], -1) if wl.spec.norm == "rms_heads" else x
+            return liger_rms_norm(flat, w, NORM_EPS).view(x.shape).transpose(1, 2)
+
+        def fn_norm(q, k):
+            # Liger's RMSNorm (its Llama casting), then its RoPE (which rotates in place).
+            return liger_rotary_pos_emb(norm(q, wq), norm(k, wk), cos, sin)[:2]
+
+        return AutogradImpl(fn_norm, *hf_views(wl), wl.gen, params=wl.norm_weights)
 
     def fn(q, k):
         # Liger rotates q and k in place (and returns more than two tensors in some versions).
@@ -585,7 +663,7 @@ PROVIDERS: dict[str, Provider] = {
         Provider(
             "rope-triton",
             "apply_rotary, out of place, autograd backward; cos/sin as RotaryEmbedding picks for the shape "
-            "(float32 tables, or freqs= for long sequences few share)",
+            "(float32 tables, or freqs= for long sequences few share); norm shapes: qk_norm_rotary",
             _build_rope,
             _always,
         ),
@@ -594,13 +672,13 @@ PROVIDERS: dict[str, Provider] = {
             "apply_rotary(inplace=True), cos/sin as rope-triton; backward: conjugate rotation of the grads "
             "in place",
             lambda wl: InplaceImpl(wl),
-            _always,
+            _rotation_only(_always),
         ),
         Provider(
             "rope-triton-graph",
             "rope-triton-inplace captured in a CUDA graph (rope_triton.CapturedRotary), timed by its replay",
             lambda wl: GraphImpl(wl),
-            _needs_cuda_and_tensor_offsets,
+            _rotation_only(_needs_cuda_and_tensor_offsets),
         ),
         Provider(
             "rope-triton-tables",
@@ -615,24 +693,26 @@ PROVIDERS: dict[str, Provider] = {
             partial(_build_rope, mode="freqs"),
             _unless_default("freqs"),
         ),
-        Provider("hf-eager", "q*cos + rotate_half(q)*sin, eager, (B,H,S,D)", _build_hf_eager, _always),
+        Provider("hf-eager", "q*cos + rotate_half(q)*sin, eager, (B,H,S,D) (norm shapes: transformers' "
+                 "q/k RMSNorm first)", _build_hf_eager, _always),
         Provider(
             "hf-eager-rotary",
             "hf-eager with its cos/sin built from the positions in the call, as Hugging Face's rotary "
             "embedding module does (rope-triton builds its rows in the call too)",
             _build_hf_eager_rotary,
-            _cpu_by_default,
+            _rotation_only(_cpu_by_default),
         ),
         Provider(
             "rope-triton-hf",
             "rope_triton.integrations.transformers.apply_rotary_pos_emb on hf-eager's (B,S,D) tables: what "
             "a model patched with rope_triton.integrations.transformers.patch runs in every layer",
             _build_rope_hf,
-            _cpu_by_default,
+            _rotation_only(_cpu_by_default),
         ),
         Provider("torch-compile", "the hf-eager function under torch.compile (multi-axis shapes: "
                  "hf-eager-rotary's, positions to output)", _build_compile, _skip_compile),
-        Provider("liger", "liger_kernel.transformers.rope.liger_rotary_pos_emb", _build_liger, _skip_liger),
+        Provider("liger", "liger_kernel.transformers.rope.liger_rotary_pos_emb (norm shapes: after "
+                 "liger_rms_norm of q and k)", _build_liger, _skip_liger),
     )
 }
 

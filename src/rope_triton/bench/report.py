@@ -270,7 +270,8 @@ _METHOD_CUDA = (
     "device time: median of CUDA-event timings of single calls (L2 cleared before each, as do_bench; "
     "host share hidden behind a spin kernel queued first) per repeat, "
     "median over round-robin repeats; wall: back-to-back loop synchronised at both ends / calls; "
-    "bytes = 2*(numel(q)+numel(k))*itemsize per pass; pct_copy = same-bytes copy_ time / time"
+    "bytes = 2*(numel(q)+numel(k))*itemsize per pass (a fused norm's backward: 3*); "
+    "pct_copy = same-bytes copy_ time / time"
 )
 _METHOD_CPU = (
     "host time (CPU): median of single calls timed with time.perf_counter per repeat, median over "

@@ -22,6 +22,7 @@ DEFAULT_L2_BYTES = 60 * 2**20  # H200
 MAX_SETS = 1024
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+NORM_EPS = 1e-6
 
 
 # --------------------------------------------------------------------------------------------------
@@ -53,6 +54,9 @@ class ShapeSpec:
     multi_axis : str
         A key of :data:`MULTI_AXIS`: multi-axis positions (n_axes, B, S) built per model (vision-language
         text with an image block, a diffusion image with its prompt, a vision tower's patch grid).
+    norm : str
+        A fused q/k norm before the rotation (:func:`rope_triton.qk_norm_rotary`): ``"rms"`` per head
+        (Qwen3), ``"rms_heads"`` per token over all heads (OLMo 2); weights of the shape's dtype.
     """
 
     name: str
@@ -68,6 +72,7 @@ class ShapeSpec:
     rotary_dim: int = 0
     interleaved: bool = False
     multi_axis: str = ""
+    norm: str = ""
 
     @property
     def rotated(self) -> int:
@@ -84,6 +89,8 @@ class ShapeSpec:
             extra += f" rot{self.rotary_dim}" + (" interleaved" if self.interleaved else "")
         if self.multi_axis:
             extra += f" {self.multi_axis} positions"
+        if self.norm:
+            extra += f" {self.norm} norm"
         return f"{self.batch}x{self.seqlen}x{heads}{extra}"
 
     def cpu_variant(self) -> ShapeSpec:
@@ -115,6 +122,10 @@ SHAPES: dict[str, ShapeSpec] = {
         ShapeSpec("qwen3-vl", 2, 8192, 32, 8, 128, multi_axis="qwen3-vl"),
         ShapeSpec("flux", 1, 4608, 24, 24, 128, multi_axis="flux"),
         ShapeSpec("vit", 1, 4096, 16, 16, 80, multi_axis="vit"),
+        # q/k norm fused with the rotation: Qwen3-8B (RMSNorm per head) and OLMo 2 7B (RMSNorm per token
+        # over all heads).
+        ShapeSpec("qwen3-8b", 4, 4096, 32, 8, 128, norm="rms"),
+        ShapeSpec("olmo2-7b", 4, 4096, 32, 32, 128, norm="rms_heads"),
         # Tiny shapes for smoke tests (the Triton interpreter takes ~50 ms a program).
         ShapeSpec("tiny", 2, 4, 4, 2, 32),
         ShapeSpec("tiny-varlen", 1, 10, 4, 2, 32, kind="varlen", n_seqs=3),
@@ -122,11 +133,13 @@ SHAPES: dict[str, ShapeSpec] = {
         ShapeSpec("tiny-gptj", 2, 4, 4, 4, 32, rotary_dim=8, interleaved=True),
         ShapeSpec("tiny-mrope", 2, 24, 4, 2, 32, multi_axis="tiny-mrope"),
         ShapeSpec("tiny-flux", 1, 20, 2, 2, 32, multi_axis="tiny-flux"),
+        ShapeSpec("tiny-qwen3", 2, 8, 4, 2, 32, norm="rms"),
+        ShapeSpec("tiny-olmo2", 2, 8, 4, 4, 32, norm="rms_heads"),
     )
 }
 DEFAULT_SHAPES = (
     "llama3-8b", "llama2-7b", "long-32k", "d64", "fp32", "gptj", "varlen", "decode", "decode-1", "qwen2-vl",
-    "qwen3-vl", "flux", "vit",
+    "qwen3-vl", "flux", "vit", "qwen3-8b", "olmo2-7b",
 )
 QUICK_SHAPES = ("llama3-8b", "varlen", "decode")
 # Without CUDA: a decode step (64 sequences x 1 token) and a 512-token prefill (long-32k-cpu), the shapes
@@ -223,6 +236,9 @@ class Workload:
     multi_axis, axis_positions : MultiAxis and torch.Tensor, optional
         Multi-axis shapes: the preset and its positions (n_axes, B or 1, S), which rope-triton rotates
         from (``rope_kwargs`` holds them); cos64 / hf_cos then hold the per-token angles' rows.
+    norm_weights : (torch.Tensor, torch.Tensor), optional
+        Norm shapes: q's and k's norm weights (they require grad: the backward computes theirs); the
+        references are then norm-then-rotate and its gradient.
     """
 
     spec: ShapeSpec
@@ -247,12 +263,20 @@ class Workload:
     inv_freq: torch.Tensor | None = field(default=None, repr=False)
     multi_axis: angles.MultiAxis | None = field(default=None, repr=False)
     axis_positions: torch.Tensor | None = field(default=None, repr=False)
+    norm_weights: tuple | None = field(default=None, repr=False)
 
     @property
     def bytes_per_pass(self) -> int:
         """Bytes one pass must move: read q and k, write q and k (tables ignored)."""
         q, k = self.sets[0]
         return 2 * (q.numel() + k.numel()) * q.element_size()
+
+    def pass_bytes(self, pass_: str) -> int:
+        """Bytes ``pass_`` must move (the copy ceiling: one pass). The backward of a fused norm reads the
+        saved q and k besides the output gradients: three passes over q and k's size where a rotation's
+        backward needs two."""
+        bwd = self.bytes_per_pass * (3 if self.spec.norm else 2) // 2
+        return {"bwd": bwd, "fwdbwd": self.bytes_per_pass + bwd}.get(pass_, self.bytes_per_pass)
 
 
 def _qk_shapes(spec: ShapeSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -386,7 +410,18 @@ def build_workload(
     q_all, k_all = randn(n_sets, *q_shape), randn(n_sets, *k_shape)
     sets = [(q_all[i], k_all[i]) for i in range(n_sets)]
     check_inputs = (randn(*q_shape), randn(*k_shape), randn(*q_shape), randn(*k_shape))
-    ref = partial_reference(None if ma else cos64, None if ma else sin64, kwargs)
+    weights = None
+    if spec.norm:
+        per_token = spec.norm == "rms_heads"
+        # Around 1, as trained norm weights are (a weight of 0 would hide a wrong normalization).
+        weights = tuple(
+            (1 + 0.2 * randn(spec.head_dim * (h if per_token else 1))).requires_grad_()
+            for h in (spec.heads_q, spec.heads_k)
+        )
+        ref_fwd, ref_bwd = norm_references(cos64, sin64, kwargs, spec.norm, weights, check_inputs)
+    else:
+        ref = partial_reference(None if ma else cos64, None if ma else sin64, kwargs)
+        ref_fwd, ref_bwd = ref(*check_inputs[:2], conjugate=False), ref(*check_inputs[2:], conjugate=True)
     return Workload(
         spec=spec,
         device=device,
@@ -403,13 +438,14 @@ def build_workload(
         hf_sin=hf_sin,
         sets=sets,
         check_inputs=check_inputs,
-        ref_fwd=ref(*check_inputs[:2], conjugate=False),
-        ref_bwd=ref(*check_inputs[2:], conjugate=True),
+        ref_fwd=ref_fwd,
+        ref_bwd=ref_bwd,
         gen=gen,
         position_ids=pos.expand(-1, spec.seqlen).long(),
         inv_freq=inv_freq.to(device=device, dtype=torch.float32),
         multi_axis=ma,
         axis_positions=axis_positions,
+        norm_weights=weights,
     )
 
 
@@ -423,3 +459,16 @@ def partial_reference(cos64: torch.Tensor, sin64: torch.Tensor, kwargs: dict) ->
         )
 
     return ref
+
+
+def norm_references(cos64, sin64, kwargs: dict, norm: str, weights: tuple, check_inputs: tuple) -> tuple:
+    """float64 norm-then-rotate of the check inputs (q, k), and its gradient wrt (q, k) for the check
+    output gradients (gq, gk)."""
+    q, k, gq, gk = (t.double() for t in check_inputs)
+    q, k = q.requires_grad_(), k.requires_grad_()
+    wq, wk = (w.detach().double() for w in weights)
+    out = reference.qk_norm_rotary(
+        q, k, wq, wk, cos64, sin64, norm=norm, eps=NORM_EPS, compute_dtype=torch.float64, **kwargs
+    )
+    grads = torch.autograd.grad(out, (q, k), (gq, gk))
+    return tuple(o.detach() for o in out), grads
