@@ -26,6 +26,7 @@ from transformers.models.gptj import modeling_gptj as hf_gptj  # noqa: E402
 from transformers.models.llama import modeling_llama as hf_llama  # noqa: E402
 from transformers.models.qwen2_vl import modeling_qwen2_vl as hf_qwen2_vl  # noqa: E402
 
+from rope_triton.integrations import transformers as rope_transformers  # noqa: E402
 from rope_triton.integrations.transformers import (  # noqa: E402
     SUPPORTED_FAMILIES,
     apply_multimodal_rotary_pos_emb,
@@ -334,8 +335,23 @@ def test_drop_in_signature(device):
 # ---- patched models -------------------------------------------------------------------------------------
 
 
+QK_NORM_FAMILIES = {"gemma3", "olmo2", "olmoe", "qwen3", "qwen3_moe"}
+
+
+def _count_fused_calls(monkeypatch) -> list:
+    calls = []
+    fused = rope_transformers.qk_norm_rotary
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("norm"))
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(rope_transformers, "qk_norm_rotary", counted)
+    return calls
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_model_parity_fp32(family, device):
+def test_model_parity_fp32(family, device, monkeypatch):
     """Logits and every parameter's gradient of a patched float32 model are as accurate as the unpatched
     model's (both against a float64 run)."""
     model = build(family, device)
@@ -343,12 +359,16 @@ def test_model_parity_fp32(family, device):
     ids = torch.randint(3, 128, (2, 4), device=device)
     ref_logits, ref_grads = _logits_and_grads(ref_model, ids)
     base_logits, base_grads = _logits_and_grads(model, ids)
+    fused = _count_fused_calls(monkeypatch)
     changed = patch(model)
     try:
         ours_logits, ours_grads = _logits_and_grads(model, ids)
     finally:
         unpatch(model)
-    assert changed == [f"transformers.models.{family}.modeling_{family}.apply_rotary_pos_emb"]
+    assert changed[0] == f"transformers.models.{family}.modeling_{family}.apply_rotary_pos_emb"
+    layers = model.config.num_hidden_layers if family in QK_NORM_FAMILIES else 0
+    # Layers with q/k norms normalize and rotate in one call (norm weights' gradients included below).
+    assert len(changed) == 1 + 3 * layers and len(fused) == layers
     _assert_as_accurate(ours_logits, base_logits, ref_logits, "logits")
     assert ours_grads.keys() == base_grads.keys() == ref_grads.keys()
     for name, g in ours_grads.items():
@@ -488,6 +508,45 @@ def test_multimodal_drop_in_composes_sections(unsqueeze_dim, device):
         apply_multimodal_rotary_pos_emb(q, k, cos, sin, [2, 2, 2], unsqueeze_dim)
 
 
+@pytest.mark.parametrize("family", sorted(QK_NORM_FAMILIES))
+def test_fused_qk_norm_forms_and_opt_out(family, device, monkeypatch):
+    """The norm's form is read off the module (Gemma's 1 + weight, OLMo 2's per-token norm over all
+    heads); fuse_qk_norm=False leaves the norms to the model."""
+    model = build(family, device)
+    fused = _count_fused_calls(monkeypatch)
+    attn = next(m for m in model.modules() if hasattr(m, "q_norm"))
+    patch(model)
+    try:
+        model(torch.randint(3, 128, (1, 4), device=device))
+        assert attn.q_norm._rope_triton_norm[1] == (1.0 if family == "gemma3" else 0.0)
+    finally:
+        unpatch(model)
+    assert "forward" not in attn.__dict__ and "forward" not in attn.q_norm.__dict__
+    assert set(fused) == {"rms_heads" if family.startswith("olmo") else "rms"}
+    fused.clear()
+    assert patch(model, fuse_qk_norm=False) == [f"transformers.models.{family}.modeling_{family}.apply_rotary_pos_emb"]
+    try:
+        model(torch.randint(3, 128, (1, 4), device=device))
+    finally:
+        unpatch(model)
+    assert fused == []
+
+
+def test_deferred_norm_that_misses_the_rotation_raises(device, monkeypatch):
+    """A layer whose deferred norms do not reach the patched rotation fails loudly, never returns
+    unnormalized q and k."""
+    model = build("qwen3", device)
+    patch(model)
+    module = sys.modules[type(model).__module__]
+    try:
+        monkeypatch.setattr(module, "apply_rotary_pos_emb", HF_STANDARD)  # someone swapped it back
+        with pytest.raises(RuntimeError, match="did not pass them to apply_rotary_pos_emb"):
+            model(torch.randint(3, 128, (1, 4), device=device))
+    finally:
+        monkeypatch.undo()
+        unpatch(model)
+
+
 # ---- patch mechanics --------------------------------------------------------------------------------------
 
 
@@ -583,11 +642,12 @@ def test_fp32_tables_more_accurate(device, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gptj"])
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gptj", "qwen3", "olmo2"])
 def test_larger_model_bf16_gpu(family):
-    """A model of a realistic head size (128) and sequence (512) in bfloat16 on the GPU."""
+    """A model of a realistic head size (128) and sequence (512) in bfloat16 on the GPU (Qwen3 and OLMo 2:
+    their q/k norms fused with the rotation)."""
     sizes = dict(hidden_size=1024, intermediate_size=2048, num_attention_heads=8, num_key_value_heads=8,
-                 num_hidden_layers=2, max_position_embeddings=1024)  # fmt: skip
+                 num_hidden_layers=2, max_position_embeddings=1024, head_dim=128)  # fmt: skip
     if family == "gptj":
         sizes = dict(n_embd=1024, n_head=8, n_layer=2, n_positions=1024, rotary_dim=64)
     model = build(family, "cuda", **sizes)

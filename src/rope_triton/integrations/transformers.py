@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..functional import apply_rotary
-from . import _swap
+from ..functional import apply_rotary, qk_norm_rotary
+from . import _fused_norms, _swap
 
 __all__ = [
     "SUPPORTED_FAMILIES",
@@ -99,7 +99,8 @@ def apply_rotary_pos_emb(
             f"got shape {tuple(cos.shape)}"
         )
     # rotary_dim = the tables' width: the kernel reads their first half (no slice views on the host).
-    return _rotate(q, k, cos, sin, _LAYOUTS[axis], interleaved=False, rotary_dim=width)
+    return _rotate(q, k, cos, sin, _LAYOUTS[axis], interleaved=False, rotary_dim=width,
+                   norms=_fused_norms.take(q, k))
 
 
 def apply_rotary_pos_emb_gptj(tensor: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
@@ -181,8 +182,9 @@ def apply_multimodal_rotary_pos_emb(
     return _rotate(q, k, cos, sin, _LAYOUTS[unsqueeze_dim], interleaved=False, rotary_dim=2 * half)
 
 
-def _rotate(q, k, cos, sin, layout: str, *, interleaved: bool, rotary_dim: int | None = None):
-    """Rotate by per-token tables ``cos``/``sin`` of shape (batch or 1, seq, >= R/2) or (seq, >= R/2).
+def _rotate(q, k, cos, sin, layout: str, *, interleaved: bool, rotary_dim: int | None = None, norms=None):
+    """Rotate by per-token tables ``cos``/``sin`` of shape (batch or 1, seq, >= R/2) or (seq, >= R/2);
+    with ``norms`` (the layer's deferred q_norm and k_norm modules) normalize first, in the same call.
 
     The tables are handed to the kernel as they are, without a copy: one sequence's rows when the batch
     shares them, else as per-sequence tables (batch, seq, >= R/2), each batch row reading its own. A
@@ -206,7 +208,16 @@ def _rotate(q, k, cos, sin, layout: str, *, interleaved: bool, rotary_dim: int |
         )
     elif cos.shape != sin.shape:  # one of them shared: views of batch rows (stride 0)
         cos, sin = ((t if t.dim() == 3 else t[None]).expand(batch, -1, -1) for t in (cos, sin))
-    return apply_rotary(q, k, cos, sin, layout=layout, interleaved=interleaved, rotary_dim=rotary_dim)
+    if norms is None:
+        return apply_rotary(q, k, cos, sin, layout=layout, interleaved=interleaved, rotary_dim=rotary_dim)
+    q_norm, k_norm = norms
+    eps, offset = q_norm._rope_triton_norm
+    head_dim = q.shape[-1]
+    return qk_norm_rotary(
+        q, k, q_norm.weight, k_norm.weight, cos, sin, eps=eps, weight_offset=offset,
+        norm="rms" if q_norm.weight.numel() == head_dim else "rms_heads", layout=layout,
+        interleaved=interleaved, rotary_dim=rotary_dim,
+    )
 
 
 # ---- patching ----------------------------------------------------------------------------------------
@@ -242,14 +253,16 @@ _MODELING = re.compile(r"transformers\.models\.(\w+)\.modeling_\1")
 class _Patch:
     names: list[str]
     fp32_tables: bool
+    fuse_qk_norm: bool = True
     rotary: list[tuple[nn.Module, dict[str, torch.Tensor]]] = field(default_factory=list)
+    fused: list[list[nn.Module]] = field(default_factory=list)
     release: weakref.finalize | None = None
 
 
 _PATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> _Patch
 
 
-def patch(model: nn.Module, *, fp32_tables: bool = False) -> list[str]:
+def patch(model: nn.Module, *, fp32_tables: bool = False, fuse_qk_norm: bool = True) -> list[str]:
     """Make a transformers model compute its rotary embedding with rope-triton; undo with :func:`unpatch`.
 
     Parameters
@@ -263,14 +276,21 @@ def patch(model: nn.Module, *, fp32_tables: bool = False) -> list[str]:
         float32 tables and float32 math, more accurately than the unpatched model. Frequency buffers that a
         ``model.to(torch.bfloat16)`` rounded are rebuilt in float32 from the config (and put back by
         :func:`unpatch`).
+    fuse_qk_norm : bool
+        Attention layers that RMS-normalize q and k right before the rotation (Qwen3, Qwen3-MoE, Qwen3-VL,
+        Gemma 3, OLMo 2) normalize and rotate them in one :func:`rope_triton.qk_norm_rotary` call: q and k
+        are read and written once instead of three times, forward and backward, and the norm weights get
+        their gradients from it. The layers' own code runs unchanged (see
+        :mod:`rope_triton.integrations._fused_norms`); under ``torch.compile`` they run unfused.
 
     Returns
     -------
     list of str
         What changed: the swapped functions
         (``transformers.models.llama.modeling_llama.apply_rotary_pos_emb``) and, with ``fp32_tables``,
-        the rotary embedding modules (``model.rotary_emb.forward``). Patching a patched model again with
-        the same options changes nothing and returns the same list.
+        the rotary embedding modules (``model.rotary_emb.forward``), and the attention layers whose norms
+        are fused (``model.layers.0.self_attn.forward``, ``...q_norm.forward``, ``...k_norm.forward``).
+        Patching a patched model again with the same options changes nothing and returns the same list.
 
     Raises
     ------
@@ -291,10 +311,10 @@ def patch(model: nn.Module, *, fp32_tables: bool = False) -> list[str]:
     with _swap.LOCK:
         done = _PATCHES.get(model)
         if done is not None:
-            if done.fp32_tables != fp32_tables:
+            if (done.fp32_tables, done.fuse_qk_norm) != (fp32_tables, fuse_qk_norm):
                 raise ValueError(
-                    f"{type(model).__name__} is patched already with fp32_tables={done.fp32_tables}; "
-                    "unpatch it first"
+                    f"{type(model).__name__} is patched already with fp32_tables={done.fp32_tables}, "
+                    f"fuse_qk_norm={done.fuse_qk_norm}; unpatch it first"
                 )
             return list(done.names)
         families = _families(model)
@@ -311,7 +331,7 @@ def patch(model: nn.Module, *, fp32_tables: bool = False) -> list[str]:
                     "the attention in this transformers version, with no rotary embedding module to keep in "
                     "float32"
                 )
-        record = _Patch(names=[], fp32_tables=fp32_tables)
+        record = _Patch(names=[], fp32_tables=fp32_tables, fuse_qk_norm=fuse_qk_norm)
         for family, module in families.items():
             for name, replacement in _DROP_INS[family].items():
                 if callable(getattr(module, name, None)):
@@ -323,6 +343,17 @@ def patch(model: nn.Module, *, fp32_tables: bool = False) -> list[str]:
                 record.rotary.append((m, _fp32_buffers(m)))
                 m.forward = types.MethodType(_fp32_rotary_forward, m)
                 record.names.append(f"{name}.forward" if name else "forward")
+        if fuse_qk_norm:
+            for name, m in model.named_modules():
+                # (only layers that look their rotation up in a swapped apply_rotary_pos_emb)
+                module = sys.modules.get(type(m).__module__)
+                if _family_of(m) is None or getattr(module, _FUNCTION, None) is not apply_rotary_pos_emb:
+                    continue
+                fused = _fused_norms.install(m)
+                if fused is not None:
+                    record.fused.append(fused)
+                    prefix = f"{name}." if name else ""
+                    record.names += [f"{prefix}forward", f"{prefix}q_norm.forward", f"{prefix}k_norm.forward"]
         _PATCHES[model] = record
         return list(record.names)
 
@@ -340,6 +371,8 @@ def unpatch(model: nn.Module) -> list[str]:
             m.__dict__.pop("forward", None)
             for name, old in buffers.items():
                 setattr(m, name, old)
+        for modules in record.fused:
+            _fused_norms.uninstall(modules)
         record.release()
         return list(record.names)
 
