@@ -6,6 +6,7 @@ import torch
 
 from ._core import norm_op, op
 from .angles.multi_axis import MultiAxis
+from .distributed import is_dtensor, local_call
 
 
 def apply_rotary(
@@ -27,6 +28,8 @@ def apply_rotary(
     conjugate: bool = False,
     cos_lo: torch.Tensor | None = None,
     sin_lo: torch.Tensor | None = None,
+    cp_size: int = 1,
+    cp_rank: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Rotate queries and keys by their positions' angles (rotary position embedding), in one launch.
 
@@ -94,6 +97,16 @@ def apply_rotary(
         angles of positions 0 .. 2**b - 1, and ``cos``/``sin`` then hold those of positions
         0, 2**b, 2 * 2**b, ...; the kernel combines rows p >> b and p & (2**b - 1) by the angle-addition
         formulas. The tables then cover ``cos.shape[0] * 2**b`` positions. cos/sin are 2-D then.
+    cp_size, cp_rank : int
+        Context parallelism: q and k hold rank ``cp_rank``'s shard of sequences split over ``cp_size``
+        ranks in the load-balanced ("zigzag") layout of Transformer Engine and Megatron: each sequence
+        (each packed one for ``"thd"``) cut into ``2 * cp_size`` chunks, this rank holding chunks
+        ``cp_rank`` and ``2 * cp_size - 1 - cp_rank``. The kernel rotates every token by its global
+        position (:func:`rope_triton.context_parallel.rank_positions` states them); local sequences must
+        have even lengths (a device-side ``cu_seqlens`` with an odd one gives NaN for its tokens). Not
+        with explicit ``positions``. DTensor q and k (sharded on batch, heads or, in contiguous chunks,
+        the sequence) are rotated shard by shard and come back as DTensors placed alike
+        (:mod:`rope_triton.distributed`).
 
     Returns
     -------
@@ -111,13 +124,20 @@ def apply_rotary(
     >>> q_rot.shape, k_rot.shape
     (torch.Size([2, 16, 8, 64]), torch.Size([2, 16, 2, 64]))
     """
+    if is_dtensor(q):
+        return local_call(
+            apply_rotary, q, k, dict(cos=cos, sin=sin, freqs=freqs, cos_lo=cos_lo, sin_lo=sin_lo),
+            layout=layout, positions=positions, offsets=offsets, multi_axis=multi_axis, cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen, interleaved=interleaved, rotary_dim=rotary_dim, inplace=inplace,
+            conjugate=conjugate, cp_size=cp_size, cp_rank=cp_rank,
+        )
     freqs, interleaved, rotary_dim = _angle_args(
         q, cos, sin, freqs, multi_axis, positions, interleaved, rotary_dim
     )
     return op.apply(
         q, k, cos, sin, freqs=freqs, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens,
         max_seqlen=max_seqlen, layout=layout, interleaved=interleaved, rotary_dim=rotary_dim, inplace=inplace,
-        conjugate=conjugate, cos_lo=cos_lo, sin_lo=sin_lo,
+        conjugate=conjugate, cos_lo=cos_lo, sin_lo=sin_lo, cp_size=cp_size, cp_rank=cp_rank,
     )
 
 

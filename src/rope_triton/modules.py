@@ -309,13 +309,14 @@ class RotaryEmbedding(nn.Module):
 
     # ---- forward ----------------------------------------------------------------------------------
     @staticmethod
-    def _host_length(q, layout, positions, offsets, max_seqlen) -> int | None:
-        """Positions needed, when the host knows it without reading device memory."""
+    def _host_length(q, layout, positions, offsets, max_seqlen, cp_size=1) -> int | None:
+        """Positions needed, when the host knows it without reading device memory (context parallel: the
+        global sequence, cp_size local ones)."""
         if positions is not None or isinstance(offsets, torch.Tensor):
             return None
         if layout == "thd":
-            return None if max_seqlen is None else max_seqlen + (offsets or 0)
-        return q.shape[BSHD_AXES[layout][1]] + (offsets or 0)
+            return None if max_seqlen is None else max_seqlen * cp_size + (offsets or 0)
+        return q.shape[BSHD_AXES[layout][1]] * cp_size + (offsets or 0)
 
     def forward(
         self,
@@ -328,33 +329,42 @@ class RotaryEmbedding(nn.Module):
         max_seqlen: int | None = None,
         layout: str = "bshd",
         inplace: bool = False,
+        cp_size: int = 1,
+        cp_rank: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Rotate q and k; arguments as in :func:`rope_triton.apply_rotary`.
+        """Rotate q and k; arguments as in :func:`rope_triton.apply_rotary` (``cp_size``/``cp_rank``: the
+        tables cover the global sequence).
 
         No device-to-host sync when the tables already cover the positions, except for ``dynamic`` and
         ``longrope`` scaling with device-side positions or offsets: their frequencies depend on the
         longest position, which Hugging Face reads with a sync too.
         """
-        if self.rope_type in ("dynamic", "longrope") or not _plain_call(q, layout, offsets, max_seqlen):
+        if (
+            self.rope_type in ("dynamic", "longrope") or not _plain_call(q, layout, offsets, max_seqlen)
+            or type(cp_size) is not int or cp_size != 1
+        ):
             # A bad argument is named as apply_rotary names it, before a length is computed from it.
             check_call(
                 q, k, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                layout=layout, inplace=inplace,
+                layout=layout, inplace=inplace, cp_size=cp_size, cp_rank=cp_rank,
             )
         if torch.compiler.is_compiling():
             # (Dynamo traces no lock; growth inside a graph is avoided anyway, see _prepare.)
-            use_freqs, tables = self._prepare(q, k, layout, positions, offsets, cu_seqlens, max_seqlen, True)
+            use_freqs, tables = self._prepare(
+                q, k, layout, positions, offsets, cu_seqlens, max_seqlen, True, cp_size
+            )
         else:
             with self._lock:
                 use_freqs, tables = self._prepare(
-                    q, k, layout, positions, offsets, cu_seqlens, max_seqlen, False
+                    q, k, layout, positions, offsets, cu_seqlens, max_seqlen, False, cp_size
                 )
         cos_hi, sin_hi, cos_lo, sin_lo, freq_table = tables
+        cp = {} if cp_size == 1 else {"cp_size": cp_size, "cp_rank": cp_rank}
         if use_freqs:
             return apply_rotary(
                 q, k, freqs=freq_table, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens,
                 max_seqlen=max_seqlen, layout=layout, interleaved=self.interleaved,
-                rotary_dim=self.rotary_dim, inplace=inplace,
+                rotary_dim=self.rotary_dim, inplace=inplace, **cp,
             )
         return apply_rotary(
             q, k, cos_hi, sin_hi,
@@ -368,15 +378,16 @@ class RotaryEmbedding(nn.Module):
             interleaved=self.interleaved,
             rotary_dim=self.rotary_dim,
             inplace=inplace,
+            **cp,
         )
 
-    def _prepare(self, q, k, layout, positions, offsets, cu_seqlens, max_seqlen, compiling: bool):
+    def _prepare(self, q, k, layout, positions, offsets, cu_seqlens, max_seqlen, compiling: bool, cp_size=1):
         """Bring frequencies and tables up to this call; returns (use_freqs, the tables read together)."""
-        length = self._host_length(q, layout, positions, offsets, max_seqlen)
+        length = self._host_length(q, layout, positions, offsets, max_seqlen, cp_size)
         rebuild = _tables_need_rebuild(self, _TABLES, q.device)
         if self.rope_type in ("dynamic", "longrope"):
             if length is None:
-                length = self._device_length(q, layout, positions, offsets, cu_seqlens)
+                length = self._device_length(q, layout, positions, offsets, cu_seqlens, cp_size)
             elif compiling:
                 # Their frequencies follow the exact length: a symbolic one is specialized (index() guards
                 # on its value; int() keeps it symbolic).
@@ -424,7 +435,7 @@ class RotaryEmbedding(nn.Module):
         )
 
     @staticmethod
-    def _device_length(q, layout, positions, offsets, cu_seqlens) -> int:
+    def _device_length(q, layout, positions, offsets, cu_seqlens, cp_size=1) -> int:
         # One sync, as in transformers' dynamic/longrope update: max position + 1.
         if positions is not None:
             return int(positions.max().item()) + 1 if positions.numel() else 0
@@ -432,7 +443,9 @@ class RotaryEmbedding(nn.Module):
             longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item())
         else:
             longest = q.shape[BSHD_AXES[layout][1]]
-        return longest + int(offsets.max().item() if isinstance(offsets, torch.Tensor) else offsets or 0)
+        return longest * cp_size + int(
+            offsets.max().item() if isinstance(offsets, torch.Tensor) else offsets or 0
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -16,6 +16,7 @@ from .angles.fixed_point import FREQ_MAX_POSITION
 from .angles.multi_axis import MultiAxis
 from .angles.multi_axis import angles as multi_axis_angles
 from .angles.tables import freq_table_angles, freq_table_factor
+from .context_parallel import zigzag_positions
 
 
 def token_positions(
@@ -26,11 +27,15 @@ def token_positions(
     positions: torch.Tensor | None = None,
     offsets: int | torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
+    cp_size: int = 1,
+    cp_rank: int = 0,
 ) -> torch.Tensor:
     """Table row of every token, int64 of shape (B, S) (for ``thd``: (1, T)).
 
     Default: index within its sequence (for packed sequences restarting at 0 at every ``cu_seqlens``
-    boundary); plus ``offsets`` (per batch or per packed sequence); or the explicit ``positions``.
+    boundary), or with ``cp_size > 1`` its global position under zigzag context-parallel sharding
+    (:mod:`rope_triton.context_parallel`); plus ``offsets`` (per batch or per packed sequence); or the
+    explicit ``positions``.
     """
     if positions is not None:
         pos = positions.to(device=device, dtype=torch.int64)
@@ -42,10 +47,15 @@ def token_positions(
         seq = torch.searchsorted(cu, token, right=True) - 1
         seq = seq.clamp(0, cu.numel() - 2)
         pos = token - cu[seq]
+        if cp_size > 1:
+            pos = zigzag_positions(pos, (cu[1:] - cu[:-1])[seq], cp_size, cp_rank)
         if offsets is not None:
             pos = pos + (offsets.to(device, torch.int64)[seq] if torch.is_tensor(offsets) else int(offsets))
         return pos.unsqueeze(0)
-    pos = torch.arange(seqlen, device=device, dtype=torch.int64).expand(batch, seqlen)
+    pos = torch.arange(seqlen, device=device, dtype=torch.int64)
+    if cp_size > 1:
+        pos = zigzag_positions(pos, seqlen, cp_size, cp_rank)
+    pos = pos.expand(batch, seqlen)
     if offsets is not None:
         if torch.is_tensor(offsets):
             pos = pos + offsets.to(device, torch.int64).reshape(batch, 1)
@@ -192,6 +202,8 @@ def apply_rotary(
     conjugate: bool = False,
     cos_lo: torch.Tensor | None = None,
     sin_lo: torch.Tensor | None = None,
+    cp_size: int = 1,
+    cp_rank: int = 0,
     compute_dtype: torch.dtype = torch.float32,
     out_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -248,7 +260,8 @@ def apply_rotary(
         cos_rows, sin_rows = multi_axis_rows(multi_axis, positions, batch, seqlen, compute_dtype)
     else:
         pos = token_positions(
-            batch, seqlen, q.device, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens
+            batch, seqlen, q.device, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens,
+            cp_size=cp_size, cp_rank=cp_rank,
         )
         if freqs is not None:
             cos_rows, sin_rows = freq_rows(freqs, pos, half, compute_dtype)

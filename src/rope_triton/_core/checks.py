@@ -46,6 +46,8 @@ class Problem(NamedTuple):
     table_batch: bool = False
     # Multi-axis positions (n_axes, ...) read through the axis row of a multi-axis freq table; 0: one axis.
     n_axes: int = 0
+    # Context parallelism: (cp_size, cp_rank) of zigzag-sharded sequences; (1, 0) for none.
+    cp: tuple = (1, 0)
 
 
 def _dim_names(layout: str) -> str:
@@ -275,6 +277,8 @@ def check_call(
     max_seqlen: int | None,
     layout: str,
     inplace: bool = False,
+    cp_size: int = 1,
+    cp_rank: int = 0,
 ) -> None:
     """The checks of :func:`check` that need no tables, with the same errors: what the modules run before
     they compute anything (lengths, frequencies) from their arguments."""
@@ -286,6 +290,7 @@ def check_call(
     n_seqs = _check_cu_seqlens(cu_seqlens, layout, batch, seqlen)
     _check_max_seqlen(max_seqlen, layout)
     _check_positions_or_offsets(positions, offsets, layout, batch, seqlen, n_seqs)
+    _check_context_parallel(cp_size, cp_rank, positions, layout, seqlen, cu_seqlens)
 
 
 def check(
@@ -306,6 +311,8 @@ def check(
     interleaved: bool = False,
     conjugate: bool = False,
     freqs: bool = False,
+    cp_size: int = 1,
+    cp_rank: int = 0,
 ) -> Problem:
     """Validate the arguments of ``apply_rotary`` and derive the :class:`Problem`. With ``freqs``, ``cos``
     is the ``freqs`` argument (a :func:`rope_triton.angles.freq_table`) and ``sin`` the same tensor."""
@@ -395,11 +402,14 @@ def check(
         pos_mode = POS_EXPLICIT
     else:
         pos_mode = _check_positions_or_offsets(positions, offsets, layout, batch, seqlen, n_seqs)
+    cp = _check_context_parallel(cp_size, cp_rank, positions, layout, seqlen, cu_seqlens)
     offset = 0
     max_offset = float("inf")
     if pos_mode == POS_DEFAULT:
         offset = 0 if offsets is None else offsets
         longest = seqlen if layout != "thd" else max_seqlen
+        if longest is not None:
+            longest *= cp[0]  # the global sequence
         if longest:
             max_offset = table_rows - longest
         if longest is not None and longest > 0 and offset + longest > table_rows:
@@ -435,8 +445,35 @@ def check(
     rows_shared = batch if layout != "thd" and (pos_mode == POS_DEFAULT or broadcast) and not own_rows else 1
     return Problem(
         layout, batch, seqlen, heads_q, heads_k, head_dim, rotary_dim, n_seqs, pos_mode, offset, table_rows,
-        lo_bits, max_offset, freqs, rows_shared, table_batch, n_axes,
+        lo_bits, max_offset, freqs, rows_shared, table_batch, n_axes, cp,
     )
+
+
+def _check_context_parallel(cp_size, cp_rank, positions, layout, seqlen, cu_seqlens) -> tuple[int, int]:
+    if not is_int(cp_size) or cp_size < 1:
+        raise ValueError(f"cp_size: expected an int >= 1, got {cp_size!r}")
+    if not is_int(cp_rank) or not 0 <= cp_rank < cp_size:
+        raise ValueError(f"cp_rank: expected an int in [0, cp_size={cp_size}), got {cp_rank!r}")
+    if cp_size == 1:
+        return (1, 0)
+    if positions is not None:
+        raise ValueError(
+            "positions: cp_size/cp_rank compute each token's global position; with explicit positions "
+            "leave them out (rope_triton.context_parallel.rank_positions gives the zigzag ones)"
+        )
+    if layout != "thd" and seqlen % 2:
+        raise ValueError(
+            f"q: with cp_size={cp_size} the local sequence must split into two equal zigzag chunks, got "
+            f"{seqlen} tokens"
+        )
+    if layout == "thd" and cu_seqlens is not None and cu_seqlens.device.type == "cpu":
+        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+        if bool((lengths % 2).any()):
+            raise ValueError(
+                f"cu_seqlens: with cp_size={cp_size} every local sequence must split into two equal zigzag "
+                f"chunks, got lengths {lengths.tolist()}"
+            )
+    return (int(cp_size), int(cp_rank))
 
 
 def _check_freq_table(freqs: object, q: torch.Tensor, cos_lo: torch.Tensor | None) -> None:

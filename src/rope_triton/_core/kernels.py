@@ -27,7 +27,8 @@ ORDER_Q_FIRST = 1  # every q program, then every k program, each tensor with its
 ORDER_DECODE = 2  # as ORDER_TOKENS, but q/k loads are issued before the position and its angles
 
 # POS_MODE[0]: where a token's position comes from. POS_MODE[1]: its axes (0: one position per token; n:
-# multi-axis positions (n, ...) read with POS_TOKENS or POS_SHARED, each pair by its axis).
+# multi-axis positions (n, ...) read with POS_TOKENS or POS_SHARED, each pair by its axis). POS_MODE[2:4]:
+# (cp_size, cp_rank) of zigzag context-parallel sharding, (1, 0) for none.
 POS_OFFSET = 0  # index in its sequence + the scalar ``offset``
 POS_OFFSETS = 1  # index in its sequence + POS[sequence] (per-sequence offsets)
 POS_TOKENS = 2  # POS[token]: explicit positions, (batch, seq) contiguous or (total_tokens,)
@@ -99,9 +100,11 @@ def _tokens(blk, n_tokens, seqlen, BLOCK_T: tl.constexpr, LAYOUT: tl.constexpr):
 
 @triton.jit
 def _positions(tok, tok_ok, b, s, POS, CU, sizes, LAYOUT: tl.constexpr, POS_MODE: tl.constexpr,
-               SEARCH_STEPS: tl.constexpr):
+               SEARCH_STEPS: tl.constexpr, CP_SIZE: tl.constexpr, CP_RANK: tl.constexpr):
     """Each token's position and its sequence (the batch row, or for ``thd`` the packed sequence, found by
-    a branch-free binary search of cu_seqlens: the last i with cu[i] <= token)."""
+    a branch-free binary search of cu_seqlens: the last i with cu[i] <= token). With context parallelism
+    (CP_SIZE > 1) a default position is global: the local sequence is global chunks CP_RANK and
+    2 CP_SIZE - 1 - CP_RANK (zigzag); a local sequence of odd length has no such split: -1 (NaN)."""
     seqlen, n_seqs, offset = sizes
     if LAYOUT == "thd":
         lo = tl.zeros_like(tok)
@@ -117,6 +120,15 @@ def _positions(tok, tok_ok, b, s, POS, CU, sizes, LAYOUT: tl.constexpr, POS_MODE
     else:
         seq = b
         in_seq = s
+    if CP_SIZE > 1 and POS_MODE != _TOKEN_POS and POS_MODE != _SHARED_POS:
+        if LAYOUT == "thd":
+            local = tl.load(CU + seq + 1, mask=tok_ok, other=0).to(tl.int64) - (tok - in_seq)
+        else:
+            local = seqlen + tok * 0
+        half = local // 2
+        early = in_seq < half
+        in_seq = tl.where(early, CP_RANK * half + in_seq, (2 * CP_SIZE - 1 - CP_RANK) * half + in_seq - half)
+        split = local % 2 == 0
     if POS_MODE == _TOKEN_POS:
         pos = tl.load(POS + b * seqlen + s, mask=tok_ok, other=0).to(tl.int64)
     elif POS_MODE == _SHARED_POS:
@@ -125,6 +137,8 @@ def _positions(tok, tok_ok, b, s, POS, CU, sizes, LAYOUT: tl.constexpr, POS_MODE
         pos = in_seq + tl.load(POS + seq, mask=tok_ok, other=0).to(tl.int64)
     else:
         pos = in_seq + offset
+    if CP_SIZE > 1 and POS_MODE != _TOKEN_POS and POS_MODE != _SHARED_POS:
+        pos = tl.where(split, pos, -1)
     return pos, seq
 
 
@@ -249,7 +263,8 @@ def _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, 
         cos, sin = _computed(COS, stride_r, p, ok, frac, j, j < HALF, POS.dtype.element_ty.is_floating())
         cos_lo, sin_lo = cos, sin
     else:
-        pos, seq = _positions(tok, tok_ok, b, s, POS, CU, sizes, LAYOUT, MODE, SEARCH_STEPS)
+        pos, seq = _positions(tok, tok_ok, b, s, POS, CU, sizes, LAYOUT, MODE, SEARCH_STEPS, POS_MODE[2],
+                              POS_MODE[3])
         pos_ok = tok_ok & (pos >= 0) & (pos < table_rows)
         ok = pos_ok[:, None] & (j < HALF)[None, :]
         if COS.dtype.element_ty == tl.int64:  # a freq_table: computed, not read
@@ -571,7 +586,7 @@ def rotary_kernel(
     INTERLEAVED: tl.constexpr,  # pairs (2i, 2i + 1); else (i, i + rotary_dim / 2)
     CONJUGATE: tl.constexpr,  # rotate by -theta
     LAYOUT: tl.constexpr,  # "bshd", "bhsd", "sbhd" (out-of-place output strides) or "thd" (packed)
-    POS_MODE: tl.constexpr,  # (where positions come from, their axes)
+    POS_MODE: tl.constexpr,  # (where positions come from, their axes, cp_size, cp_rank)
     SEARCH_STEPS: tl.constexpr,  # "thd": >= ceil(log2(n_seqs)) binary-search steps over cu_seqlens
     PROGRAM: tl.constexpr,  # (order, tokens and heads of a q program, tokens and heads of a k program)
     NORM: tl.constexpr,  # (0: none, 1: per head, 2: per token over its heads; eps; weight offset; after rope)

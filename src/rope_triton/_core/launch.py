@@ -287,7 +287,7 @@ def kernel_call(
         "INTERLEAVED": interleaved,
         "CONJUGATE": conjugate,
         "LAYOUT": p.layout,
-        "POS_MODE": (_kernel_pos_mode(p, ops.positions), int(p.n_axes)),
+        "POS_MODE": (_kernel_pos_mode(p, ops.positions), int(p.n_axes), int(p.cp[0]), int(p.cp[1])),
         "SEARCH_STEPS": max(1, (p.n_seqs - 1).bit_length()) if p.layout == "thd" else 1,
         "PROGRAM": (order, int(bt_q), int(bh_q), int(bt_k), int(bh_k)),
         "NORM": _NO_NORM if norm is None else (

@@ -23,7 +23,7 @@ from torch.library import triton_op, wrap_triton
 
 from .. import reference
 from . import cpu
-from .checks import Problem, check, check_call, check_tensor, is_int  # noqa: F401 (for modules)
+from .checks import POS_EXPLICIT, Problem, check, check_call, check_tensor, is_int  # noqa: F401 (modules)
 from .kernels import rotary_kernel
 from .launch import LaunchPlans, launch, prefers_freqs, signature  # noqa: F401 (prefers_freqs: for modules)
 from .operands import Operands
@@ -61,6 +61,15 @@ def triton_runs_on(device: torch.device) -> bool:
 def _new_out(x: torch.Tensor) -> torch.Tensor:
     # Contiguous in the call's layout: the kernel derives an out-of-place output's strides from its shape.
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+def _explicit_cp_positions(p: Problem, ops: Operands) -> tuple[Problem, Operands]:
+    pos = reference.token_positions(
+        p.batch, p.seqlen, ops.q.device, offsets=ops.offsets if ops.offsets is not None else p.offset,
+        cu_seqlens=ops.cu_seqlens, cp_size=p.cp[0], cp_rank=p.cp[1],
+    )
+    pos = pos[0] if p.layout == "thd" else pos.contiguous()
+    return p._replace(pos_mode=POS_EXPLICIT, offset=0, cp=(1, 0)), ops._replace(positions=pos, offsets=None)
 
 
 def _run_plain(p, q, k, q_out, k_out, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved,
@@ -102,7 +111,7 @@ def run(
     if compiling and q.device.type == "cuda":
         args = (
             ops.cos, ops.sin, ops.cos_lo, ops.sin_lo, ops.positions, ops.offsets, ops.cu_seqlens,
-            p.offset, p.layout, interleaved, p.rotary_dim, conjugate, p.freqs,
+            p.offset, p.layout, interleaved, p.rotary_dim, conjugate, p.freqs, *p.cp,
         )
         if inplace:
             torch.ops.rope_triton.rotary_(q, k, *args)
@@ -130,6 +139,9 @@ def run(
         # Eager: the CPU path tuned for few cores. Traced (torch.compile for the CPU, make_fx): the plain
         # formulation, which traces under dynamic shapes too, and which inductor fuses anyway.
         rotate = _run_plain if compiling else cpu.rotate
+        if p.cp[0] > 1:
+            # The CPU path takes the zigzag positions as explicit ones (the kernel computes them).
+            p, ops = _explicit_cp_positions(p, ops)
         rotate(
             p, q, k, q if inplace else q_out, k if inplace else k_out, ops.cos, ops.sin, ops.cos_lo,
             ops.sin_lo, ops.positions, ops.offsets, ops.cu_seqlens, interleaved, conjugate,
@@ -197,7 +209,7 @@ def _one_buffer(q, k) -> bool:
 
 
 def _replay_known(q, k, table, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, max_seqlen, layout,
-                  interleaved, rotary_dim, inplace, conjugate, freqs):
+                  interleaved, rotary_dim, inplace, conjugate, freqs, cp):
     """The hot path of eager CUDA calls (a decode step): the replay of a signature validated and launched
     before, without autograd. None when the call must take the full path."""
     if k is not None and type(k) is not torch.Tensor:
@@ -210,7 +222,7 @@ def _replay_known(q, k, table, sin, cos_lo, sin_lo, positions, offsets, cu_seqle
         return None
     offsets_t = offsets if type(offsets) is torch.Tensor else None
     tensors = (q, k, table, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens)
-    options = (layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen, freqs)
+    options = (layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen, freqs, cp)
     key = signature(tensors, offsets, options)
     plan = PLANS.get(key) if key is not None else None
     if plan is None or q.get_device() != torch.cuda.current_device():
@@ -226,14 +238,15 @@ def _replay_known(q, k, table, sin, cos_lo, sin_lo, positions, offsets, cu_seqle
 
 def apply(
     q, k, cos, sin, *, freqs, positions, offsets, cu_seqlens, max_seqlen, layout, interleaved, rotary_dim,
-    inplace, conjugate, cos_lo, sin_lo,
+    inplace, conjugate, cos_lo, sin_lo, cp_size=1, cp_rank=0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`rope_triton.apply_rotary` after its table arguments were sorted out: the replay of a known
     signature, or validation, then autograd or a plain run."""
-    if type(q) is torch.Tensor and q.is_cuda:
+    cp = (cp_size, cp_rank)
+    if type(q) is torch.Tensor and q.is_cuda and type(cp_size) is int and type(cp_rank) is int:
         out = _replay_known(q, k, cos if freqs is None else freqs, sin, cos_lo, sin_lo, positions, offsets,
                             cu_seqlens, max_seqlen, layout, interleaved, rotary_dim, inplace, conjugate,
-                            freqs is not None)
+                            freqs is not None, cp)
         if out is not None:
             return out
     is_tensor = isinstance(q, torch.Tensor) and (k is None or isinstance(k, torch.Tensor))
@@ -246,18 +259,21 @@ def apply(
     key = p = None
     plain = (
         is_tensor and _plain_options(layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen)
+        and type(cp_size) is int and type(cp_rank) is int
         and not torch.compiler.is_compiling() and not (inplace and _one_buffer(q, k))
     )
     offset = offsets if type(offsets) is int else 0
     if plain and q.is_cuda:
         # Recorded for replay once validated and launched; with autograd the validation is skipped.
         key = signature(ops, offsets, (layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen,
-                                       freqs is not None))
+                                       freqs is not None, cp))
         plan = PLANS.get(key) if key is not None else None
         if plan is not None and 0 <= offset <= plan.problem.max_offset:
             p = plan.problem._replace(offset=offset)
     elif plain and cu_seqlens is None and q.device.type == "cpu" and not triton_runs_on(q.device):
-        options = ("cpu", layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen, freqs is not None)
+        options = (
+            "cpu", layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen, freqs is not None, cp,
+        )
         key = signature(ops, offsets, options)
         known = PROBLEMS.get(key) if key is not None else None
         if known is not None and 0 <= offset <= known.max_offset:
@@ -278,6 +294,8 @@ def apply(
             interleaved=interleaved,
             conjugate=conjugate,
             freqs=freqs is not None,
+            cp_size=cp_size,
+            cp_rank=cp_rank,
         )
         if key is not None and q.device.type == "cpu":
             if len(PROBLEMS) >= _PROBLEMS_CAPACITY:
@@ -388,9 +406,11 @@ def _refuse_inplace_on_leaves(q, k) -> None:
 
 
 def _op_problem(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim,
-                inplace, freqs):
+                inplace, freqs, cp_size=1, cp_rank=0):
     return check(
         q, k, cos, cos if freqs else sin,
+        cp_size=cp_size,
+        cp_rank=cp_rank,
         cos_lo=cos_lo,
         sin_lo=sin_lo,
         positions=positions,
@@ -421,11 +441,13 @@ def _rotary_op(
     rotary_dim: int,
     conjugate: bool,
     freqs: bool = False,
+    cp_size: int = 1,
+    cp_rank: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # A custom op cannot return None: without k the second output is an empty tensor.
     p = _op_problem(
         q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, False,
-        freqs,
+        freqs, cp_size, cp_rank,
     )
     q_out = _new_out(q)
     k_out = _new_out(k) if k is not None else q.new_empty(0)
@@ -452,10 +474,12 @@ def _rotary_inplace_op(
     rotary_dim: int,
     conjugate: bool,
     freqs: bool = False,
+    cp_size: int = 1,
+    cp_rank: int = 0,
 ) -> None:
     p = _op_problem(
         q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, offset, layout, rotary_dim, True,
-        freqs,
+        freqs, cp_size, cp_rank,
     )
     ops = Operands(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens)
     launch(wrap_triton(rotary_kernel), p, ops, None, None, interleaved=interleaved, conjugate=conjugate)
