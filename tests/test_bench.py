@@ -327,7 +327,7 @@ def test_hugging_face_like_for_like_providers(shape):
     cos, sin = bench_providers.hf_rotary_cos_sin(wl.inv_freq, wl.position_ids, torch.float64)
     assert torch.allclose(cos, wl.hf_cos.double(), atol=1e-2)
     assert torch.allclose(sin, wl.hf_sin.double(), atol=1e-2)
-    cuda_wl = types.SimpleNamespace(device=torch.device("cuda"), multi_axis=None)
+    cuda_wl = types.SimpleNamespace(device=torch.device("cuda"), multi_axis=None, spec=wl.spec)
     assert "CPU" in bench_providers.PROVIDERS["hf-eager-rotary"].skip_reason(cuda_wl, False)
     assert bench_providers.PROVIDERS["rope-triton-hf"].skip_reason(cuda_wl, True) is None
 
