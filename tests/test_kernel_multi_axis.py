@@ -191,3 +191,28 @@ def test_module_from_hf_config_takes_three_axis_positions(model, device):
     close = dict(layout="bshd", rotary_dim=16, interleaved=False, table_bound=FREQS_TABLE_BOUND)
     assert_rotary_close(q_out, rq, q, **close)
     assert_rotary_close(k_out, rk, k, **close)
+
+
+@pytest.mark.parametrize("preset", ["mrope", "flux"])
+def test_compile_fullgraph(preset, device, monkeypatch):
+    """torch.compile(fullgraph=True) of a multi-axis call: the registered op on a GPU, the CPU path's
+    formulation on a CPU (the plain one has no multi-axis positions); same results as eager."""
+    from rope_triton._core import op as _ops
+
+    if device.type == "cpu":
+        monkeypatch.setattr(_ops, "triton_runs_on", lambda d: d.type == "cuda")  # compiled CPU: no kernel
+    ma = mrope(32, [4, 6, 6]) if preset == "mrope" else nd_rope([8, 12, 12])
+    q, k = make_qk("bshd", 2, 8, 4, 2, 32, torch.float32, device)
+    pos = torch.randint(0, 50, (3, 2, 8), device=device)
+    if preset == "flux":
+        pos = pos + torch.rand(3, 2, 8, device=device)
+
+    def fn(q, k, pos):
+        return rope_triton.apply_rotary(q, k, multi_axis=ma, positions=pos)
+
+    torch._dynamo.reset()
+    eager, compiled = fn(q, k, pos), torch.compile(fn, fullgraph=True)(q, k, pos)
+    for a, b, x in zip(compiled, eager, (q, k), strict=True):
+        assert_rotary_close(a, ref64(x, None, None, None, multi_axis=ma, positions=pos)[0], x, layout="bshd",
+                            rotary_dim=32, interleaved=ma.interleaved, table_bound=FREQS_TABLE_BOUND)
+        torch.testing.assert_close(a, b)

@@ -138,7 +138,8 @@ def run(
     else:
         # Eager: the CPU path tuned for few cores. Traced (torch.compile for the CPU, make_fx): the plain
         # formulation, which traces under dynamic shapes too, and which inductor fuses anyway.
-        rotate = _run_plain if compiling else cpu.rotate
+        # (multi-axis positions: the CPU path's own formulation, which the plain one does not have)
+        rotate = _run_plain if compiling and not p.n_axes else cpu.rotate
         if p.cp[0] > 1:
             # The CPU path takes the zigzag positions as explicit ones (the kernel computes them).
             p, ops = _explicit_cp_positions(p, ops)
