@@ -364,3 +364,16 @@ def test_norm_shapes_check_every_provider(shape, monkeypatch):
     monkeypatch.setattr(bench_providers, "hf_qk_norm", lambda x, w, norm: x)
     result = bench_providers.check_impl(bench_providers.PROVIDERS["hf-eager"].build(wl), wl, ("fwd",))
     assert not result["fwd"].ok
+
+
+def test_liger_mrope_takes_sectioned_m_rope_only():
+    # Liger's qwen2vl_mrope covers Qwen2-VL's sectioned M-RoPE: its sections are read off the MultiAxis;
+    # Qwen3-VL's interleaved sections and diffusion N-D RoPE are skipped with the reason.
+    from rope_triton.angles import flux, mrope
+
+    assert bench_providers.mrope_sections(mrope(128, [16, 24, 24])) == [16, 24, 24]
+    assert bench_providers.mrope_sections(mrope(128, [24, 20, 20], interleaved_sections=True)) is None
+    assert bench_providers.mrope_sections(flux()) is None
+    wl = bench_shapes.build_workload(bench_shapes.SHAPES["tiny-flux"], torch.device("cpu"), n_sets=1)
+    reason = bench_providers.PROVIDERS["liger"].skip_reason(wl, True)
+    assert reason is not None

@@ -13,6 +13,7 @@ zero-argument callable for one pass on one input set, with all set-up done outsi
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -618,9 +619,39 @@ def _skip_compile(wl: Workload, requested: bool) -> str | None:
     return None
 
 
+def mrope_sections(ma) -> list[int] | None:
+    """The ``mrope_section`` of a sectioned 3-axis M-RoPE (Qwen2-VL: consecutive blocks of pairs on axes
+    0, 1, 2, every axis with the same frequencies as 1-D RoPE), or None for any other multi-axis layout."""
+    axis = ma.axis.tolist()
+    runs = [len(list(group)) for _, group in itertools.groupby(axis)]
+    blocks = [a for a, _ in itertools.groupby(axis)]
+    if ma.n_axes != 3 or ma.interleaved or blocks != [0, 1, 2]:
+        return None
+    return runs
+
+
+def _build_liger_mrope(wl: Workload) -> Impl:
+    from liger_kernel.transformers.qwen2vl_mrope import liger_multimodal_rotary_pos_emb
+
+    ma, sections = wl.multi_axis, mrope_sections(wl.multi_axis)
+    # Per-axis full-width tables (3, B or 1, S, R) in the model dtype, as Qwen2-VL's rotary module built
+    # them for apply_multimodal_rotary_pos_emb (built here, outside the timed calls, like hf-eager's).
+    pos = wl.axis_positions.reshape(3, -1, wl.axis_positions.shape[-1]).double()
+    theta = pos[..., None] * ma.inv_freq.to(pos.device)
+    wide = torch.cat((theta, theta), dim=-1)
+    cos, sin = ((f(wide) * ma.attention_factor).to(wl.dtype) for f in (torch.cos, torch.sin))
+
+    def fn(q, k):
+        return liger_multimodal_rotary_pos_emb(q, k, cos, sin, sections)[:2]
+
+    return AutogradImpl(fn, *hf_views(wl), wl.gen, mutates_inputs=True)
+
+
 def _build_liger(wl: Workload) -> Impl:
     from liger_kernel.transformers.rope import liger_rotary_pos_emb
 
+    if wl.multi_axis is not None:
+        return _build_liger_mrope(wl)
     cos, sin = wl.hf_cos, wl.hf_sin
     if wl.spec.norm:
         from liger_kernel.transformers.functional import liger_rms_norm
@@ -652,8 +683,8 @@ def _skip_liger(wl: Workload, requested: bool) -> str | None:
         return "needs a CUDA device"
     if wl.spec.rotary_dim:
         return "rotates whole heads in NeoX pairs only"
-    if wl.multi_axis is not None:
-        return "liger_rotary_pos_emb takes one position per token (its qwen2vl_mrope is not wired here)"
+    if wl.multi_axis is not None and mrope_sections(wl.multi_axis) is None:
+        return "Liger's qwen2vl_mrope takes sectioned 3-axis M-RoPE only (Qwen2-VL / Qwen2.5-VL text)"
     return None
 
 
@@ -712,7 +743,8 @@ PROVIDERS: dict[str, Provider] = {
         Provider("torch-compile", "the hf-eager function under torch.compile (multi-axis shapes: "
                  "hf-eager-rotary's, positions to output)", _build_compile, _skip_compile),
         Provider("liger", "liger_kernel.transformers.rope.liger_rotary_pos_emb (norm shapes: after "
-                 "liger_rms_norm of q and k)", _build_liger, _skip_liger),
+                 "liger_rms_norm of q and k; sectioned M-RoPE: its qwen2vl_mrope on per-axis tables)",
+                 _build_liger, _skip_liger),
     )
 }
 
