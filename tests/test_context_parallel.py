@@ -300,3 +300,20 @@ def test_attention_block_under_torch_context_parallel():
     with tempfile.TemporaryDirectory() as tmp:
         init = f"file://{os.path.join(tmp, 'rendezvous')}"
         mp.start_processes(_block_main, args=(2, init), nprocs=2, join=True, start_method="spawn")
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["kernel", "plain"])
+def test_fused_norm_shards(plain, device, monkeypatch):
+    """qk_norm_rotary with cp_size/cp_rank: a rank's shard, normalized and rotated, is the full call's."""
+    from rope_triton._core import norm_op
+
+    if plain:
+        device = torch.device("cpu")
+        monkeypatch.setattr(norm_op, "triton_runs_on", lambda d: False)
+    q, k, tables, full_kw, shards = _full_and_shards("bshd", 2, device, "tables")
+    wq, wk = torch.randn(16, device=device), torch.randn(16, device=device)
+    fq, fk = rope_triton.qk_norm_rotary(q, k, wq, wk, **tables, **full_kw)
+    for rank, (idx, kw) in enumerate(shards):
+        oq, ok = rope_triton.qk_norm_rotary(q[:, idx], k[:, idx], wq, wk, **tables, **kw, cp_size=2, cp_rank=rank)
+        torch.testing.assert_close(oq, fq[:, idx], rtol=0, atol=0)
+        torch.testing.assert_close(ok, fk[:, idx], rtol=0, atol=0)

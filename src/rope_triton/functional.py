@@ -208,6 +208,8 @@ def qk_norm_rotary(
     inplace: bool = False,
     cos_lo: torch.Tensor | None = None,
     sin_lo: torch.Tensor | None = None,
+    cp_size: int = 1,
+    cp_rank: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Normalize q and k (RMSNorm of Qwen3, Gemma 3, OLMo 2; Llama 4's L2 norm) and rotate them, in one
     launch: q and k are read once and written once, forward and backward.
@@ -222,8 +224,8 @@ def qk_norm_rotary(
         The norms' weights, any float dtype: (D,) for ``norm="rms"``, (Hq * D,) / (Hk * D,) for
         ``"rms_heads"``; None for no weight (always for ``"l2"``). Gradients flow to them.
     cos, sin, freqs, multi_axis, positions, offsets, cu_seqlens, max_seqlen, layout, interleaved,
-    rotary_dim, cos_lo, sin_lo
-        The angles and layout, as in :func:`apply_rotary`.
+    rotary_dim, cos_lo, sin_lo, cp_size, cp_rank
+        The angles, layout and context-parallel shard, as in :func:`apply_rotary`.
     eps : float
         Added to the mean square, > 0 (a head of zeros stays zeros).
     norm : {"rms", "rms_heads", "l2"}
@@ -262,5 +264,6 @@ def qk_norm_rotary(
         q, k, q_weight, k_weight, cos, sin, norm=norm, eps=eps, weight_offset=weight_offset,
         norm_after_rope=norm_after_rope, freqs=freqs, multi_axis=multi_axis, positions=positions,
         offsets=offsets, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, layout=layout, interleaved=interleaved,
-        rotary_dim=rotary_dim, inplace=inplace, cos_lo=cos_lo, sin_lo=sin_lo,
+        rotary_dim=rotary_dim, inplace=inplace, cos_lo=cos_lo, sin_lo=sin_lo, cp_size=cp_size,
+        cp_rank=cp_rank,
     )

@@ -186,6 +186,8 @@ def apply(
     inplace,
     cos_lo,
     sin_lo,
+    cp_size=1,
+    cp_rank=0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`rope_triton.qk_norm_rotary` after its table arguments were sorted out (``freqs`` is the
     ``multi_axis``'s table when that is given)."""
@@ -206,6 +208,8 @@ def apply(
         sin_lo=sin_lo,
         interleaved=interleaved,
         freqs=freqs is not None,
+        cp_size=cp_size,
+        cp_rank=cp_rank,
     )
     kind, eps, weight_offset, after = check_norm(
         p, q, k, q_weight, k_weight, norm, eps, weight_offset, norm_after_rope
@@ -235,6 +239,7 @@ def apply(
             compute_dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
             interleaved=interleaved,
             rotary_dim=p.rotary_dim,
+            **({} if p.cp[0] == 1 else {"cp_size": p.cp[0], "cp_rank": p.cp[1]}),
         )
     nrm = NormOperands(kind, eps, weight_offset, after, q_weight, k_weight if k is not None else None)
     ops = Operands(
@@ -299,6 +304,7 @@ def _op_args(p: Problem, ops: Operands, nrm: NormOperands, interleaved: bool) ->
         nrm.eps,
         nrm.weight_offset,
         nrm.after_rope,
+        *p.cp,
     )
 
 
@@ -322,6 +328,8 @@ def _op_inputs(
     eps,
     weight_offset,
     after_rope,
+    cp_size=1,
+    cp_rank=0,
 ):
     p = check(
         q,
@@ -338,6 +346,8 @@ def _op_inputs(
         rotary_dim=rotary_dim,
         inplace=False,
         freqs=freqs,
+        cp_size=cp_size,
+        cp_rank=cp_rank,
     )
     nrm = NormOperands(NORM_KINDS[norm], eps, weight_offset, after_rope, weight_q, weight_k)
     return p, Operands(q, k, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens), nrm
@@ -365,6 +375,8 @@ def _qk_norm_rotary_op(
     eps: float,
     weight_offset: float,
     after_rope: bool,
+    cp_size: int = 1,
+    cp_rank: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     p, ops, nrm = _op_inputs(
         q,
@@ -386,6 +398,8 @@ def _qk_norm_rotary_op(
         eps,
         weight_offset,
         after_rope,
+        cp_size,
+        cp_rank,
     )
     q_out = _new_out(q)
     k_out = _new_out(k) if k is not None else q.new_empty(0)
@@ -426,6 +440,8 @@ def _qk_norm_rotary_backward_op(
     eps: float,
     weight_offset: float,
     after_rope: bool,
+    cp_size: int = 1,
+    cp_rank: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     p, ops, nrm = _op_inputs(
         q,
@@ -447,6 +463,8 @@ def _qk_norm_rotary_backward_op(
         eps,
         weight_offset,
         after_rope,
+        cp_size,
+        cp_rank,
     )
     gq, gk, dwq, dwk = _backward(launch, wrap_triton(rotary_kernel), p, ops, nrm, grad_q, grad_k, interleaved)
     empty = q.new_empty(0)
