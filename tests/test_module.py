@@ -1087,6 +1087,21 @@ def test_full_tables_within_the_budget_split_beyond(budget, device):
     assert rel <= 1e-6 and rel_max <= 1e-6, (rel, rel_max)
 
 
+def test_split_tables_share_one_storage_also_after_a_move(device):
+    # The kernel reads split tables' high and low rows through one pointer: the module keeps the low rows
+    # right after the high rows (no copy per call), also after its buffers were moved one by one.
+    from rope_triton._core.launch import stacked_rows
+
+    rope = RotaryEmbedding(64, base=10000.0, max_positions=3000, max_table_bytes=0, device=device)
+    assert stacked_rows(rope.cos_hi, rope.cos_lo) and stacked_rows(rope.sin_hi, rope.sin_lo)
+    before = [getattr(rope, name).clone() for name in TABLES]
+    rope._apply(torch.clone)  # what .to(other device) does: each buffer copied on its own
+    assert stacked_rows(rope.cos_hi, rope.cos_lo) and stacked_rows(rope.sin_hi, rope.sin_lo)
+    assert all(torch.equal(getattr(rope, name), t) for name, t in zip(TABLES, before, strict=True))
+    # Separate tables are not read as stacked: the launcher stacks a copy.
+    assert not stacked_rows(before[0], before[2])
+
+
 def test_max_table_bytes_is_validated():
     for bad in (-1, 1.5, True, "64"):
         with pytest.raises(ValueError, match="max_table_bytes"):

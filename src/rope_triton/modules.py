@@ -196,12 +196,12 @@ class RotaryEmbedding(nn.Module):
         if _is_mrope_config(config):
             return MultiAxisRotaryEmbedding.from_hf_config(config, device=device, **overrides)
         kw = angles.parse_hf_config(config, layer_type=layer_type)
-        # GPT-J and CodeGen rotate interleaved pairs; the other families rotate half-split pairs.
+        # GPT-J, CodeGen and Llama 4 rotate interleaved pairs; the other families rotate half-split pairs.
         if isinstance(config, dict):
             model_type = config.get("model_type")
         else:
             model_type = getattr(config, "model_type", None)
-        kw["interleaved"] = model_type in ("gptj", "codegen")
+        kw["interleaved"] = model_type in ("gptj", "codegen", "llama4_text")
         kw.update(overrides)
         return cls(
             kw.pop("head_dim"),
@@ -260,6 +260,7 @@ class RotaryEmbedding(nn.Module):
         freq_table = self._freq_table_host.to(device)
         for name, t in zip(_TABLES, tables, strict=True):
             setattr(self, name, t)
+        self._stack_split_tables()
         self.freq_table = freq_table
         self.max_positions, self._tables_valid = n, True
 
@@ -296,7 +297,19 @@ class RotaryEmbedding(nn.Module):
         was_meta = self.cos_hi.is_meta
         out = super()._apply(fn, recurse)
         _mark_tables_after_apply(self, _TABLES, was_meta)
+        if self._tables_valid:
+            self._stack_split_tables()  # (moved one by one, they no longer share a storage)
         return out
+
+    def _stack_split_tables(self) -> None:
+        # Split tables' low rows right after the high rows in one storage: the kernel reads both through
+        # one pointer, with no copy per call.
+        if self.cos_lo.shape[0] > 1:
+            rows = self.cos_hi.shape[0]
+            for hi, lo in (("cos_hi", "cos_lo"), ("sin_hi", "sin_lo")):
+                both = torch.cat([getattr(self, hi), getattr(self, lo)])
+                setattr(self, hi, both[:rows])
+                setattr(self, lo, both[rows:])
 
     def __getstate__(self):
         state = super().__getstate__()

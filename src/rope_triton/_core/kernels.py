@@ -4,10 +4,10 @@ Each program rotates one chunk of heads of a block of tokens of q or of k. ``PRO
 :func:`rope_triton._core.launch.config`) says in which order the programs go and how many tokens and heads
 each takes. Every tensor is a strided (batch, seq, head, dim) view with dim stride 1; ``thd`` is batch 1.
 Index arithmetic is int64, so tensors past 2**31 elements are safe. The backward pass is the same kernel
-with ``CONJUGATE`` flipped (the inverse of a rotation is the rotation by -theta).
+with the angles' sign flipped (``ANGLES[2]``: the inverse of a rotation is the rotation by -theta).
 
-The angles of a token come from one of three sources, each a helper below: rows of cos/sin tables
-(:func:`_table_rows`), split tables whose rows are combined by the angle-addition formulas
+The angles of a token come from one of three sources (``ANGLES[0]``), each a helper below: rows of cos/sin
+tables (:func:`_table_rows`), split tables whose rows are combined by the angle-addition formulas
 (:func:`_split_rows`), or a fixed-point frequency table from which cos/sin are computed (:func:`_computed`).
 A position outside what the source covers is never read: its cos/sin are NaN, so the token comes out NaN
 rather than silently unrotated.
@@ -28,7 +28,8 @@ ORDER_DECODE = 2  # as ORDER_TOKENS, but q/k loads are issued before the positio
 
 # POS_MODE[0]: where a token's position comes from. POS_MODE[1]: its axes (0: one position per token; n:
 # multi-axis positions (n, ...) read with POS_TOKENS or POS_SHARED, each pair by its axis). POS_MODE[2:4]:
-# (cp_size, cp_rank) of zigzag context-parallel sharding, (1, 0) for none.
+# (cp_size, cp_rank) of zigzag context-parallel sharding, (1, 0) for none. POS_MODE[4]: "thd", at least
+# ceil(log2(n_seqs)) steps of the binary search that finds a token's sequence in cu_seqlens.
 POS_OFFSET = 0  # index in its sequence + the scalar ``offset``
 POS_OFFSETS = 1  # index in its sequence + POS[sequence] (per-sequence offsets)
 POS_TOKENS = 2  # POS[token]: explicit positions, (batch, seq) contiguous or (total_tokens,)
@@ -38,6 +39,15 @@ _TOKENS, _Q_FIRST = tl.constexpr(ORDER_TOKENS), tl.constexpr(ORDER_Q_FIRST)
 _DECODE = tl.constexpr(ORDER_DECODE)
 _OFFSETS = tl.constexpr(POS_OFFSETS)
 _TOKEN_POS, _SHARED_POS = tl.constexpr(POS_TOKENS), tl.constexpr(POS_SHARED)
+
+# ANGLES[0]: where a token's cos/sin come from. ANGLES[1]: split tables' low bits. ANGLES[2]: conjugate
+# (rotate by -theta: the backward pass).
+ANGLES_ROWS = 0  # row ``position`` of cos/sin tables (rows, >= R/2) shared by every sequence
+ANGLES_SEQ_ROWS = 1  # per-sequence tables (sequences, rows, >= R/2), table_rows * table_stride apart
+ANGLES_SPLIT = 2  # split tables: table_rows >> LO_BITS rows of high bits, then 2**LO_BITS rows of low bits
+ANGLES_COMPUTED = 3  # a freq table (SIN None), cos/sin computed; multi-axis where POS_MODE[1] > 0
+_SEQ_ROWS, _SPLIT = tl.constexpr(ANGLES_SEQ_ROWS), tl.constexpr(ANGLES_SPLIT)
+_COMPUTED = tl.constexpr(ANGLES_COMPUTED)
 
 _AXIS_ROW = tl.constexpr(FREQ_AXIS_ROW)
 _CHUNK_BITS = tl.constexpr(FREQ_CHUNK_BITS)
@@ -99,13 +109,16 @@ def _tokens(blk, n_tokens, seqlen, BLOCK_T: tl.constexpr, LAYOUT: tl.constexpr):
 
 
 @triton.jit
-def _positions(tok, tok_ok, b, s, POS, CU, sizes, LAYOUT: tl.constexpr, POS_MODE: tl.constexpr,
-               SEARCH_STEPS: tl.constexpr, CP_SIZE: tl.constexpr, CP_RANK: tl.constexpr):
+def _positions(tok, tok_ok, b, s, POS, CU, sizes, LAYOUT: tl.constexpr, POS_MODE: tl.constexpr):
     """Each token's position and its sequence (the batch row, or for ``thd`` the packed sequence, found by
     a branch-free binary search of cu_seqlens: the last i with cu[i] <= token). With context parallelism
     (CP_SIZE > 1) a default position is global: the local sequence is global chunks CP_RANK and
     2 CP_SIZE - 1 - CP_RANK (zigzag); a local sequence of odd length has no such split: -1 (NaN)."""
     seqlen, n_seqs, offset = sizes
+    MODE: tl.constexpr = POS_MODE[0]
+    CP_SIZE: tl.constexpr = POS_MODE[2]
+    CP_RANK: tl.constexpr = POS_MODE[3]
+    SEARCH_STEPS: tl.constexpr = POS_MODE[4]
     if LAYOUT == "thd":
         lo = tl.zeros_like(tok)
         hi = lo + (n_seqs - 1)
@@ -120,7 +133,7 @@ def _positions(tok, tok_ok, b, s, POS, CU, sizes, LAYOUT: tl.constexpr, POS_MODE
     else:
         seq = b
         in_seq = s
-    if CP_SIZE > 1 and POS_MODE != _TOKEN_POS and POS_MODE != _SHARED_POS:
+    if CP_SIZE > 1 and MODE != _TOKEN_POS and MODE != _SHARED_POS:
         if LAYOUT == "thd":
             local = tl.load(CU + seq + 1, mask=tok_ok, other=0).to(tl.int64) - (tok - in_seq)
         else:
@@ -129,15 +142,15 @@ def _positions(tok, tok_ok, b, s, POS, CU, sizes, LAYOUT: tl.constexpr, POS_MODE
         early = in_seq < half
         in_seq = tl.where(early, CP_RANK * half + in_seq, (2 * CP_SIZE - 1 - CP_RANK) * half + in_seq - half)
         split = local % 2 == 0
-    if POS_MODE == _TOKEN_POS:
+    if MODE == _TOKEN_POS:
         pos = tl.load(POS + b * seqlen + s, mask=tok_ok, other=0).to(tl.int64)
-    elif POS_MODE == _SHARED_POS:
+    elif MODE == _SHARED_POS:
         pos = tl.load(POS + s, mask=tok_ok, other=0).to(tl.int64)
-    elif POS_MODE == _OFFSETS:
+    elif MODE == _OFFSETS:
         pos = in_seq + tl.load(POS + seq, mask=tok_ok, other=0).to(tl.int64)
     else:
         pos = in_seq + offset
-    if CP_SIZE > 1 and POS_MODE != _TOKEN_POS and POS_MODE != _SHARED_POS:
+    if CP_SIZE > 1 and MODE != _TOKEN_POS and MODE != _SHARED_POS:
         pos = tl.where(split, pos, -1)
     return pos, seq
 
@@ -149,25 +162,25 @@ def _positions(tok, tok_ok, b, s, POS, CU, sizes, LAYOUT: tl.constexpr, POS_MODE
 
 
 @triton.jit
-def _table_rows(COS, SIN, row, seq, ok, j, stride_b, stride_r, ct: tl.constexpr):
-    """Rows ``row`` of cos/sin tables; per-sequence tables (stride_b != 0) read their sequence's own."""
-    at = (seq * stride_b + row * stride_r)[:, None] + j[None, :]
+def _table_rows(COS, SIN, row, ok, j, stride_r, ct: tl.constexpr):
+    """Rows ``row`` of cos/sin tables."""
+    at = (row * stride_r)[:, None] + j[None, :]
     cos = tl.load(COS + at, mask=ok, other=float("nan"), eviction_policy="evict_last").to(ct)
     sin = tl.load(SIN + at, mask=ok, other=float("nan"), eviction_policy="evict_last").to(ct)
     return cos, sin
 
 
 @triton.jit
-def _split_rows(COS, SIN, COS_LO, SIN_LO, lo_bits, stride_r, pos, ok, j, ct: tl.constexpr):
-    """Split tables: the rows of the position's high bits and of its low bits. Both tables come from
-    float64 angles, so angle(high) + angle(low) by the angle-addition formulas (in :func:`_combine`) gives
-    cos/sin within a few float32 ulps at any position."""
-    cos, sin = _table_rows(COS, SIN, pos >> lo_bits, 0, ok, j, 0, stride_r, ct)
-    low = pos & ((1 << lo_bits) - 1)
+def _split_rows(COS, SIN, table_rows, stride_r, pos, ok, j, LO_BITS: tl.constexpr, ct: tl.constexpr):
+    """Split tables: the rows of the position's high bits and, after the table_rows >> LO_BITS high rows,
+    of its low bits. Both come from float64 angles, so angle(high) + angle(low) by the angle-addition
+    formulas (in :func:`_combine`) gives cos/sin within a few float32 ulps at any position."""
+    cos, sin = _table_rows(COS, SIN, pos >> LO_BITS, ok, j, stride_r, ct)
+    low = (table_rows >> LO_BITS) + (pos & ((1 << LO_BITS) - 1))
     # (other=0: the high rows already carry the NaN of a position off the tables)
     at = (low * stride_r)[:, None] + j[None, :]
-    cos_lo = tl.load(COS_LO + at, mask=ok, other=0.0, eviction_policy="evict_last").to(ct)
-    sin_lo = tl.load(SIN_LO + at, mask=ok, other=0.0, eviction_policy="evict_last").to(ct)
+    cos_lo = tl.load(COS + at, mask=ok, other=0.0, eviction_policy="evict_last").to(ct)
+    sin_lo = tl.load(SIN + at, mask=ok, other=0.0, eviction_policy="evict_last").to(ct)
     return cos, sin, cos_lo, sin_lo
 
 
@@ -239,11 +252,12 @@ def _pair_positions(POS, row, axis_stride, axis, tok_ok, N_AXES: tl.constexpr, B
 
 
 @triton.jit
-def _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, ROTARY_DIM: tl.constexpr,
-            LAYOUT: tl.constexpr, POS_MODE: tl.constexpr, SEARCH_STEPS: tl.constexpr, ct: tl.constexpr):
+def _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, table, ROTARY_DIM: tl.constexpr,
+            LAYOUT: tl.constexpr, POS_MODE: tl.constexpr, ANGLES: tl.constexpr, ct: tl.constexpr):
     """The angles of tokens ``tok`` from the call's angle source: (cos, sin, cos_lo, sin_lo).
-    ``sizes``: (seqlen, n_seqs, offset); ``table``: (table_rows, lo_bits, stride_b, stride_r)."""
-    table_rows, lo_bits, stride_b, stride_r = table
+    ``sizes``: (seqlen, n_seqs, offset); ``table``: (table_rows, table_stride)."""
+    table_rows, stride_r = table
+    SOURCE: tl.constexpr = ANGLES[0]
     MODE: tl.constexpr = POS_MODE[0]
     N_AXES: tl.constexpr = POS_MODE[1]
     HALF: tl.constexpr = ROTARY_DIM // 2
@@ -263,27 +277,28 @@ def _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, 
         cos, sin = _computed(COS, stride_r, p, ok, frac, j, j < HALF, POS.dtype.element_ty.is_floating())
         cos_lo, sin_lo = cos, sin
     else:
-        pos, seq = _positions(tok, tok_ok, b, s, POS, CU, sizes, LAYOUT, MODE, SEARCH_STEPS, POS_MODE[2],
-                              POS_MODE[3])
+        pos, seq = _positions(tok, tok_ok, b, s, POS, CU, sizes, LAYOUT, POS_MODE)
         pos_ok = tok_ok & (pos >= 0) & (pos < table_rows)
         ok = pos_ok[:, None] & (j < HALF)[None, :]
-        if COS.dtype.element_ty == tl.int64:  # a freq_table: computed, not read
+        if SOURCE == _COMPUTED:
             cos, sin = _computed(COS, stride_r, pos[:, None], pos_ok[:, None], 0.0, j, j < HALF, False)
             cos_lo, sin_lo = cos, sin
-        elif COS_LO is not None:
-            cos, sin, cos_lo, sin_lo = _split_rows(COS, SIN, COS_LO, SIN_LO, lo_bits, stride_r, pos, ok, j,
-                                                   ct)
+        elif SOURCE == _SPLIT:
+            cos, sin, cos_lo, sin_lo = _split_rows(COS, SIN, table_rows, stride_r, pos, ok, j, ANGLES[1], ct)
+        elif SOURCE == _SEQ_ROWS:
+            cos, sin = _table_rows(COS, SIN, seq * table_rows + pos, ok, j, stride_r, ct)
+            cos_lo, sin_lo = cos, sin
         else:
-            cos, sin = _table_rows(COS, SIN, pos, seq, ok, j, stride_b, stride_r, ct)
+            cos, sin = _table_rows(COS, SIN, pos, ok, j, stride_r, ct)
             cos_lo, sin_lo = cos, sin
     return cos, sin, cos_lo, sin_lo
 
 
 @triton.jit
-def _combine(cos, sin, cos_lo, sin_lo, SPLIT: tl.constexpr):
+def _combine(cos, sin, cos_lo, sin_lo, ANGLES: tl.constexpr):
     """Split tables: angle(p) = angle(high bits) + angle(low bits). At the point of use, so that the
     multiplies wait for the table loads after the q/k loads have been issued, not before."""
-    if SPLIT:
+    if ANGLES[0] == _SPLIT:
         return cos * cos_lo - sin * sin_lo, sin * cos_lo + cos * sin_lo
     return cos, sin
 
@@ -329,11 +344,10 @@ def _block(blk, chunk, sizes, strides, INPLACE: tl.constexpr, HEADS: tl.constexp
 
 
 @triton.jit
-def _program(X, Y, strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, have_angles,
-             SHAPE: tl.constexpr,
+def _program(X, Y, strides, blk, chunk, POS, CU, sizes, COS, SIN, table, have_angles, SHAPE: tl.constexpr,
              HEADS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr,
-             CONJUGATE: tl.constexpr, LAYOUT: tl.constexpr, POS_MODE: tl.constexpr,
-             SEARCH_STEPS: tl.constexpr, ORDER: tl.constexpr, HAVE_ANGLES: tl.constexpr):
+             LAYOUT: tl.constexpr, ANGLES: tl.constexpr, POS_MODE: tl.constexpr, ORDER: tl.constexpr,
+             HAVE_ANGLES: tl.constexpr):
     """Rotate heads ``chunk * BLOCK_H ..`` of token block ``blk`` of X into Y (X itself when Y is None).
     HAVE_ANGLES: the tokens' angles are given (loaded before the q/k branch).
 
@@ -353,8 +367,8 @@ def _program(X, Y, strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO
     tok, tok_ok, b, s, h, ok, xh, yh = _block(blk, chunk, sizes, strides, INPLACE, HEADS, HEAD_DIM, BLOCK_T,
                                               BLOCK_H, LAYOUT)
     if not HAVE_ANGLES and ORDER != _DECODE:
-        cos, sin, cos_lo, sin_lo = _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table,
-                                           ROTARY_DIM, LAYOUT, POS_MODE, SEARCH_STEPS, ct)
+        cos, sin, cos_lo, sin_lo = _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, table, ROTARY_DIM,
+                                           LAYOUT, POS_MODE, ANGLES, ct)
     elif HAVE_ANGLES:
         cos, sin, cos_lo, sin_lo = have_angles
     # Loads, in the storage dtype: the (x1, x2) halves, or the interleaved span (split in lanes below).
@@ -369,18 +383,18 @@ def _program(X, Y, strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO
         xa = tl.load(X + xh[:, :, None] + j[None, None, :], mask=m, other=0.0)
         xb = tl.load(X + xh[:, :, None] + (j + HALF)[None, None, :], mask=m, other=0.0)
     if ORDER == _DECODE:
-        cos, sin, cos_lo, sin_lo = _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table,
-                                           ROTARY_DIM, LAYOUT, POS_MODE, SEARCH_STEPS, ct)
-    c, sn = _combine(cos, sin, cos_lo, sin_lo, COS_LO is not None)
+        cos, sin, cos_lo, sin_lo = _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, table, ROTARY_DIM,
+                                           LAYOUT, POS_MODE, ANGLES, ct)
+    c, sn = _combine(cos, sin, cos_lo, sin_lo, ANGLES)
     c = c[:, None, :]
     sn = sn[:, None, :]
     if INTERLEAVED:
         x1, x2 = tl.split(tl.reshape(xa.to(ct), (BLOCK_T, BLOCK_H, BLOCK_HALF, 2)))
-        y1, y2 = _rotate_pair(x1, x2, c, sn, CONJUGATE)
+        y1, y2 = _rotate_pair(x1, x2, c, sn, ANGLES[2])
         y = tl.reshape(tl.join(y1, y2), (BLOCK_T, BLOCK_H, 2 * BLOCK_HALF))
         tl.store(Y + yh[:, :, None] + jj[None, None, :], _to_storage(y, Y), mask=m)
     else:
-        y1, y2 = _rotate_pair(xa.to(ct), xb.to(ct), c, sn, CONJUGATE)
+        y1, y2 = _rotate_pair(xa.to(ct), xb.to(ct), c, sn, ANGLES[2])
         tl.store(Y + yh[:, :, None] + j[None, None, :], _to_storage(y1, Y), mask=m)
         tl.store(Y + yh[:, :, None] + (j + HALF)[None, None, :], _to_storage(y2, Y), mask=m)
     if TAIL > 0 and not INPLACE:
@@ -464,23 +478,22 @@ def _head_dot(a1, a2, at, b1, b2, bt, PER_TOKEN: tl.constexpr):
 
 
 @triton.jit
-def _norm_program(X, Y, G, W, DW, dw_row, strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO,
-                  table, have_angles, SHAPE: tl.constexpr, HEADS: tl.constexpr, BLOCK_T: tl.constexpr,
-                  BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr, CONJUGATE: tl.constexpr,
-                  LAYOUT: tl.constexpr, POS_MODE: tl.constexpr, SEARCH_STEPS: tl.constexpr,
-                  NORM: tl.constexpr, W_ROW: tl.constexpr, HAVE_ANGLES: tl.constexpr):
+def _norm_program(X, Y, G, W, DW, dw_row, strides, blk, chunk, POS, CU, sizes, COS, SIN, table, have_angles,
+                  SHAPE: tl.constexpr, HEADS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+                  INTERLEAVED: tl.constexpr, LAYOUT: tl.constexpr, ANGLES: tl.constexpr,
+                  POS_MODE: tl.constexpr, NORM: tl.constexpr, W_ROW: tl.constexpr, HAVE_ANGLES: tl.constexpr):
     """Normalize and rotate heads ``chunk * BLOCK_H ..`` of token block ``blk`` of X into Y (X itself when
-    Y is None); with G, the backward of that. NORM = (kind, eps, weight offset, after rope): kind 1
-    normalizes each head over head_dim, kind 2 each token over all its heads (the program then holds
-    every head: BLOCK_H >= HEADS)."""
+    Y is None); with G, the backward of that. NORM = (kind, eps, after rope): kind 1 normalizes each head
+    over head_dim, kind 2 each token over all its heads (the program then holds every head: BLOCK_H >=
+    HEADS). W: the float weight, any offset (Gemma's 1 + w) already added, or None."""
     HEAD_DIM: tl.constexpr = SHAPE[2]
     ROTARY_DIM: tl.constexpr = SHAPE[3]
     HALF: tl.constexpr = ROTARY_DIM // 2
     TAIL: tl.constexpr = HEAD_DIM - ROTARY_DIM
     PER_TOKEN: tl.constexpr = NORM[0] == 2
     EPS: tl.constexpr = NORM[1]
-    W_OFFSET: tl.constexpr = NORM[2]
-    AFTER: tl.constexpr = NORM[3]
+    AFTER: tl.constexpr = NORM[2]
+    CONJUGATE: tl.constexpr = ANGLES[2]
     N: tl.constexpr = HEADS * HEAD_DIM if PER_TOKEN else HEAD_DIM
     ct: tl.constexpr = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
     INPLACE: tl.constexpr = Y is None
@@ -492,8 +505,8 @@ def _norm_program(X, Y, G, W, DW, dw_row, strides, blk, chunk, POS, CU, sizes, C
     if HAVE_ANGLES:
         cos, sin, cos_lo, sin_lo = have_angles
     else:
-        cos, sin, cos_lo, sin_lo = _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table,
-                                           ROTARY_DIM, LAYOUT, POS_MODE, SEARCH_STEPS, ct)
+        cos, sin, cos_lo, sin_lo = _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, table, ROTARY_DIM,
+                                           LAYOUT, POS_MODE, ANGLES, ct)
     x1, x2, xt = _head_parts(X, xh, ok, HALF, ROTARY_DIM, TAIL, INTERLEAVED, ct)
     # Weights: (head_dim,) shared by the heads, or (heads * head_dim,) per token; 1 without.
     wh = (h * HEAD_DIM if PER_TOKEN else h * 0)[None, :]
@@ -503,10 +516,7 @@ def _norm_program(X, Y, G, W, DW, dw_row, strides, blk, chunk, POS, CU, sizes, C
         wt = 1.0
     else:
         w1, w2, wt = _head_parts(W, wh, h_ok[None, :], HALF, ROTARY_DIM, TAIL, INTERLEAVED, ct)
-        w1 += W_OFFSET
-        w2 += W_OFFSET
-        wt += W_OFFSET
-    c, sn = _combine(cos, sin, cos_lo, sin_lo, COS_LO is not None)
+    c, sn = _combine(cos, sin, cos_lo, sin_lo, ANGLES)
     # The padding pairs past rotary_dim / 2 have NaN angles: zero them, the sums over the head read them.
     pad = (tl.arange(0, triton.next_power_of_2(HALF)) < HALF)[None, None, :]
     c = tl.where(pad, c[:, None, :], 0.0)
@@ -568,31 +578,29 @@ def _norm_program(X, Y, G, W, DW, dw_row, strides, blk, chunk, POS, CU, sizes, C
 @triton.jit
 def rotary_kernel(
     Q, K, Q_OUT, K_OUT,  # q, k in; q, k out (None: in place). K None: q alone
-    COS, SIN, COS_LO, SIN_LO,  # the angle source (see _angles); COS_LO/SIN_LO None unless split tables
+    COS, SIN,  # the angle source (ANGLES[0]): cos/sin tables, or a freq table (SIN None)
     POS, CU,  # positions or per-sequence offsets (POS_MODE); cu_seqlens for "thd"; else None
     seqlen,  # tokens per batch row ("thd": all tokens)
     n_seqs,  # batch ("thd": packed sequences)
     table_rows,  # positions the angle source covers; positions at or past it give NaN
     offset,  # POS_OFFSET: the scalar offset
-    lo_bits,  # split tables: log2 of the rows of COS_LO
     q_stride_b, q_stride_s, q_stride_h,
     k_stride_b, k_stride_s, k_stride_h,
-    table_stride_b,  # per-sequence tables: the sequence stride (0: one table for all)
-    table_stride_r,  # row stride of every table (columns are contiguous)
-    NORM_W_Q, NORM_W_K,  # fused norm (NORM[0] != 0): the weights of q's and k's norms, or None
+    table_stride,  # row stride of the tables (columns are contiguous)
+    NORM_W,  # fused norm (NORM[0] != 0): q's weight then k's, float, or None
     NORM_G_Q, NORM_G_K,  # backward of a fused norm: the output gradients (Q, K: the saved inputs), or None
     NORM_DW,  # backward of a fused norm with weights: the partial weight gradients, a row per program
     SHAPE: tl.constexpr,  # (heads of q, heads of k, head_dim, rotary_dim)
     INTERLEAVED: tl.constexpr,  # pairs (2i, 2i + 1); else (i, i + rotary_dim / 2)
-    CONJUGATE: tl.constexpr,  # rotate by -theta
     LAYOUT: tl.constexpr,  # "bshd", "bhsd", "sbhd" (out-of-place output strides) or "thd" (packed)
-    POS_MODE: tl.constexpr,  # (where positions come from, their axes, cp_size, cp_rank)
-    SEARCH_STEPS: tl.constexpr,  # "thd": >= ceil(log2(n_seqs)) binary-search steps over cu_seqlens
+    ANGLES: tl.constexpr,  # (angle source, split tables' low bits, conjugate)
+    POS_MODE: tl.constexpr,  # (where positions come from, their axes, cp_size, cp_rank, search steps)
     PROGRAM: tl.constexpr,  # (order, tokens and heads of a q program, tokens and heads of a k program)
-    NORM: tl.constexpr,  # (0: none, 1: per head, 2: per token over its heads; eps; weight offset; after rope)
+    NORM: tl.constexpr,  # (0: none, 1: per head, 2: per token over its heads; eps; after rope)
 ):
     HEADS_Q: tl.constexpr = SHAPE[0]
     HEADS_K: tl.constexpr = SHAPE[1]
+    HEAD_DIM: tl.constexpr = SHAPE[2]
     ROTARY_DIM: tl.constexpr = SHAPE[3]
     ORDER: tl.constexpr = PROGRAM[0]
     BT_Q: tl.constexpr = PROGRAM[1]
@@ -604,7 +612,7 @@ def rotary_kernel(
     pid = tl.program_id(0).to(tl.int64)
     # (tuples only of what is never None: Triton 3.6 passes no None inside a tuple)
     sizes = (seqlen, n_seqs, offset)
-    table = (table_rows, lo_bits, table_stride_b, table_stride_r)
+    table = (table_rows, table_stride)
     # (pid * 0: int64 even where seqlen or n_seqs arrive as the constant 1)
     n_tokens = _n_tokens(pid * 0 + seqlen, pid * 0 + n_seqs, LAYOUT)
     if ORDER == _Q_FIRST:
@@ -627,36 +635,38 @@ def rotary_kernel(
     if SAME:
         ct: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
         tok, tok_ok, b, s = _tokens(blk, n_tokens, pid * 0 + seqlen, BT_Q, LAYOUT)
-        have = _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, ROTARY_DIM, LAYOUT,
-                       POS_MODE, SEARCH_STEPS, ct)
+        have = _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, table, ROTARY_DIM, LAYOUT, POS_MODE,
+                       ANGLES, ct)
     else:
         have = (0.0, 0.0, 0.0, 0.0)
     q_strides = (q_stride_b, q_stride_s, q_stride_h)
     k_strides = (k_stride_b, k_stride_s, k_stride_h)
     if NORM[0] != 0:
+        PER_TOKEN: tl.constexpr = NORM[0] == 2
         # (rows of per-token weight gradients hold the wider tensor's heads)
-        W_ROW: tl.constexpr = SHAPE[2] * (max(HEADS_Q, HEADS_K) if NORM[0] == 2 else 1)
-        if K is None:
-            _norm_program(Q, Q_OUT, NORM_G_Q, NORM_W_Q, NORM_DW, pid, q_strides, blk, chunk, POS, CU, sizes,
-                          COS, SIN, COS_LO, SIN_LO, table, have, SHAPE, HEADS_Q, BT_Q, BH_Q, INTERLEAVED,
-                          CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, NORM, W_ROW, SAME)
-        elif is_q:
-            _norm_program(Q, Q_OUT, NORM_G_Q, NORM_W_Q, NORM_DW, pid, q_strides, blk, chunk, POS, CU, sizes,
-                          COS, SIN, COS_LO, SIN_LO, table, have, SHAPE, HEADS_Q, BT_Q, BH_Q, INTERLEAVED,
-                          CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, NORM, W_ROW, SAME)
+        W_ROW: tl.constexpr = HEAD_DIM * (max(HEADS_Q, HEADS_K) if PER_TOKEN else 1)
+        if NORM_W is None:
+            W_K = NORM_W
         else:
-            _norm_program(K, K_OUT, NORM_G_K, NORM_W_K, NORM_DW, pid, k_strides, blk, chunk - q_chunks, POS,
-                          CU, sizes, COS, SIN, COS_LO, SIN_LO, table, have, SHAPE, HEADS_K, BT_K, BH_K,
-                          INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, NORM, W_ROW, SAME)
+            W_K = NORM_W + (HEADS_Q * HEAD_DIM if PER_TOKEN else HEAD_DIM)  # k's weight after q's
+        if K is None:
+            _norm_program(Q, Q_OUT, NORM_G_Q, NORM_W, NORM_DW, pid, q_strides, blk, chunk, POS, CU, sizes,
+                          COS, SIN, table, have, SHAPE, HEADS_Q, BT_Q, BH_Q, INTERLEAVED, LAYOUT, ANGLES,
+                          POS_MODE, NORM, W_ROW, SAME)
+        elif is_q:
+            _norm_program(Q, Q_OUT, NORM_G_Q, NORM_W, NORM_DW, pid, q_strides, blk, chunk, POS, CU, sizes,
+                          COS, SIN, table, have, SHAPE, HEADS_Q, BT_Q, BH_Q, INTERLEAVED, LAYOUT, ANGLES,
+                          POS_MODE, NORM, W_ROW, SAME)
+        else:
+            _norm_program(K, K_OUT, NORM_G_K, W_K, NORM_DW, pid, k_strides, blk, chunk - q_chunks, POS, CU,
+                          sizes, COS, SIN, table, have, SHAPE, HEADS_K, BT_K, BH_K, INTERLEAVED, LAYOUT,
+                          ANGLES, POS_MODE, NORM, W_ROW, SAME)
     elif K is None:
-        _program(Q, Q_OUT, q_strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, have,
-                 SHAPE, HEADS_Q, BT_Q, BH_Q, INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER,
-                 SAME)
+        _program(Q, Q_OUT, q_strides, blk, chunk, POS, CU, sizes, COS, SIN, table, have, SHAPE, HEADS_Q, BT_Q,
+                 BH_Q, INTERLEAVED, LAYOUT, ANGLES, POS_MODE, ORDER, SAME)
     elif is_q:
-        _program(Q, Q_OUT, q_strides, blk, chunk, POS, CU, sizes, COS, SIN, COS_LO, SIN_LO, table, have,
-                 SHAPE, HEADS_Q, BT_Q, BH_Q, INTERLEAVED, CONJUGATE, LAYOUT, POS_MODE, SEARCH_STEPS, ORDER,
-                 SAME)
+        _program(Q, Q_OUT, q_strides, blk, chunk, POS, CU, sizes, COS, SIN, table, have, SHAPE, HEADS_Q, BT_Q,
+                 BH_Q, INTERLEAVED, LAYOUT, ANGLES, POS_MODE, ORDER, SAME)
     else:
-        _program(K, K_OUT, k_strides, blk, chunk - q_chunks, POS, CU, sizes, COS,
-                 SIN, COS_LO, SIN_LO, table, have, SHAPE, HEADS_K, BT_K, BH_K, INTERLEAVED, CONJUGATE, LAYOUT,
-                 POS_MODE, SEARCH_STEPS, ORDER, SAME)
+        _program(K, K_OUT, k_strides, blk, chunk - q_chunks, POS, CU, sizes, COS, SIN, table, have, SHAPE,
+                 HEADS_K, BT_K, BH_K, INTERLEAVED, LAYOUT, ANGLES, POS_MODE, ORDER, SAME)

@@ -173,7 +173,7 @@ def config(p: Problem, itemsize: int = 2, inplace: bool = False) -> dict:
     return {"PROGRAM": (order, *q_block, *k_block), "num_warps": warps}
 
 
-_NO_NORM = (0, 0.0, 0.0, False)
+_NO_NORM = (0, 0.0, False)
 # A fused norm's programs hold whole heads; per-token norms hold every head of their tokens. Their size in
 # elements of one tensor (the backward holds the input and the gradient).
 _NORM_PROGRAM_ELEMENTS = 2048
@@ -198,6 +198,24 @@ def norm_config(p: Problem, itemsize: int, norm: NormOperands) -> dict:
     return {"PROGRAM": (kernels.ORDER_TOKENS, block_t, block_h, block_t, block_h), "num_warps": warps}
 
 
+def _norm_weight(p: Problem, norm: NormOperands, q: torch.Tensor, has_k: bool) -> torch.Tensor | None:
+    """The kernel's one weight operand: q's weight then k's, each plus the weight offset (Gemma's 1 + w)
+    in the compute dtype, as the kernel would add it; ones stand in for a missing one. None without
+    weights."""
+    weights = [(norm.weight_q, p.heads_q)] + ([(norm.weight_k, p.heads_k)] if has_k else [])
+    if all(w is None for w, _ in weights):
+        return None
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    parts = []
+    for w, heads in weights:
+        if w is None:
+            size = p.head_dim * (heads if norm.kind == 2 else 1)
+            parts.append(torch.ones(size, dtype=compute, device=q.device))
+        else:
+            parts.append(w.to(compute) + norm.weight_offset if norm.weight_offset else w.to(compute))
+    return torch.cat(parts)
+
+
 def _kernel_pos_mode(p: Problem, positions: torch.Tensor | None) -> int:
     if p.pos_mode == POS_OFFSETS:
         return kernels.POS_OFFSETS
@@ -212,11 +230,31 @@ def _kernel_pos_mode(p: Problem, positions: torch.Tensor | None) -> int:
     return kernels.POS_TOKENS
 
 
+def stacked_rows(hi: torch.Tensor, lo: torch.Tensor) -> bool:
+    """Whether 2-D table ``lo``'s rows follow ``hi``'s in one storage with the same strides (split tables
+    built by :class:`rope_triton.RotaryEmbedding`): the kernel then reads both through ``hi``'s pointer."""
+    # (plain tensors only: traced ones have no storage address, and get a copy that inductor can fuse)
+    return (
+        type(hi) is torch.Tensor and type(lo) is torch.Tensor
+        and hi.dtype == lo.dtype and hi.stride() == lo.stride() and hi.stride(-1) == 1
+        and hi.untyped_storage().data_ptr() == lo.untyped_storage().data_ptr()
+        and lo.storage_offset() == hi.storage_offset() + hi.shape[0] * hi.stride(0)
+    )
+
+
+def _stack_rows(hi: torch.Tensor, lo: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The high rows then the low rows of split tables, as one tensor; and whether that took a copy."""
+    if stacked_rows(hi, lo):
+        return hi.as_strided((hi.shape[0] + lo.shape[0], hi.shape[1]), hi.stride()), False
+    return torch.cat([hi, lo.to(hi.dtype)]), True
+
+
 def kernel_operands(p: Problem, ops: Operands) -> tuple[Operands, bool]:
-    """``ops`` as the kernel reads them: the last dim of every table contiguous, cos and sin (and split
-    tables) with one set of strides, positions and offsets contiguous, tables shared by the batch as 2-D.
-    Returns the operands and whether any of them had to be copied (small tensors only: q and k are
-    handled by :func:`launch`)."""
+    """``ops`` as the kernel reads them: the last dim of every table contiguous, cos and sin with one set
+    of strides, split tables stacked under cos and sin (high rows, then low rows), per-sequence tables one
+    after another, positions and offsets contiguous, tables shared by the batch as 2-D. Returns the
+    operands and whether any of them had to be copied (small tensors only: q and k are handled by
+    :func:`launch`)."""
     cos, sin, cos_lo, sin_lo, positions, offsets = (
         ops.cos, ops.sin, ops.cos_lo, ops.sin_lo, ops.positions, ops.offsets,
     )
@@ -228,7 +266,9 @@ def kernel_operands(p: Problem, ops: Operands) -> tuple[Operands, bool]:
     tables = [cos] if sin is None else [cos, sin]
     if cos_lo is not None:
         tables += [cos_lo, sin_lo]
-    if any(t.stride(-1) != 1 and t.shape[-1] > 1 for t in tables) or any(
+    # Per-sequence tables are read table_rows rows apart.
+    apart = cos.dim() == 2 or cos.stride(0) == cos.shape[1] * cos.stride(1)
+    if not apart or any(t.stride(-1) != 1 and t.shape[-1] > 1 for t in tables) or any(
         t.stride() != tables[0].stride() for t in tables[1:]
     ):
         tables = [t.contiguous() for t in tables]
@@ -237,7 +277,9 @@ def kernel_operands(p: Problem, ops: Operands) -> tuple[Operands, bool]:
             raise ValueError("sin: expected the layout of cos, got tables of different strides")
     cos, sin = tables[0], (None if sin is None else tables[1])
     if cos_lo is not None:
-        cos_lo, sin_lo = tables[2], tables[3]
+        (cos, copied_cos), (sin, copied_sin) = _stack_rows(cos, tables[2]), _stack_rows(sin, tables[3])
+        copied = copied or copied_cos or copied_sin
+        cos_lo = sin_lo = None
     if positions is not None:
         shared = _kernel_pos_mode(p, positions) == kernels.POS_SHARED
         if p.n_axes and shared and positions.dim() == 3:
@@ -265,34 +307,36 @@ def kernel_call(
     if not has_k:
         bt_k, bh_k = bt_q, bh_q
     table = ops.cos
-    if p.freqs or ops.cos_lo is not None or table.dim() == 2:
-        table_stride_b, table_stride_r = 0, table.stride(0)
+    if p.freqs:
+        source = kernels.ANGLES_COMPUTED
+    elif p.lo_bits:
+        source = kernels.ANGLES_SPLIT
     else:
-        table_stride_b, table_stride_r = table.stride(0), table.stride(1)
+        source = kernels.ANGLES_SEQ_ROWS if table.dim() == 3 else kernels.ANGLES_ROWS
     args = [
         ops.q, ops.k if has_k else None, q_out, k_out if has_k else None,
-        ops.cos, ops.sin, ops.cos_lo, ops.sin_lo,
+        ops.cos, ops.sin,
         ops.positions if ops.positions is not None else ops.offsets,
         ops.cu_seqlens,
-        p.seqlen, p.n_seqs, p.table_rows, p.offset, p.lo_bits,
+        p.seqlen, p.n_seqs, p.table_rows, p.offset,
         *bshd_strides(ops.q, p.layout),
         *(bshd_strides(ops.k, p.layout) if has_k else (0, 0, 0)),
-        table_stride_b, table_stride_r,
-        *((None,) * 5 if norm is None else (norm.weight_q, norm.weight_k if has_k else None, norm.grad_q,
+        table.stride(-2),
+        *((None,) * 4 if norm is None else (_norm_weight(p, norm, ops.q, has_k), norm.grad_q,
                                             norm.grad_k if has_k else None, norm.dw)),
     ]
     # (int(): under torch.compile with dynamic shapes a size may be a SymInt; a constexpr is specialized on)
+    search_steps = max(1, (int(p.n_seqs) - 1).bit_length()) if p.layout == "thd" else 1
     consts = {
         "SHAPE": (int(p.heads_q), int(p.heads_k) if has_k else 0, int(p.head_dim), int(p.rotary_dim)),
         "INTERLEAVED": interleaved,
-        "CONJUGATE": conjugate,
         "LAYOUT": p.layout,
-        "POS_MODE": (_kernel_pos_mode(p, ops.positions), int(p.n_axes), int(p.cp[0]), int(p.cp[1])),
-        "SEARCH_STEPS": max(1, (p.n_seqs - 1).bit_length()) if p.layout == "thd" else 1,
-        "PROGRAM": (order, int(bt_q), int(bh_q), int(bt_k), int(bh_k)),
-        "NORM": _NO_NORM if norm is None else (
-            int(norm.kind), float(norm.eps), float(norm.weight_offset), bool(norm.after_rope)
+        "ANGLES": (source, int(p.lo_bits), bool(conjugate)),
+        "POS_MODE": (
+            _kernel_pos_mode(p, ops.positions), int(p.n_axes), int(p.cp[0]), int(p.cp[1]), search_steps,
         ),
+        "PROGRAM": (order, int(bt_q), int(bh_q), int(bt_k), int(bh_k)),
+        "NORM": _NO_NORM if norm is None else (int(norm.kind), float(norm.eps), bool(norm.after_rope)),
     }
     n_tokens = p.batch * p.seqlen
     programs = triton.cdiv(n_tokens, bt_q) * triton.cdiv(p.heads_q, bh_q)
@@ -340,7 +384,7 @@ def launch(
 
 
 _OFFSET_ARG = kernels.rotary_kernel.arg_names.index("offset")
-_TENSOR_ARGS = 10  # Q .. CU
+_TENSOR_ARGS = 8  # Q .. CU
 
 
 class Plan:
@@ -404,6 +448,8 @@ def signature(ops: Operands | tuple, offsets, options: tuple) -> tuple | None:
             key.append((t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() % 16))
         else:
             return None
+    if len(ops) > 5 and ops[4] is not None:  # split tables: read through cos only where stacked
+        key.append(stacked_rows(ops[2], ops[4]) and stacked_rows(ops[3], ops[5]))
     if type(offsets) is int:
         key.append((offsets == 1, offsets % 16 == 0, offsets >= 2**31))
     elif offsets is not None and not isinstance(offsets, torch.Tensor):

@@ -92,8 +92,9 @@ def replay(plan, ops: Operands, offset: int, inplace: bool) -> tuple[torch.Tenso
     has_k = k is not None and plan.problem.heads_k > 0
     q_out = None if inplace else _new_out(q)
     k_out = None if inplace or k is None else _new_out(k)
+    # (split tables have a plan only where their low rows follow the high rows: cos's pointer reads both)
     plan.launch((
-        q, k if has_k else None, q_out, k_out if has_k else None, ops.cos, ops.sin, ops.cos_lo, ops.sin_lo,
+        q, k if has_k else None, q_out, k_out if has_k else None, ops.cos, ops.sin,
         ops.positions if ops.positions is not None else ops.offsets, ops.cu_seqlens,
     ), offset)
     return (q, k) if inplace else (q_out, k_out)
