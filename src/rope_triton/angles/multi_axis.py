@@ -64,6 +64,8 @@ class MultiAxis:
     integer_positions: bool = True
 
     def __post_init__(self) -> None:
+        # The freq tables built so far, per device (a plain attribute: torch.compile reads it as a dict).
+        object.__setattr__(self, "_tables", {})
         # Validate once here so that every consumer (oracle, later the kernel) can trust the fields.
         axis, inv_freq = self.axis, self.inv_freq
         if not torch.is_tensor(axis) or axis.dim() != 1 or axis.dtype != torch.int64:
@@ -110,7 +112,7 @@ class MultiAxis:
         device = torch.device("cpu" if device is None else device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
-        cache = self.__dict__.setdefault("_tables", {})
+        cache = self._tables
         if device not in cache:
             if not self.integer_positions and float(self.inv_freq.abs().max()) >= 2 * math.pi:
                 # The kernel takes a fractional position's turns from the first row, frac(inv_freq / 2 pi).
