@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import GPTNeoXConfig, LlamaConfig, Phi3Config, Qwen2Config
+from transformers import GPTNeoXConfig, Llama4TextConfig, LlamaConfig, Phi3Config, Qwen2Config
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXRotaryEmbedding
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
@@ -60,6 +60,26 @@ def llama31_8b():
 
 def llama2_7b():
     return LlamaConfig(hidden_size=4096, num_attention_heads=32, max_position_embeddings=4096)
+
+
+def llama4_scout():
+    # Llama 4 Scout's text config: llama3 scaling with low_freq_factor == high_freq_factor (no blended
+    # band: a step at 8192), which transformers warns about and computes.
+    return Llama4TextConfig(
+        hidden_size=5120,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=10485760,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 16.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192,
+        },
+    )
 
 
 def qwen25_7b_yarn():
@@ -185,6 +205,7 @@ PARITY_CASES = [
         GPTNeoXRotaryEmbedding.compute_default_rope_parameters,
     ),
     ("llama3.1-8b", llama31_8b, "llama3", None, None),
+    ("llama4-scout", llama4_scout, "llama3", None, None),
     ("qwen2.5-yarn", qwen25_7b_yarn, "yarn", None, None),
     ("deepseek-v3-yarn", _deepseek_yarn(), "yarn", None, None),
     ("yarn-mscale-ratio", _deepseek_yarn(mscale=1.0, mscale_all_dim=0.5), "yarn", None, None),
@@ -241,6 +262,16 @@ def test_llama31_known_values():
     mid = (wavelen >= 2048) & (wavelen <= 8192)
     assert mid.sum() == 6
     assert bool(((inv[mid] < plain[mid]) & (inv[mid] > plain[mid] / 8)).all())
+
+
+def test_llama3_equal_band_factors_step():
+    # Llama 4 Scout (low_freq_factor == high_freq_factor): no blended band, every pair kept or divided by
+    # the factor, at a wavelength of 8192.
+    inv, scale = inv_freq_and_scale(**parse_hf_config(llama4_scout()))
+    plain = 500000.0 ** (-torch.arange(0, 128, 2, dtype=torch.float64) / 128)
+    long = 2 * math.pi / plain > 8192
+    assert scale == 1.0 and 0 < long.sum() < 64
+    torch.testing.assert_close(inv, torch.where(long, plain / 16, plain), rtol=1e-15, atol=0)
 
 
 def test_known_attention_factors():
@@ -423,7 +454,7 @@ ERROR_CASES = [
     ("longrope-no-factor-no-max-pos", {"scaling": _without(_LONG, "factor")}, r"max_position_embeddings"),
     ("llama3-missing-low", {"scaling": _without(_L3, "low_freq_factor")}, r"low_freq_factor"),
     ("llama3-missing-high", {"scaling": _without(_L3, "high_freq_factor")}, r"high_freq_factor"),
-    ("llama3-high-not-above-low", {"scaling": {**_L3, "high_freq_factor": 1.0}}, r"high_freq_factor"),
+    ("llama3-high-below-low", {"scaling": {**_L3, "high_freq_factor": 0.5}}, r"high_freq_factor"),
     ("llama3-low-zero", {"scaling": {**_L3, "low_freq_factor": 0.0}}, r"low_freq_factor"),
     ("llama3-missing-factor", {"scaling": _without(_L3, "factor")}, r"\bfactor\b"),
     ("llama3-missing-original", {"scaling": _without(_L3, "original_max_position_embeddings")},

@@ -24,12 +24,14 @@ from helpers import assert_rotary_close  # noqa: E402
 from transformers.models.gpt_neox import modeling_gpt_neox as hf_neox  # noqa: E402
 from transformers.models.gptj import modeling_gptj as hf_gptj  # noqa: E402
 from transformers.models.llama import modeling_llama as hf_llama  # noqa: E402
+from transformers.models.llama4 import modeling_llama4 as hf_llama4  # noqa: E402
 from transformers.models.qwen2_vl import modeling_qwen2_vl as hf_qwen2_vl  # noqa: E402
 
 from rope_triton.integrations import transformers as rope_transformers  # noqa: E402
 from rope_triton.integrations.transformers import (  # noqa: E402
     SUPPORTED_FAMILIES,
     apply_multimodal_rotary_pos_emb,
+    apply_rotary_emb_llama4,
     apply_rotary_pos_emb,
     apply_rotary_pos_emb_gptj,
     apply_rotary_pos_emb_vision,
@@ -42,6 +44,7 @@ HF_STANDARD = hf_llama.apply_rotary_pos_emb
 HF_PARTIAL = hf_neox.apply_rotary_pos_emb
 HF_GPTJ = hf_gptj.apply_rotary_pos_emb
 HF_VISION = hf_qwen2_vl.apply_rotary_pos_emb_vision
+HF_LLAMA4 = hf_llama4.apply_rotary_emb
 
 # ---- tiny models ----------------------------------------------------------------------------------------
 
@@ -52,6 +55,17 @@ _COMMON = dict(
 )  # fmt: skip
 _MOE = dict(num_experts_per_tok=1)
 _GEMMA3_LAYERS = ["sliding_attention", "full_attention"]  # a local-base layer and a global one
+_LLAMA4 = dict(
+    head_dim=16, num_hidden_layers=2,
+    no_rope_layers=[1, 0],  # layer 0 rotates (then normalizes q and k: qk_norm), layer 1 is NoPE
+    floor_scale=2,  # the NoPE layer's temperature tuning scales q from the first positions on
+    intermediate_size=32, intermediate_size_mlp=128, moe_layers=[1], num_local_experts=2, **_MOE,
+    # Llama 3.1 scaling with pairs in all three bands (kept, blended, divided by the factor) at head_dim 16
+    rope_parameters=dict(
+        rope_type="llama3", rope_theta=100.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=32,
+    ),
+)  # fmt: skip
 
 # family -> (config class, model class, config arguments)
 FAMILIES = {
@@ -81,6 +95,7 @@ FAMILIES = {
     "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(partial_rotary_factor=0.5)),
     "granite": ("GraniteConfig", "GraniteForCausalLM", {}),
     "granitemoe": ("GraniteMoeConfig", "GraniteMoeForCausalLM", dict(num_local_experts=2, **_MOE)),
+    "llama4": ("Llama4TextConfig", "Llama4ForCausalLM", _LLAMA4),
     "olmo": ("OlmoConfig", "OlmoForCausalLM", {}),
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
     "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", dict(num_experts=2, **_MOE)),
@@ -335,7 +350,15 @@ def test_drop_in_signature(device):
 # ---- patched models -------------------------------------------------------------------------------------
 
 
-QK_NORM_FAMILIES = {"gemma3", "olmo2", "olmoe", "qwen3", "qwen3_moe"}
+QK_NORM_FAMILIES = {"gemma3", "olmo2", "olmoe", "qwen3", "qwen3_moe"}  # q_norm and k_norm, then the rotation
+_ROTATION = {"llama4": "apply_rotary_emb"}  # the swapped function, where it is not apply_rotary_pos_emb
+
+
+def _fused_layers(family: str, config) -> tuple[int, int]:
+    """(layers whose q/k norms are fused into the rotation, names each adds to patch's list)."""
+    if family == "llama4":  # the layers that rotate, each with its one weightless qk_norm
+        return sum(config.no_rope_layers), 2
+    return (config.num_hidden_layers if family in QK_NORM_FAMILIES else 0), 3
 
 
 def _count_fused_calls(monkeypatch) -> list:
@@ -365,20 +388,22 @@ def test_model_parity_fp32(family, device, monkeypatch):
         ours_logits, ours_grads = _logits_and_grads(model, ids)
     finally:
         unpatch(model)
-    assert changed[0] == f"transformers.models.{family}.modeling_{family}.apply_rotary_pos_emb"
-    layers = model.config.num_hidden_layers if family in QK_NORM_FAMILIES else 0
+    rotation = _ROTATION.get(family, "apply_rotary_pos_emb")
+    assert changed[0] == f"transformers.models.{family}.modeling_{family}.{rotation}"
+    layers, names = _fused_layers(family, model.config)
     # Layers with q/k norms normalize and rotate in one call (norm weights' gradients included below).
-    assert len(changed) == 1 + 3 * layers and len(fused) == layers
+    assert len(changed) == 1 + names * layers and len(fused) == layers
     _assert_as_accurate(ours_logits, base_logits, ref_logits, "logits")
     assert ours_grads.keys() == base_grads.keys() == ref_grads.keys()
     for name, g in ours_grads.items():
         _assert_as_accurate(g, base_grads[name], ref_grads[name], f"grad of {name}")
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gptj"])
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gptj", "llama4"])
 def test_model_parity_bf16(family, device):
-    """bfloat16 model: the rotary step rounds once (ours) instead of three times (transformers); logits
-    stay within the same bfloat16 error of a float64 run."""
+    """bfloat16 model: the rotary step rounds once (ours) instead of three times (transformers; Llama 4:
+    once after the rotation, once after its norm); logits stay within the same bfloat16 error of a
+    float64 run."""
     model = build(family, device)
     ref_model = copy.deepcopy(model).double()
     model = model.to(torch.bfloat16)
@@ -479,6 +504,73 @@ def test_vision_drop_in_matches_hf(device):
         apply_rotary_pos_emb_vision(q[None], k, cos, sin)
 
 
+def _llama4_freqs_cis(batch, dim, device, offset=3):
+    """Complex tables as Llama 4's rotary embedding builds them: exp(i angle) of float32 angles, per batch
+    row (batch, seq, dim / 2)."""
+    inv = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim)
+    pos = torch.arange(S, device=device, dtype=torch.float64) + offset
+    pos = pos + 7 * torch.arange(batch, device=device)[:, None]
+    angle = (pos[..., None] * inv).float()
+    return torch.polar(torch.ones_like(angle), angle)
+
+
+def _exact_llama4(x, freqs_cis):
+    """x (batch, seq, heads, dim) turned by freqs_cis, adjacent pairs as complex numbers, in float64."""
+    pairs = torch.view_as_complex(x.double().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * freqs_cis.to(torch.complex128)[:, :, None]).flatten(3)
+
+
+@pytest.mark.parametrize("freqs_batch", [1, B], ids=["freqs_b1", "freqs_bB"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_drop_in_llama4(dtype, freqs_batch, device):
+    """Llama 4's rotation, a complex multiply of adjacent pairs by freqs_cis, on q viewed from its
+    projection (as the attention does) and GQA k: the exact rotation by the same tables, within the
+    kernel's float32 bound; in float32 transformers' own result up to rounding."""
+    q = torch.randn(B, S, HQ * D, device=device).to(dtype).view(B, S, HQ, D)
+    k = torch.randn(B, S, HK, D, device=device).to(dtype)
+    freqs_cis = _llama4_freqs_cis(freqs_batch, D, device)
+    q_out, k_out = apply_rotary_emb_llama4(q, k, freqs_cis)
+    for out, x in ((q_out, q), (k_out, k)):
+        exact = _exact_llama4(x, freqs_cis)
+        assert_rotary_close(out, exact, x, layout="bshd", rotary_dim=D, interleaved=True)
+    q_hf, k_hf = HF_LLAMA4(q, k, freqs_cis)
+    assert (q_hf.dtype, k_hf.dtype) == (q_out.dtype, k_out.dtype)
+    if dtype == torch.float32:
+        torch.testing.assert_close(q_out, q_hf)
+        torch.testing.assert_close(k_out, k_hf)
+
+
+def test_drop_in_llama4_tables_once_per_freqs_cis(device):
+    """Every layer of a forward rotates with the same freqs_cis: its cos/sin tables are made on the first
+    call and reused, and made again once freqs_cis is written in place."""
+    q, k = torch.randn(1, S, HQ, D, device=device), torch.randn(1, S, HK, D, device=device)
+    freqs_cis = _llama4_freqs_cis(1, D, device)
+    first = apply_rotary_emb_llama4(q, k, freqs_cis)
+    memo = freqs_cis.__dict__["_rope_triton_cos_sin"]
+    again = apply_rotary_emb_llama4(q, k, freqs_cis)
+    assert freqs_cis.__dict__["_rope_triton_cos_sin"] is memo
+    assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
+    freqs_cis.copy_(freqs_cis.conj())  # the inverse rotation now
+    q_out, _ = apply_rotary_emb_llama4(q, None, freqs_cis)
+    assert_rotary_close(q_out, _exact_llama4(q, freqs_cis), q, layout="bshd", rotary_dim=D, interleaved=True)
+
+
+def test_drop_in_llama4_errors(device):
+    q, k = torch.randn(1, S, HQ, D, device=device), torch.randn(1, S, HK, D, device=device)
+    freqs_cis = _llama4_freqs_cis(1, D, device)
+    with pytest.raises(ValueError, match=r"xq: expected a 4-D \(batch, seq, heads, head_dim\)"):
+        apply_rotary_emb_llama4(q[0], k, freqs_cis)
+    want = r"freqs_cis: expected a complex tensor of shape \(batch=1 or 1, seq=5, head_dim / 2 = 8\), got "
+    with pytest.raises(ValueError, match=want + r"torch.float32 of shape \(1, 5, 8, 2\)"):
+        apply_rotary_emb_llama4(q, k, torch.view_as_real(freqs_cis))
+    with pytest.raises(ValueError, match=want + r"torch.complex64 of shape \(1, 5, 4\)"):
+        apply_rotary_emb_llama4(q, k, freqs_cis[..., :4])
+    with pytest.raises(ValueError, match=want + r"torch.complex64 of shape \(1, 4, 8\)"):
+        apply_rotary_emb_llama4(q, k, freqs_cis[:, :4])
+    with pytest.raises(ValueError, match=want + "tuple"):
+        apply_rotary_emb_llama4(q, k, (freqs_cis.real, freqs_cis.imag))
+
+
 _LAYOUT_OF = {1: "bhsd", 2: "bshd"}
 
 
@@ -545,6 +637,120 @@ def test_deferred_norm_that_misses_the_rotation_raises(device, monkeypatch):
     finally:
         monkeypatch.undo()
         unpatch(model)
+
+
+# ---- Llama 4: the norm after the rotation -----------------------------------------------------------------
+
+
+def _left_on(*modules) -> list[str]:
+    """Instance attributes a patch set on these modules (none may be left after unpatch)."""
+    return [n for m in modules for n in m.__dict__ if n == "forward" or n.startswith("_rope_triton")]
+
+
+def test_llama4_fused_norm_after_rope(device, monkeypatch):
+    """The layer that rotates normalizes q and k right after the rotation, in the same qk_norm_rotary call
+    (weightless L2 norm after the rope, adjacent pairs), and its qk_norm computes nothing more; the NoPE
+    layer (no rotation, no qk_norm, its own temperature tuning) is left alone; fuse_qk_norm=False leaves
+    qk_norm to the model."""
+    model = build("llama4", device)
+    rope_attn, nope_attn = (layer.self_attn for layer in model.model.layers)
+    assert rope_attn.use_rope and not nope_attn.use_rope and not hasattr(nope_attn, "qk_norm")
+    calls, norms = [], []
+    fused, plain_norm = rope_transformers.qk_norm_rotary, type(rope_attn.qk_norm).forward
+
+    def spy(q, k, q_weight, k_weight, *args, **kwargs):
+        calls.append((q_weight, k_weight, kwargs["norm"], kwargs["norm_after_rope"], kwargs["interleaved"]))
+        return fused(q, k, q_weight, k_weight, *args, **kwargs)
+
+    monkeypatch.setattr(rope_transformers, "qk_norm_rotary", spy)
+    def counted_norm(self, x):
+        norms.append(x)
+        return plain_norm(self, x)
+
+    monkeypatch.setattr(type(rope_attn.qk_norm), "forward", counted_norm)
+    ids = torch.randint(3, 128, (1, 4), device=device)
+    module = "transformers.models.llama4.modeling_llama4"
+    changed = patch(model)
+    norms.clear()  # (patch ran the norm once on a probe)
+    try:
+        assert changed == [
+            f"{module}.apply_rotary_emb", "model.layers.0.self_attn.forward",
+            "model.layers.0.self_attn.qk_norm.forward",
+        ]  # fmt: skip
+        assert rope_attn.qk_norm._rope_triton_norm == (model.config.rms_norm_eps, None)
+        assert "forward" not in nope_attn.__dict__
+        model(ids)
+    finally:
+        unpatch(model)
+    assert calls == [(None, None, "l2", True, True)] and norms == []
+    assert _left_on(rope_attn, rope_attn.qk_norm) == []
+    calls.clear()
+    assert patch(model, fuse_qk_norm=False) == [f"{module}.apply_rotary_emb"]
+    try:
+        model(ids)
+    finally:
+        unpatch(model)
+    assert calls == [] and len(norms) == 2  # q and k, by the model's qk_norm
+
+
+def test_llama4_rotation_that_misses_the_norm_raises(device, monkeypatch):
+    """q and k normalized with the rotation must reach the layer's qk_norm (which then passes them on);
+    if they do not (here qk_norm's forward was replaced after the patch), the layer fails loudly rather
+    than return q and k normalized where the model's code did not normalize them."""
+    model = build("llama4", device)
+    norm = model.model.layers[0].self_attn.qk_norm
+    patch(model)
+    try:
+        monkeypatch.setitem(norm.__dict__, "forward", lambda x: x * 1.0)
+        with pytest.raises(RuntimeError, match="with its qk_norm fused .* did not pass them to qk_norm"):
+            model(torch.randint(3, 128, (1, 4), device=device))
+    finally:
+        monkeypatch.undo()
+        unpatch(model)
+
+
+def test_llama4_unfused_rotation_leaves_the_norm_to_the_model(device, monkeypatch):
+    """With transformers' own apply_rotary_emb swapped back in (by someone else), the wrapped layer's
+    qk_norm normalizes as it does unpatched: the same logits, bit for bit."""
+    model = build("llama4", device)
+    ids = torch.randint(3, 128, (2, 5), device=device)
+    with torch.no_grad():
+        before = model(ids).logits
+        patch(model)
+        try:
+            monkeypatch.setattr(hf_llama4, "apply_rotary_emb", HF_LLAMA4)
+            got = model(ids).logits
+        finally:
+            monkeypatch.undo()
+            unpatch(model)
+    assert torch.equal(got, before)
+
+
+def test_llama4_unpatch_restores_bitwise(device):
+    """bf16 Llama 4 patched with fp32 tables (its frequency buffers rounded by .to() are rebuilt): unpatch
+    puts back the function, the rotary module's forward and buffers, the fused layer's and its norm's
+    forward; the logits are bitwise those from before."""
+    model = build("llama4", device).to(torch.bfloat16)
+    rotary, attn = model.model.rotary_emb, model.model.layers[0].self_attn
+    inv_freq = rotary.inv_freq
+    ids = torch.randint(3, 128, (1, 6), device=device)
+    with torch.no_grad():
+        before = model(ids).logits
+        changed = patch(model, fp32_tables=True)
+        assert changed == [
+            f"{hf_llama4.__name__}.apply_rotary_emb", "model.rotary_emb.forward",
+            "model.layers.0.self_attn.forward", "model.layers.0.self_attn.qk_norm.forward",
+        ]  # fmt: skip
+        assert hf_llama4.apply_rotary_emb is apply_rotary_emb_llama4
+        assert rotary.inv_freq.dtype == torch.float32
+        patched = model(ids).logits
+        assert unpatch(model) == changed
+        after = model(ids).logits
+    assert hf_llama4.apply_rotary_emb is HF_LLAMA4
+    assert rotary.inv_freq is inv_freq
+    assert _left_on(rotary, attn, attn.qk_norm) == []
+    assert torch.equal(after, before)
+    assert not torch.equal(patched, before)  # the patch did change something
 
 
 # ---- patch mechanics --------------------------------------------------------------------------------------

@@ -29,10 +29,11 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import LAYOUTS, assert_rotary_close, make_qk, pair_magnitude, ulp
-from transformers import GPTJConfig, GPTNeoXConfig, LlamaConfig, Phi3Config, Qwen2Config
+from transformers import GPTJConfig, GPTNeoXConfig, Llama4TextConfig, LlamaConfig, Phi3Config, Qwen2Config
 from transformers.models.gpt_neox import modeling_gpt_neox as hf_neox
 from transformers.models.gptj import modeling_gptj as hf_gptj
 from transformers.models.llama import modeling_llama as hf_llama
+from transformers.models.llama4 import modeling_llama4 as hf_llama4
 from transformers.models.phi3 import modeling_phi3 as hf_phi3
 from transformers.models.qwen2 import modeling_qwen2 as hf_qwen2
 
@@ -117,6 +118,19 @@ def llama2_7b():
     return LlamaConfig(hidden_size=256, num_attention_heads=2, max_position_embeddings=4096)
 
 
+def llama4_scout():
+    # Llama 4 Scout's text attention: llama3 scaling with low_freq_factor == high_freq_factor (a step at
+    # 8192, no blended band), adjacent pairs.
+    return Llama4TextConfig(
+        hidden_size=256, num_attention_heads=2, num_key_value_heads=1, head_dim=128,
+        max_position_embeddings=10485760,
+        rope_parameters={
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 16.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 1.0, "original_max_position_embeddings": 8192,
+        },
+    )  # fmt: skip
+
+
 def gptj_6b():
     # GPT-J-6B: head_dim 4096 / 16 = 256, rotary_dim 64, interleaved pairs.
     return GPTJConfig(n_embd=512, n_head=2, n_layer=1, rotary_dim=64, n_positions=2048)
@@ -187,6 +201,15 @@ def _hf_llama_style(rotary_cls, apply_fn):
     return run
 
 
+def _hf_llama4(config, q, k, pos):
+    """Llama 4's pipeline: complex freqs_cis from its rotary embedding, multiplied into adjacent pairs of q
+    and k in (batch, seq, heads, dim) order by its apply_rotary_emb."""
+    rotary = hf_llama4.Llama4TextRotaryEmbedding(config).to(q.device)
+    freqs_cis = rotary(q, pos)
+    q_hf, k_hf = hf_llama4.apply_rotary_emb(q.transpose(1, 2), k.transpose(1, 2), freqs_cis)
+    return q_hf.transpose(1, 2), k_hf.transpose(1, 2), rotary.inv_freq, rotary.attention_scaling
+
+
 def _hf_gptj(config, q, k, pos):
     """GPT-J's own pipeline: its sin/cos table lookup, and its attention's rotation of q[..., :rotary_dim]
     in (batch, seq, heads, dim) order by apply_rotary_pos_emb (rotate_every_two)."""
@@ -244,6 +267,13 @@ PARITY_CASES = [
     ),
     ("llama2-default", llama2_7b, LLAMA_HF, [[0, 1, 2, 3], [1000, 2000, 4000, 4095]], {}),
     ("gpt-j-interleaved", gptj_6b, _hf_gptj, [[0, 1, 2, 3], [100, 1000, 2000, 2047]], {"interleaved": True}),
+    (
+        "llama4-scout",
+        llama4_scout,
+        _hf_llama4,
+        [[0, 1, 2, 3], [8191, 8192, 65536, 1048575]],
+        {"interleaved": True},
+    ),
 ]
 
 
@@ -1118,6 +1148,7 @@ def test_module_edge_cases():
     assert q_out.shape == (1, 0, 2, rope.head_dim)
     assert RotaryEmbedding.from_hf_config(GPTJConfig(n_embd=256, n_head=4, rotary_dim=32)).interleaved
     assert not RotaryEmbedding.from_hf_config(llama2_7b()).interleaved
+    assert RotaryEmbedding.from_hf_config(llama4_scout()).interleaved
     assert RotaryEmbedding.from_hf_config(qwen25_yarn()).max_positions >= 4 * 32768
     with pytest.raises(ValueError, match="max_positions"):
         RotaryEmbedding(64, max_positions=0)

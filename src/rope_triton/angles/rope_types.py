@@ -254,17 +254,21 @@ def _llama3(params: dict, base: float, dim: int, max_pos: int | None) -> torch.T
     high = _as_real(_param(params, "high_freq_factor", required=True, rope_type=rt), "high_freq_factor")
     if low <= 0.0:
         raise ValueError(f"low_freq_factor must be > 0, got {low}")
-    if high <= low:
-        raise ValueError(f"high_freq_factor must be > low_freq_factor, got high={high}, low={low}")
+    if high < low:
+        raise ValueError(f"high_freq_factor must be >= low_freq_factor, got high={high}, low={low}")
     original = _original_max(params, rt, max_pos)
 
     inv_freq = _geometric_inv_freq(base, dim // 2, dim)
     wavelen = _TWO_PI / inv_freq
     long_wavelen = original / low  # longer than this: fully interpolated (divided by factor)
     short_wavelen = original / high  # shorter than this: untouched
+    out = torch.where(wavelen > long_wavelen, inv_freq / factor, inv_freq)
+    if high == low:
+        # Llama 4 Scout's published config: no band to blend over, a step at original / low (transformers
+        # warns, and computes the same step: a wavelength never equals that length exactly).
+        return out
     smooth = (original / wavelen - low) / (high - low)
     blended = (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
-    out = torch.where(wavelen > long_wavelen, inv_freq / factor, inv_freq)
     medium = (wavelen >= short_wavelen) & (wavelen <= long_wavelen)
     return torch.where(medium, blended, out)
 

@@ -1,17 +1,27 @@
-"""Fusing an attention layer's q/k RMSNorm into its rotation, without copying the layer's forward.
+"""Fusing an attention layer's q/k norm into its rotation, without copying the layer's forward.
 
-Qwen3, Qwen3-MoE, Qwen3-VL, Gemma 3 and OLMo 2 attention layers normalize q and k (``self.q_norm``,
-``self.k_norm``) and then hand them, reshaped, to ``apply_rotary_pos_emb``. A fused layer defers the
-norm: while the layer's own forward runs (wrapped, not rewritten), its norm modules return their input
-untouched and note it; the patched ``apply_rotary_pos_emb`` recognizes the noted tensors among its
-arguments (views of the same memory) and normalizes and rotates them in one
+Norm before the rotation: Qwen3, Qwen3-MoE, Qwen3-VL, Gemma 3, OLMo 2 and OLMoE attention layers normalize
+q and k (``self.q_norm``, ``self.k_norm``) and then hand them, reshaped, to ``apply_rotary_pos_emb``. A
+fused layer defers the norm: while the layer's own forward runs (wrapped, not rewritten), its norm modules
+return their input untouched and note it; the patched ``apply_rotary_pos_emb`` recognizes the noted
+tensors among its arguments (views of the same memory) and normalizes and rotates them in one
 :func:`rope_triton.qk_norm_rotary` call, with the norms' own weights (which get their gradients). A norm
 that was deferred but never reached the rotation is an error raised when the layer's forward returns,
-never a silently unnormalized result. Under ``torch.compile`` the layers run unfused.
+never a silently unnormalized result.
 
-How a norm module computes (its eps, and whether it scales by ``weight`` or ``1 + weight`` as Gemma's do)
-is read off the module by running it once on a probe at patch time; a module that matches neither form
-is left alone.
+Norm after the rotation: Llama 4 attention layers (those that rotate at all) rotate q and k with
+``apply_rotary_emb`` and then pass each through one weightless norm, ``self.qk_norm``
+(``x / sqrt(mean(x**2) + eps)``, Llama 4's "L2 norm"). The same mechanism runs the other way round: the
+patched rotation, seeing that the running layer has such a norm, normalizes as it rotates (the same one
+call, ``norm="l2"`` after the rotation) and notes its outputs; the norm module, handed a noted output,
+returns it untouched. A noted output that never reaches the norm is the error here (the model's own code
+did not normalize it), raised when the layer's forward returns.
+
+Under ``torch.compile`` the layers run unfused.
+
+How a norm module computes (its eps, and whether it scales by ``weight``, ``1 + weight`` as Gemma's do, or
+nothing) is read off the module by running it once on a probe at patch time; a module that matches none
+of these forms is left alone.
 """
 
 from __future__ import annotations
@@ -22,14 +32,17 @@ import types
 import torch
 from torch import nn
 
-_STATE = threading.local()  # .pending: the deferred norms of the layer running on this thread
+_STATE = threading.local()
+# .pending: what the layer running on this thread has noted and not yet matched (deferred norms, or
+# outputs of the rotation normalized ahead of their norm); .after: that layer's norm that follows the
+# rotation, for the rotation to apply (None when its norms come first, or it has none).
 
 
-class _Deferred:
-    __slots__ = ("key", "module")
+class _Noted:
+    __slots__ = ("after", "key", "module")
 
-    def __init__(self, key: tuple, module: nn.Module) -> None:
-        self.key, self.module = key, module
+    def __init__(self, key: tuple, module: nn.Module, after: bool) -> None:
+        self.key, self.module, self.after = key, module, after
 
 
 def _key(x: torch.Tensor) -> tuple:
@@ -57,9 +70,41 @@ def norm_form(module: nn.Module) -> tuple[float, float] | None:
     return None
 
 
-def install(attention: nn.Module) -> list[nn.Module] | None:
-    """Fuse ``attention``'s q_norm and k_norm into its rotation; returns the modules whose forward was
-    replaced (for :func:`uninstall`), or None when the layer has no such norms or they are not RMSNorms."""
+def weightless_eps(module: nn.Module) -> float | None:
+    """eps of a norm module without parameters whose forward is ``x / sqrt(mean(x**2) + eps)`` over the
+    last dim (Llama 4's ``qk_norm``), found by running it on a probe; None for anything else."""
+    if next(module.parameters(), None) is not None:
+        return None
+    eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 16, generator=gen)
+    with torch.no_grad():
+        y = type(module).forward(module, x)
+        want = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        if isinstance(y, torch.Tensor) and y.shape == x.shape and torch.allclose(y.float(), want, 1e-2, 1e-4):
+            return float(eps)
+    return None
+
+
+def install(attention: nn.Module, *, after_rope: bool = False) -> dict[str, nn.Module] | None:
+    """Fuse ``attention``'s q/k norms into its rotation: ``q_norm`` and ``k_norm`` (RMSNorms) before it,
+    or with ``after_rope`` its weightless ``qk_norm`` after it. Returns the modules whose forward was
+    replaced, keyed by their names under ``attention`` (``""`` for itself; for :func:`uninstall`), or
+    None when the layer has no such norms."""
+    if after_rope:
+        norm = getattr(attention, "qk_norm", None)
+        if not isinstance(norm, nn.Module):
+            return None
+        eps = weightless_eps(norm)
+        if eps is None:
+            return None
+        norm._rope_triton_norm = (eps, None)
+        norm.forward = types.MethodType(_passing_norm_forward, norm)
+        attention._rope_triton_after = "qk_norm"
+        attention.forward = types.MethodType(_fusing_forward, attention)
+        return {"": attention, "qk_norm": norm}
     q_norm, k_norm = getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)
     if not isinstance(q_norm, nn.Module) or not isinstance(k_norm, nn.Module):
         return None
@@ -70,25 +115,31 @@ def install(attention: nn.Module) -> list[nn.Module] | None:
         m._rope_triton_norm = form
         m.forward = types.MethodType(_deferred_norm_forward, m)
     attention.forward = types.MethodType(_fusing_forward, attention)
-    return [attention, q_norm, k_norm]
+    return {"": attention, "q_norm": q_norm, "k_norm": k_norm}
 
 
-def uninstall(modules: list[nn.Module]) -> None:
-    for m in modules:
-        m.__dict__.pop("forward", None)
-        m.__dict__.pop("_rope_triton_norm", None)
+def uninstall(modules: dict[str, nn.Module]) -> None:
+    for m in modules.values():
+        for name in ("forward", "_rope_triton_norm", "_rope_triton_after"):
+            m.__dict__.pop(name, None)
 
 
 def _fusing_forward(self: nn.Module, *args, **kwargs):
     if torch.compiler.is_compiling():
         return type(self).forward(self, *args, **kwargs)
-    outer = getattr(_STATE, "pending", None)
-    _STATE.pending = []
+    outer = getattr(_STATE, "pending", None), getattr(_STATE, "after", None)
+    after = self.__dict__.get("_rope_triton_after")
+    _STATE.pending, _STATE.after = [], (getattr(self, after) if after else None)
     try:
         out = type(self).forward(self, *args, **kwargs)
         left = _STATE.pending
     finally:
-        _STATE.pending = outer
+        _STATE.pending, _STATE.after = outer
+    if any(n.after for n in left):
+        raise RuntimeError(
+            f"rope-triton: {type(self).__name__} rotated q or k with its {after} fused into the rotation, "
+            f"but did not pass them to {after} afterwards; patch this model with fuse_qk_norm=False"
+        )
     if left:
         raise RuntimeError(
             f"rope-triton: {type(self).__name__} normalized q or k (deferred to be fused with the rotation) "
@@ -101,8 +152,20 @@ def _deferred_norm_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     pending = getattr(_STATE, "pending", None)
     if pending is None or torch.compiler.is_compiling():
         return type(self).forward(self, x)
-    pending.append(_Deferred(_key(x), self))
+    pending.append(_Noted(_key(x), self, after=False))
     return x.view(x.shape)
+
+
+def _passing_norm_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # A rotation output normalized already passes; anything else is normalized here, as the model would.
+    pending = getattr(_STATE, "pending", None)
+    if pending and isinstance(x, torch.Tensor) and not torch.compiler.is_compiling():
+        key = (*_key(x), x.shape[-1])  # (the norm runs over the last dim: the same head width)
+        match = next((n for n in pending if n.after and n.module is self and n.key == key), None)
+        if match is not None:
+            pending.remove(match)
+            return x.view(x.shape)
+    return type(self).forward(self, x)
 
 
 def take(q: torch.Tensor, k: torch.Tensor | None) -> tuple[nn.Module, nn.Module] | None:
@@ -113,10 +176,23 @@ def take(q: torch.Tensor, k: torch.Tensor | None) -> tuple[nn.Module, nn.Module]
     found = []
     for x in (q, k):
         key = _key(x)
-        match = next((d for d in pending if d.key == key), None)
+        match = next((d for d in pending if not d.after and d.key == key), None)
         if match is None:
             return None
         found.append(match)
     for d in found:
         pending.remove(d)
     return found[0].module, found[1].module
+
+
+def norm_after(k: torch.Tensor | None) -> nn.Module | None:
+    """The running layer's norm that follows its rotation (for the rotation to apply to q and k), or
+    None: rotate only."""
+    if k is None or getattr(_STATE, "pending", None) is None or torch.compiler.is_compiling():
+        return None
+    return getattr(_STATE, "after", None)
+
+
+def normalized(module: nn.Module, outputs: tuple[torch.Tensor, ...]) -> None:
+    """Note rotation outputs that ``module`` (the layer's norm after the rotation) was applied to already."""
+    _STATE.pending.extend(_Noted((*_key(t), t.shape[-1]), module, after=True) for t in outputs)

@@ -8,10 +8,10 @@ which makes a loaded model use them.
 transformers is never imported here: :func:`patch` works on the modeling modules that the model's own
 classes come from.
 
-Scope of a patch. The attention layers of a model family look up ``apply_rotary_pos_emb`` (and the
-vision towers of Qwen-VL ``apply_rotary_pos_emb_vision``) in their modeling module
-(``transformers.models.llama.modeling_llama``, ...) on every call, so those module attributes are what
-:func:`patch` swaps. While at least one model of a family is patched, **every** model of
+Scope of a patch. The attention layers of a model family look up ``apply_rotary_pos_emb`` (the vision
+towers of Qwen-VL ``apply_rotary_pos_emb_vision``, Llama 4's text attention ``apply_rotary_emb``) in their
+modeling module (``transformers.models.llama.modeling_llama``, ...) on every call, so those module
+attributes are what :func:`patch` swaps. While at least one model of a family is patched, **every** model of
 that family in the process uses rope-triton (with the same results up to rounding); the last
 :func:`unpatch` of the family (or the garbage collection of the last patched model) puts the original
 function back. What ``fp32_tables=True`` changes (the rotary embedding modules) belongs to the patched
@@ -37,6 +37,7 @@ from . import _fused_norms, _swap
 __all__ = [
     "SUPPORTED_FAMILIES",
     "apply_multimodal_rotary_pos_emb",
+    "apply_rotary_emb_llama4",
     "apply_rotary_pos_emb",
     "apply_rotary_pos_emb_gptj",
     "apply_rotary_pos_emb_vision",
@@ -114,6 +115,77 @@ def apply_rotary_pos_emb_gptj(tensor: torch.Tensor, sin: torch.Tensor, cos: torc
     return out
 
 
+def apply_rotary_emb_llama4(
+    xq: torch.Tensor, xk: torch.Tensor | None, freqs_cis: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Drop-in for ``transformers.models.llama4.modeling_llama4.apply_rotary_emb`` (Llama 4 text attention).
+
+    Parameters
+    ----------
+    xq, xk : torch.Tensor
+        (batch, seq, heads, head_dim), any strides; the numbers of heads may differ (GQA). ``xk`` may be
+        None (q alone).
+    freqs_cis : torch.Tensor
+        Complex (batch or 1, seq, head_dim / 2) tensor of ``attention_scaling * exp(i angle)``, as Llama 4's
+        rotary embedding builds it (its rope scaling included): pairs are adjacent dims (2i, 2i + 1). Its
+        real and imaginary parts are the cos and sin tables, copied once into the layout the kernel reads
+        and kept with ``freqs_cis`` for the other layers of the forward.
+
+    Returns
+    -------
+    (xq_out, xk_out)
+        New tensors of xq's and xk's shapes and dtypes, computed in float32 and rounded once (transformers
+        rounds once too). In a patched Llama 4 attention layer whose ``qk_norm`` follows the rotation,
+        also normalized in the same call (``qk_norm`` then passes them on as they are).
+    """
+    for name, t in (("xq", xq), ("xk", xk)):
+        if t is not None and (not isinstance(t, torch.Tensor) or t.dim() != 4):
+            raise ValueError(
+                f"{name}: expected a 4-D (batch, seq, heads, head_dim) tensor, "
+                f"got {getattr(t, 'shape', type(t).__name__)}"
+            )
+    batch, seqlen, _, head_dim = xq.shape
+    if not (
+        isinstance(freqs_cis, torch.Tensor) and freqs_cis.is_complex() and freqs_cis.dim() == 3
+        and freqs_cis.shape[0] in (1, batch) and freqs_cis.shape[1:] == (seqlen, head_dim // 2)
+        and head_dim % 2 == 0
+    ):  # fmt: skip
+        got = (
+            f"{freqs_cis.dtype} of shape {tuple(freqs_cis.shape)}"
+            if isinstance(freqs_cis, torch.Tensor)
+            else type(freqs_cis).__name__
+        )
+        raise ValueError(
+            f"freqs_cis: expected a complex tensor of shape (batch={batch} or 1, seq={seqlen}, "
+            f"head_dim / 2 = {head_dim // 2}), got {got}"
+        )
+    cos, sin = _cos_sin_of(freqs_cis.to(xq.device))
+    norm = _fused_norms.norm_after(xk)
+    out = _rotate(xq, xk, cos, sin, "bshd", interleaved=True, rotary_dim=head_dim, norm_after=norm)
+    if norm is not None:
+        _fused_norms.normalized(norm, out)
+    return out
+
+
+def _cos_sin_of(freqs_cis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real and imaginary parts of ``freqs_cis`` as two tables of consecutive columns (the kernel
+    reads those; the parts are views of every other float).
+
+    A Llama 4 model builds ``freqs_cis`` once per forward and rotates every layer with it, so the copy is
+    kept on the tensor itself, made once per forward and rebuilt if it is written in place. Under
+    ``torch.compile`` the copy is traced instead.
+    """
+    if torch.compiler.is_compiling():
+        parts = torch.view_as_real(freqs_cis).movedim(-1, 0).contiguous()
+        return parts[0], parts[1]
+    memo = freqs_cis.__dict__.get("_rope_triton_cos_sin")
+    if memo is not None and memo[0] == freqs_cis._version:
+        return memo[1], memo[2]
+    parts = torch.view_as_real(freqs_cis).movedim(-1, 0).contiguous()
+    freqs_cis.__dict__["_rope_triton_cos_sin"] = (freqs_cis._version, parts[0], parts[1])
+    return parts[0], parts[1]
+
+
 def apply_rotary_pos_emb_vision(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,9 +254,13 @@ def apply_multimodal_rotary_pos_emb(
     return _rotate(q, k, cos, sin, _LAYOUTS[unsqueeze_dim], interleaved=False, rotary_dim=2 * half)
 
 
-def _rotate(q, k, cos, sin, layout: str, *, interleaved: bool, rotary_dim: int | None = None, norms=None):
+def _rotate(
+    q, k, cos, sin, layout: str, *, interleaved: bool, rotary_dim: int | None = None, norms=None,
+    norm_after=None,
+):
     """Rotate by per-token tables ``cos``/``sin`` of shape (batch or 1, seq, >= R/2) or (seq, >= R/2);
-    with ``norms`` (the layer's deferred q_norm and k_norm modules) normalize first, in the same call.
+    with ``norms`` (the layer's deferred q_norm and k_norm modules) normalize first, in the same call;
+    with ``norm_after`` (the layer's weightless norm that follows the rotation) normalize after it.
 
     The tables are handed to the kernel as they are, without a copy: one sequence's rows when the batch
     shares them, else as per-sequence tables (batch, seq, >= R/2), each batch row reading its own. A
@@ -208,6 +284,12 @@ def _rotate(q, k, cos, sin, layout: str, *, interleaved: bool, rotary_dim: int |
         )
     elif cos.shape != sin.shape:  # one of them shared: views of batch rows (stride 0)
         cos, sin = ((t if t.dim() == 3 else t[None]).expand(batch, -1, -1) for t in (cos, sin))
+    if norm_after is not None:
+        eps, _ = norm_after._rope_triton_norm
+        return qk_norm_rotary(
+            q, k, None, None, cos, sin, eps=eps, norm="l2", norm_after_rope=True, layout=layout,
+            interleaved=interleaved, rotary_dim=rotary_dim,
+        )
     if norms is None:
         return apply_rotary(q, k, cos, sin, layout=layout, interleaved=interleaved, rotary_dim=rotary_dim)
     q_norm, k_norm = norms
@@ -242,7 +324,12 @@ _DROP_INS: dict[str, dict[str, Callable]] = {
         for f in _VISION_LANGUAGE
     },
     "gptj": {_FUNCTION: apply_rotary_pos_emb_gptj},
+    # Llama 4's text attention; its vision tower rotates with vision_apply_rotary_emb, left to it.
+    "llama4": {"apply_rotary_emb": apply_rotary_emb_llama4},
 }
+# The drop-ins that fuse a layer's q/k norms into the rotation, and whether that layer normalizes after
+# the rotation (Llama 4) rather than before it.
+_FUSING: dict[Callable, bool] = {apply_rotary_pos_emb: False, apply_rotary_emb_llama4: True}
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(sorted(_DROP_INS))
 """transformers model types whose rotary functions :func:`patch` replaces."""
 
@@ -255,7 +342,7 @@ class _Patch:
     fp32_tables: bool
     fuse_qk_norm: bool = True
     rotary: list[tuple[nn.Module, dict[str, torch.Tensor]]] = field(default_factory=list)
-    fused: list[list[nn.Module]] = field(default_factory=list)
+    fused: list[dict[str, nn.Module]] = field(default_factory=list)
     release: weakref.finalize | None = None
 
 
@@ -278,9 +365,10 @@ def patch(model: nn.Module, *, fp32_tables: bool = False, fuse_qk_norm: bool = T
         :func:`unpatch`).
     fuse_qk_norm : bool
         Attention layers that RMS-normalize q and k right before the rotation (Qwen3, Qwen3-MoE, Qwen3-VL,
-        Gemma 3, OLMo 2) normalize and rotate them in one :func:`rope_triton.qk_norm_rotary` call: q and k
-        are read and written once instead of three times, forward and backward, and the norm weights get
-        their gradients from it. The layers' own code runs unchanged (see
+        Gemma 3, OLMo 2, OLMoE) or right after it (Llama 4's weightless ``qk_norm``, on the layers that
+        rotate) normalize and rotate them in one :func:`rope_triton.qk_norm_rotary` call: q and k are read
+        and written once instead of three times, forward and backward, and the norm weights get their
+        gradients from it. The layers' own code runs unchanged (see
         :mod:`rope_triton.integrations._fused_norms`); under ``torch.compile`` they run unfused.
 
     Returns
@@ -289,7 +377,8 @@ def patch(model: nn.Module, *, fp32_tables: bool = False, fuse_qk_norm: bool = T
         What changed: the swapped functions
         (``transformers.models.llama.modeling_llama.apply_rotary_pos_emb``) and, with ``fp32_tables``,
         the rotary embedding modules (``model.rotary_emb.forward``), and the attention layers whose norms
-        are fused (``model.layers.0.self_attn.forward``, ``...q_norm.forward``, ``...k_norm.forward``).
+        are fused (``model.layers.0.self_attn.forward``, ``...q_norm.forward``, ``...k_norm.forward``;
+        Llama 4: ``...qk_norm.forward``).
         Patching a patched model again with the same options changes nothing and returns the same list.
 
     Raises
@@ -345,15 +434,14 @@ def patch(model: nn.Module, *, fp32_tables: bool = False, fuse_qk_norm: bool = T
                 record.names.append(f"{name}.forward" if name else "forward")
         if fuse_qk_norm:
             for name, m in model.named_modules():
-                # (only layers that look their rotation up in a swapped apply_rotary_pos_emb)
-                module = sys.modules.get(type(m).__module__)
-                if _family_of(m) is None or getattr(module, _FUNCTION, None) is not apply_rotary_pos_emb:
+                after = _norm_after_rope(m)
+                if after is None:
                     continue
-                fused = _fused_norms.install(m)
+                fused = _fused_norms.install(m, after_rope=after)
                 if fused is not None:
                     record.fused.append(fused)
                     prefix = f"{name}." if name else ""
-                    record.names += [f"{prefix}forward", f"{prefix}q_norm.forward", f"{prefix}k_norm.forward"]
+                    record.names += [f"{prefix}{sub}{'.' if sub else ''}forward" for sub in fused]
         _PATCHES[model] = record
         return list(record.names)
 
@@ -375,6 +463,19 @@ def unpatch(model: nn.Module) -> list[str]:
             _fused_norms.uninstall(modules)
         record.release()
         return list(record.names)
+
+
+def _norm_after_rope(module: nn.Module) -> bool | None:
+    """Whether a layer of ``module``'s class would normalize q and k after the rotation (True) or before
+    it (False), as its family's fusing drop-in is swapped in now; None: its rotation fuses no norm."""
+    family = _family_of(module)
+    if family is None:
+        return None
+    modeling = sys.modules.get(type(module).__module__)
+    for name, replacement in _DROP_INS[family].items():
+        if replacement in _FUSING and getattr(modeling, name, None) is replacement:
+            return _FUSING[replacement]
+    return None
 
 
 def _family_of(module: nn.Module) -> str | None:
