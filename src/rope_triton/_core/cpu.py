@@ -9,12 +9,17 @@ Written for few CPU cores, where a decode step is a handful of small ops and a p
 
 - each token's cos/sin rows are gathered once (a slice of the table when the positions are a range
   shared by the batch, else one ``index_select``) and broadcast over the heads;
-- the arithmetic runs on dense tensors only: the input is converted to float32 in its own memory order,
-  the pair partners come from one ``index_select`` or ``roll`` over the pair axis (half-split) and the
-  rotation is a multiply and an ``addcmul_`` in place, or one complex multiply (interleaved pairs, which
-  are adjacent); strided half-width ops cost about twice as much per element on a CPU;
+- the arithmetic runs on dense tensors only: the input is converted to float32 in its own memory order;
+  half-split pairs are multiplied by cos (as wide as the pair) over the whole head, then each half adds
+  its sin term read straight from the other half: two half-width ``addcmul_``, whose ``value`` carries
+  the sign, in fewer passes over memory than swapping the halves into a copy (a ``roll`` is two strided
+  copies) and multiplying that by a signed sin; only float32 (float64) data rotated in place, whose
+  halves the first write overwrites, swaps them into a copy first. Interleaved pairs, which are adjacent,
+  take one complex multiply;
 - one ``copy_`` into the output rounds the result once; float32 data is rotated straight into the output;
-- a small q and k (a decode step) share one float32 buffer: half the ops; large ones go in blocks.
+- a small q and k (a decode step) share one float32 buffer: half the ops; large ones go in blocks;
+- a decode step costs about as much in per-call overhead as in arithmetic: its rows are gathered straight
+  into their broadcast shape, and its buffers are split, not sliced, into q's and k's heads.
 
 :mod:`rope_triton.reference` stays the independent, plain oracle of the tests; nothing is shared with it.
 """
@@ -39,8 +44,9 @@ from .layouts import to_bshd
 
 _F64 = torch.float64
 
-# The sign of sin for each half of a pair, (2, 1): the rotation y1 = x1 cos - x2 sin, y2 = x2 cos + x1 sin
-# multiplies the partners (x2, x1) by (-sin, +sin), the conjugate rotation by (+sin, -sin).
+# The sign of sin for each half of a pair, (2, 1), where the halves are swapped into a copy (float32 or
+# float64 data rotated in place): the rotation y1 = x1 cos - x2 sin, y2 = x2 cos + x1 sin multiplies the
+# partners (x2, x1) by (-sin, +sin), the conjugate rotation by (+sin, -sin).
 _SIGNS = {
     (dtype, conjugate): torch.tensor([[1.0], [-1.0]] if conjugate else [[-1.0], [1.0]], dtype=dtype)
     for dtype in (torch.float32, _F64)
@@ -75,21 +81,25 @@ def rotate(
         return
     wdtype = _F64 if q.dtype == _F64 else torch.float32
     half = p.rotary_dim // 2
-    c, s = _decode_rows(p, cos, sin, cos_lo, offsets, half, wdtype)
+    # Each token's rows in wdtype with a unit axis for the heads, broadcast over them (and over the batch
+    # when shared): (1 or B, S, 1, R/2); for half-split pairs cos is twice as wide, once for each half.
+    c, s = _decode_rows(p, cos, sin, cos_lo, offsets, half, wdtype, interleaved)
     if c is None:
         c, s = _cos_sin(p, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, half, wdtype)
-    # c, s: (1 or B, S, R/2) in wdtype, broadcast over the batch (when shared) and over the heads.
+        c, s = c.view(*c.shape[:2], 1, half), s.view(*s.shape[:2], 1, half)
+        if not interleaved:
+            c = torch.cat((c, c), -1)
     if interleaved:
-        turn = torch.complex(c, s.neg() if conjugate else s)
-        factors = (turn.view(*turn.shape[:2], 1, half),)
+        factors = (torch.complex(c, s.neg() if conjugate else s),)
     else:
-        c = c.view(*c.shape[:2], 1, 1, half)
-        factors = (c, torch.mul(s.view(*s.shape[:2], 1, 1, half), _SIGNS[wdtype, conjugate]))
-    together = (
-        k is not None and p.heads_k and q.dtype != wdtype
-        and not torch.compiler.is_compiling() and torch.get_num_threads() > 1
-    )
-    if together and _rotate_together(q, k, q_out, k_out, p, factors, interleaved, wdtype):
+        # The sign of sin in the first half's rotation: y1 = x1 cos - x2 sin, y2 = x2 cos + x1 sin (the
+        # conjugate rotation flips both signs).
+        factors = (c, s, 1.0 if conjugate else -1.0)
+    if (
+        k is not None and p.heads_k and q.dtype != wdtype and torch.get_num_threads() > 1
+        and not torch.compiler.is_compiling()
+        and _rotate_together(q, k, q_out, k_out, p, factors, interleaved, wdtype)
+    ):
         return
     _rotate_one(q, q_out, p, factors, interleaved, wdtype)
     if k is not None and p.heads_k:
@@ -114,23 +124,28 @@ def _rotate_together(q, k, q_out, k_out, p, factors, interleaved, wdtype) -> boo
     ops of rotating them one after the other, each larger (on several threads, ops on k's few heads alone
     barely split; on one, the copies into the buffer cost more than they save). False, having done
     nothing, for a large problem or heads not innermost in memory."""
-    rot = p.rotary_dim
-    if p.batch * p.seqlen * (p.heads_q + p.heads_k) * rot > _BLOCK:
+    rot, heads = p.rotary_dim, (p.heads_q, p.heads_k)
+    if p.batch * p.seqlen * (heads[0] + heads[1]) * rot > _BLOCK:
         return False
-    xq, xk, yq, yk = (to_bshd(t, p.layout) for t in (q, k, q_out, k_out))
+    # (bshd needs no views: on a decode step, whose ops are a few microseconds each, every call counts)
+    xq, xk, yq, yk = (q, k, q_out, k_out) if p.layout == "bshd" else (
+        to_bshd(t, p.layout) for t in (q, k, q_out, k_out)
+    )
     order = _memory_order(xq)
     if order is not None:
         if order[2] != 2:
             return False
         xq, xk, yq, yk = (t.permute(*order, 3) for t in (xq, xk, yq, yk))
-        factors = tuple(f.permute(*order, *range(3, f.dim())) for f in factors)
+        factors = _permuted(factors, order)
     partial = rot < p.head_dim
     d0, d1, _, _ = xq.shape
-    buf = torch.empty(d0, d1, p.heads_q + p.heads_k, rot, dtype=wdtype)
-    bq, bk = buf[:, :, : p.heads_q], buf[:, :, p.heads_q :]
+    buf = torch.empty(d0, d1, heads[0] + heads[1], rot, dtype=wdtype)
+    bq, bk = buf.split_with_sizes(heads, 2)
     bq.copy_(xq[..., :rot] if partial else xq)
     bk.copy_(xk[..., :rot] if partial else xk)
-    _rotate_buffer(buf, factors, interleaved)
+    rotated = _rotate_buffer(buf, factors, interleaved)
+    if rotated is not buf:
+        bq, bk = rotated.split_with_sizes(heads, 2)
     (yq[..., :rot] if partial else yq).copy_(bq)  # the one rounding to the output dtype
     (yk[..., :rot] if partial else yk).copy_(bk)
     if partial and q_out is not q:
@@ -140,18 +155,29 @@ def _rotate_together(q, k, q_out, k_out, p, factors, interleaved, wdtype) -> boo
 
 
 def _rotate_buffer(buf, factors, interleaved):
-    """Rotate ``buf`` (float32 or float64; contiguous for interleaved pairs) in place."""
-    *dims, rot = buf.shape
-    half = rot // 2
+    """The rotation of ``buf`` (float32 or float64; contiguous for interleaved pairs): ``buf`` itself,
+    rotated in place, for interleaved pairs; a new tensor of its shape and strides for half-split ones."""
     if interleaved:
+        *dims, rot = buf.shape
         (turn,) = factors
-        _as_complex(buf, dims, half).mul_(turn)
-        return
-    c, s = factors
-    pairs = buf.view(*dims, 2, half)
-    partner = _partners(pairs)
-    pairs.mul_(c)
-    pairs.addcmul_(partner, s)
+        _as_complex(buf, dims, rot // 2).mul_(turn)
+        return buf
+    return _turn_halves(buf, factors)
+
+
+def _turn_halves(x, factors, out=None):
+    """Half-split pairs ``x`` (..., R) rotated into ``out`` (a new tensor if None), which must not overlap
+    ``x``: ``x cos`` over both halves, then each half's sin term read straight from the other half.
+    Fewer passes over memory than swapping the halves into a copy first (a roll is two strided copies):
+    two half-width ``addcmul_``, no partner tensor, and no signed copy of sin (``value`` carries it)."""
+    c, s, sign = factors
+    halves = (s.shape[-1], s.shape[-1])
+    y = torch.mul(x, c) if out is None else torch.mul(x, c, out=out)
+    x1, x2 = x.split_with_sizes(halves, -1)
+    y1, y2 = y.split_with_sizes(halves, -1)
+    y1.addcmul_(x2, s, value=sign)
+    y2.addcmul_(x1, s, value=-sign)
+    return y
 
 
 def _rotate_one(
@@ -166,7 +192,7 @@ def _rotate_one(
     order = _memory_order(xb)
     if order is not None:
         xb, ob = xb.permute(*order, 3), ob.permute(*order, 3)
-        factors = tuple(f.permute(*order, *range(3, f.dim())) for f in factors)
+        factors = _permuted(factors, order)
     rot = p.rotary_dim
     partial = rot < p.head_dim
     xr = xb[..., :rot] if partial else xb
@@ -207,10 +233,19 @@ def _blocks(shape: torch.Size) -> list[tuple[slice, ...]]:
     ]
 
 
-def _take(factors: tuple[torch.Tensor, ...], index: tuple[slice, ...]) -> tuple[torch.Tensor, ...]:
+def _take(factors: tuple, index: tuple[slice, ...]) -> tuple:
     """The factors of a block: sliced where they vary, whole where they broadcast (size 1)."""
     return tuple(
-        f[tuple(sl if f.shape[i] != 1 else slice(None) for i, sl in enumerate(index))] for f in factors
+        f[tuple(sl if f.shape[i] != 1 else slice(None) for i, sl in enumerate(index))]
+        if isinstance(f, torch.Tensor) else f
+        for f in factors
+    )
+
+
+def _permuted(factors: tuple, order: list[int]) -> tuple:
+    """The factors with their (batch, seq, head) dims in ``order`` (the sign of sin is a number)."""
+    return tuple(
+        f.permute(*order, *range(3, f.dim())) if isinstance(f, torch.Tensor) else f for f in factors
     )
 
 
@@ -225,13 +260,15 @@ def _rotate_block(xr, yr, factors, interleaved, wdtype):
         (turn,) = factors
         torch.mul(_as_complex(xr, dims, half), turn, out=_as_complex(yr, dims, half))
     elif direct and not interleaved:
-        # (in place: the partners are a copy, taken before the first write)
-        c, s = factors
-        pairs = xr.view(*dims, 2, half)
-        partner = _partners(pairs)
-        y = yr.view(*dims, 2, half)
-        torch.mul(pairs, c, out=y)
-        y.addcmul_(partner, s)
+        if yr.data_ptr() != xr.data_ptr():
+            _turn_halves(xr, factors, out=yr)
+        else:
+            # In place: the partners are a copy, taken before the first write.
+            c, s, sign = factors
+            partner = _partners(xr.view(*dims, 2, half))
+            torch.mul(xr, c, out=yr)
+            signed = torch.mul(s.unsqueeze(-2), _SIGNS[wdtype, sign > 0])
+            yr.view(*dims, 2, half).addcmul_(partner, signed)
     else:
         if interleaved:
             buf = torch.empty(xr.shape, dtype=wdtype)  # contiguous: a complex view of its pairs
@@ -239,8 +276,7 @@ def _rotate_block(xr, yr, factors, interleaved, wdtype):
         else:
             # A dense x keeps its strides: a contiguous conversion (a copy for float32 x when compiling).
             buf = xr.to(wdtype, copy=xr.dtype == wdtype)
-        _rotate_buffer(buf, factors, interleaved)
-        yr.copy_(buf)  # the one rounding to the output dtype
+        yr.copy_(_rotate_buffer(buf, factors, interleaved))  # the one rounding to the output dtype
 
 
 def _partners(pairs: torch.Tensor) -> torch.Tensor:
@@ -267,10 +303,10 @@ def _as_complex(t: torch.Tensor, dims: list[int], half: int) -> torch.Tensor:
 # ---- positions and table rows --------------------------------------------------------------------------
 
 
-def _decode_rows(p, cos, sin, cos_lo, offsets, half, wdtype):
-    """A decode step's rows, (B, 1, R/2), with the fewest ops: one token per sequence at its offset, one row
-    of each table (2-D, in ``wdtype``). (None, None) for anything else, or for an offset off the table (the
-    general path then gives that token NaN)."""
+def _decode_rows(p, cos, sin, cos_lo, offsets, half, wdtype, interleaved):
+    """A decode step's rows, (B, 1, 1, R/2) (cos of half-split pairs: (B, 1, 1, R)), with the fewest ops:
+    one token per sequence at its offset, one row of each table (2-D, in ``wdtype``). (None, None) for
+    anything else, or for an offset off the table (the general path then gives that token NaN)."""
     if (
         p.seqlen != 1 or p.pos_mode != POS_OFFSETS or p.layout == "thd" or cos_lo is not None or p.freqs
         or cos.dim() != 2 or cos.dtype != wdtype or sin.dtype != wdtype or torch.compiler.is_compiling()
@@ -279,9 +315,11 @@ def _decode_rows(p, cos, sin, cos_lo, offsets, half, wdtype):
     if cos.shape[-1] != half:
         cos, sin = cos[:, :half], sin[:, :half]
     try:
-        return cos.index_select(0, offsets).unsqueeze(1), sin.index_select(0, offsets).unsqueeze(1)
+        c, s = cos.index_select(0, offsets), sin.index_select(0, offsets)
     except IndexError:
         return None, None
+    c, s = c.view(-1, 1, 1, half), s.view(-1, 1, 1, half)
+    return (c if interleaved else torch.cat((c, c), -1)), s
 
 
 def _cos_sin(p, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, half, wdtype):

@@ -119,7 +119,7 @@ def run(
             return q, k
         q_out, k_out = torch.ops.rope_triton.rotary(q, k, *args)
         return q_out, (k_out if k is not None else None)
-    if plan_key is not None:
+    if plan_key is not None and q.is_cuda:  # (a CPU call's key names a validated problem, not a launch)
         plan = PLANS.get(plan_key)
         # A plan launches on the current device's stream: it was recorded on the tensors' device.
         if plan is not None and q.get_device() == torch.cuda.current_device():
