@@ -33,7 +33,7 @@ def test_every_script_has_a_usage_line():
         assert any("Usage:" in line for line in head), f"{path.relative_to(ROOT)}: no usage line at the top"
 
 
-@pytest.mark.parametrize("script", ["tune.py", "profile", "cp_timing.py"])
+@pytest.mark.parametrize("script", ["tune.py", "profile", "cp_timing.py", "e2e_step.py"])
 def test_python_script_help(script):
     out = _run(sys.executable, str(SCRIPTS / script), "--help").stdout
     assert out.startswith("usage:")
