@@ -113,6 +113,23 @@ def _thd(layout, device):
 # ---- forward ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("missing", ["q", "k"])
+@pytest.mark.parametrize("norm", ["rms", "rms_heads"])
+def test_one_weight_missing(norm, missing, device):
+    # One weight given, the other None: the kernel's one weight operand holds ones for the missing one,
+    # which the offset (Gemma's 1 + w) does not touch: that tensor is normalized, not scaled.
+    q, k = make_qk("bshd", B, S, HQ, HK, D, torch.bfloat16, device, "packed")
+    wq, wk = _weights(norm, device, torch.bfloat16)
+    wq, wk = (None, wk) if missing == "q" else (wq, None)
+    cos, sin = random_tables(S, 6, device)
+    kw = dict(norm=norm, layout="bshd", weight_offset=1.0)
+    qo, ko = rope_triton.qk_norm_rotary(q, k, wq, wk, cos, sin, **kw)
+    rq, rk = _ref(q, k, wq, wk, cos, sin, rotary_dim=12, **kw)
+    for out, want, x, w in ((qo, rq, q, wq), (ko, rk, k, wk)):
+        assert_forward_close(out, want, x, w, norm=norm, offset=0.0 if w is None else 1.0, layout="bshd",
+                             rotary_dim=12, interleaved=False)  # fmt: skip
+
+
 @pytest.mark.parametrize("after", [False, True], ids=["before", "after"])
 @pytest.mark.parametrize("norm", ["rms", "rms_heads", "l2"])
 @pytest.mark.parametrize("layout", ["bshd", "bhsd", "thd"])
