@@ -253,15 +253,16 @@ def _pair_positions(POS, row, axis_stride, axis, tok_ok, N_AXES: tl.constexpr, B
 
 @triton.jit
 def _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, table, ROTARY_DIM: tl.constexpr,
-            LAYOUT: tl.constexpr, POS_MODE: tl.constexpr, ANGLES: tl.constexpr, ct: tl.constexpr):
-    """The angles of tokens ``tok`` from the call's angle source: (cos, sin, cos_lo, sin_lo).
-    ``sizes``: (seqlen, n_seqs, offset); ``table``: (table_rows, table_stride)."""
+            LAYOUT: tl.constexpr, POS_MODE: tl.constexpr, ANGLES: tl.constexpr, BLOCK_HALF: tl.constexpr,
+            ct: tl.constexpr):
+    """The angles of tokens ``tok`` from the call's angle source: (cos, sin, cos_lo, sin_lo), BLOCK_HALF
+    pairs wide (NaN past rotary_dim / 2). ``sizes``: (seqlen, n_seqs, offset); ``table``: (table_rows,
+    table_stride)."""
     table_rows, stride_r = table
     SOURCE: tl.constexpr = ANGLES[0]
     MODE: tl.constexpr = POS_MODE[0]
     N_AXES: tl.constexpr = POS_MODE[1]
     HALF: tl.constexpr = ROTARY_DIM // 2
-    BLOCK_HALF: tl.constexpr = triton.next_power_of_2(HALF)
     j = tl.arange(0, BLOCK_HALF).to(tl.int64)
     if N_AXES > 0:
         # Multi-axis positions (n_axes, tokens) or (n_axes, seq): each pair turns by its own axis's.
@@ -347,19 +348,24 @@ def _block(blk, chunk, sizes, strides, INPLACE: tl.constexpr, HEADS: tl.constexp
 def _program(X, Y, strides, blk, chunk, POS, CU, sizes, COS, SIN, table, have_angles, SHAPE: tl.constexpr,
              HEADS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr,
              LAYOUT: tl.constexpr, ANGLES: tl.constexpr, POS_MODE: tl.constexpr, ORDER: tl.constexpr,
-             HAVE_ANGLES: tl.constexpr):
+             BLOCK_HALF: tl.constexpr, HAVE_ANGLES: tl.constexpr):
     """Rotate heads ``chunk * BLOCK_H ..`` of token block ``blk`` of X into Y (X itself when Y is None).
     HAVE_ANGLES: the tokens' angles are given (loaded before the q/k branch).
 
     A warp issues in order and waits at the first use of a pending load. _DECODE issues the q/k loads
     before the position (a search or a load) and the angles it addresses: the programs of a decode step
     then wait for one round trip instead of two. Otherwise the angles go first, as one batch of loads (the
-    faster order for large calls, whose q/k loads are not on a single program's critical path)."""
+    faster order for large calls, whose q/k loads are not on a single program's critical path).
+
+    BLOCK_HALF: pairs per head taken, a power of two >= rotary_dim / 2; wider than that (interleaved pairs,
+    out of place, rotary_dim < head_dim): the whole head is one span, its pairs past rotary_dim / 2 pass
+    through, and the head moves as one stream of full vectors, as in a copy."""
     HEAD_DIM: tl.constexpr = SHAPE[2]
     ROTARY_DIM: tl.constexpr = SHAPE[3]
     HALF: tl.constexpr = ROTARY_DIM // 2
-    BLOCK_HALF: tl.constexpr = triton.next_power_of_2(HALF)
-    TAIL: tl.constexpr = HEAD_DIM - ROTARY_DIM
+    WHOLE: tl.constexpr = BLOCK_HALF > triton.next_power_of_2(HALF)
+    TAIL: tl.constexpr = 0 if WHOLE else HEAD_DIM - ROTARY_DIM
+    SPAN: tl.constexpr = HEAD_DIM if WHOLE else ROTARY_DIM
     ct: tl.constexpr = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
     INPLACE: tl.constexpr = Y is None
     if INPLACE:
@@ -368,13 +374,13 @@ def _program(X, Y, strides, blk, chunk, POS, CU, sizes, COS, SIN, table, have_an
                                               BLOCK_H, LAYOUT)
     if not HAVE_ANGLES and ORDER != _DECODE:
         cos, sin, cos_lo, sin_lo = _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, table, ROTARY_DIM,
-                                           LAYOUT, POS_MODE, ANGLES, ct)
+                                           LAYOUT, POS_MODE, ANGLES, BLOCK_HALF, ct)
     elif HAVE_ANGLES:
         cos, sin, cos_lo, sin_lo = have_angles
     # Loads, in the storage dtype: the (x1, x2) halves, or the interleaved span (split in lanes below).
     if INTERLEAVED:
         jj = tl.arange(0, 2 * BLOCK_HALF).to(tl.int64)
-        m = ok[:, :, None] & (jj < 2 * HALF)[None, None, :]
+        m = ok[:, :, None] & (jj < SPAN)[None, None, :]
         xa = tl.load(X + xh[:, :, None] + jj[None, None, :], mask=m, other=0.0)
         xb = xa
     else:
@@ -384,13 +390,17 @@ def _program(X, Y, strides, blk, chunk, POS, CU, sizes, COS, SIN, table, have_an
         xb = tl.load(X + xh[:, :, None] + (j + HALF)[None, None, :], mask=m, other=0.0)
     if ORDER == _DECODE:
         cos, sin, cos_lo, sin_lo = _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, table, ROTARY_DIM,
-                                           LAYOUT, POS_MODE, ANGLES, ct)
+                                           LAYOUT, POS_MODE, ANGLES, BLOCK_HALF, ct)
     c, sn = _combine(cos, sin, cos_lo, sin_lo, ANGLES)
     c = c[:, None, :]
     sn = sn[:, None, :]
     if INTERLEAVED:
         x1, x2 = tl.split(tl.reshape(xa.to(ct), (BLOCK_T, BLOCK_H, BLOCK_HALF, 2)))
         y1, y2 = _rotate_pair(x1, x2, c, sn, ANGLES[2])
+        if WHOLE:
+            rotated = (tl.arange(0, BLOCK_HALF) < HALF)[None, None, :]
+            y1 = tl.where(rotated, y1, x1)
+            y2 = tl.where(rotated, y2, x2)
         y = tl.reshape(tl.join(y1, y2), (BLOCK_T, BLOCK_H, 2 * BLOCK_HALF))
         tl.store(Y + yh[:, :, None] + jj[None, None, :], _to_storage(y, Y), mask=m)
     else:
@@ -495,6 +505,7 @@ def _norm_program(X, Y, G, W, DW, dw_row, strides, blk, chunk, POS, CU, sizes, C
     AFTER: tl.constexpr = NORM[2]
     CONJUGATE: tl.constexpr = ANGLES[2]
     N: tl.constexpr = HEADS * HEAD_DIM if PER_TOKEN else HEAD_DIM
+    BLOCK_HALF: tl.constexpr = triton.next_power_of_2(HALF)
     ct: tl.constexpr = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
     INPLACE: tl.constexpr = Y is None
     if INPLACE:
@@ -506,7 +517,7 @@ def _norm_program(X, Y, G, W, DW, dw_row, strides, blk, chunk, POS, CU, sizes, C
         cos, sin, cos_lo, sin_lo = have_angles
     else:
         cos, sin, cos_lo, sin_lo = _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, table, ROTARY_DIM,
-                                           LAYOUT, POS_MODE, ANGLES, ct)
+                                           LAYOUT, POS_MODE, ANGLES, BLOCK_HALF, ct)
     x1, x2, xt = _head_parts(X, xh, ok, HALF, ROTARY_DIM, TAIL, INTERLEAVED, ct)
     # Weights: (head_dim,) shared by the heads, or (heads * head_dim,) per token; 1 without.
     wh = (h * HEAD_DIM if PER_TOKEN else h * 0)[None, :]
@@ -632,11 +643,14 @@ def rotary_kernel(
     # Programs of one block shape load their angles before the q/k branch: the table loads are then issued
     # before the q/k loads (inside a branch the compiler moves the q/k loads first, which is slower).
     SAME: tl.constexpr = BT_K == BT_Q and BH_K == BH_Q and ORDER != _DECODE
+    # Interleaved pairs out of place with dims past rotary_dim (GPT-J): whole heads (see _program).
+    WHOLE: tl.constexpr = INTERLEAVED and ROTARY_DIM < HEAD_DIM and Q_OUT is not None and NORM[0] == 0
+    BLOCK_HALF: tl.constexpr = triton.next_power_of_2(HEAD_DIM if WHOLE else ROTARY_DIM) // 2
     if SAME:
         ct: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
         tok, tok_ok, b, s = _tokens(blk, n_tokens, pid * 0 + seqlen, BT_Q, LAYOUT)
         have = _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, table, ROTARY_DIM, LAYOUT, POS_MODE,
-                       ANGLES, ct)
+                       ANGLES, BLOCK_HALF, ct)
     else:
         have = (0.0, 0.0, 0.0, 0.0)
     q_strides = (q_stride_b, q_stride_s, q_stride_h)
@@ -663,10 +677,10 @@ def rotary_kernel(
                           ANGLES, POS_MODE, NORM, W_ROW, SAME)
     elif K is None:
         _program(Q, Q_OUT, q_strides, blk, chunk, POS, CU, sizes, COS, SIN, table, have, SHAPE, HEADS_Q, BT_Q,
-                 BH_Q, INTERLEAVED, LAYOUT, ANGLES, POS_MODE, ORDER, SAME)
+                 BH_Q, INTERLEAVED, LAYOUT, ANGLES, POS_MODE, ORDER, BLOCK_HALF, SAME)
     elif is_q:
         _program(Q, Q_OUT, q_strides, blk, chunk, POS, CU, sizes, COS, SIN, table, have, SHAPE, HEADS_Q, BT_Q,
-                 BH_Q, INTERLEAVED, LAYOUT, ANGLES, POS_MODE, ORDER, SAME)
+                 BH_Q, INTERLEAVED, LAYOUT, ANGLES, POS_MODE, ORDER, BLOCK_HALF, SAME)
     else:
         _program(K, K_OUT, k_strides, blk, chunk - q_chunks, POS, CU, sizes, COS, SIN, table, have, SHAPE,
-                 HEADS_K, BT_K, BH_K, INTERLEAVED, LAYOUT, ANGLES, POS_MODE, ORDER, SAME)
+                 HEADS_K, BT_K, BH_K, INTERLEAVED, LAYOUT, ANGLES, POS_MODE, ORDER, BLOCK_HALF, SAME)
