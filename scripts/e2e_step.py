@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # the checkout's package first
 
-import rope_triton  # noqa: E402
+from rope_triton.integrations.transformers import patch, unpatch  # noqa: E402
 
 # Hidden sizes of the full models; the layer count comes from --layers.
 SHAPES = {
@@ -64,12 +64,12 @@ def main() -> None:
     ids = torch.randint(0, config.vocab_size, (args.batch, args.seq), device="cuda")
     runs = {}
     runs["transformers"] = step_times(model, ids, args.steps)
-    rope_triton.patch(model, fuse_qk_norm=False)
+    patch(model, fuse_qk_norm=False)
     runs["patch, RoPE only"] = step_times(model, ids, args.steps)
-    rope_triton.unpatch(model)
-    rope_triton.patch(model)
+    unpatch(model)
+    patch(model)
     runs["patch, q/k norms fused"] = step_times(model, ids, args.steps)
-    rope_triton.unpatch(model)
+    unpatch(model)
     base = statistics.median(runs["transformers"])
     print(f"{args.family}: {args.layers} layers, batch {args.batch} x {args.seq} tokens, bf16, "
           f"{torch.cuda.get_device_name()}; forward + backward, median of {args.steps} steps")
