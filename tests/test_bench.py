@@ -5,6 +5,7 @@ in the interpreter (tests/conftest.py), about 0.15 s a call even for the tiny sh
 """
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import types
@@ -47,7 +48,8 @@ def test_quick_run_writes_csv_and_json(quick_run):
     providers = ("rope-triton", "rope-triton-inplace", "rope-triton-freqs", "hf-eager")
     expected = {(p, s) for p in providers for s in ("fwd", "bwd")}
     # On a GPU, the host-cost reference too: an empty Triton launch.
-    references = {("copy", "copy")} | ({(bench_report.EMPTY_LAUNCH, "launch")} if torch.cuda.is_available() else set())
+    launch = {(bench_report.EMPTY_LAUNCH, "launch")} if torch.cuda.is_available() else set()
+    references = {("copy", "copy")} | launch
     assert expected | references == keys
     for r in rows:
         assert r["shape"] == "tiny-decode" and r["dtype"] == "bf16"
@@ -94,7 +96,8 @@ def test_cos_sin_column_and_the_other_mode(quick_run):
 def test_explicit_mode_duplicating_the_default_is_skipped():
     wl = bench_shapes.build_workload(bench_shapes.SHAPES["tiny"], torch.device("cpu"), n_sets=1)
     assert wl.cos_sin_mode == "tables"
-    tables, freqs = bench_providers.PROVIDERS["rope-triton-tables"], bench_providers.PROVIDERS["rope-triton-freqs"]
+    tables = bench_providers.PROVIDERS["rope-triton-tables"]
+    freqs = bench_providers.PROVIDERS["rope-triton-freqs"]
     assert "same as rope-triton" in tables.skip_reason(wl, False)
     # Named in --providers it runs anyway; the other mode always runs.
     assert tables.skip_reason(wl, True) is None and freqs.skip_reason(wl, False) is None
@@ -188,14 +191,17 @@ def test_wall_time_is_the_median_loop_with_gc_paused(monkeypatch):
 
 def test_footer_reads_decode_host_wall_against_an_empty_launch(tmp_path):
     rows = [
-        {"shape": "decode", "provider": "rope-triton", "pass": "fwd", "status": "ok", "wall_us": 14.25, "note": ""},
+        {"shape": "decode", "provider": "rope-triton", "pass": "fwd", "status": "ok", "wall_us": 14.25,
+         "note": ""},
         {"shape": "decode", "provider": "rope-triton-inplace", "pass": "fwd", "status": "ok", "wall_us": 11.5,
          "note": ""},
         {"shape": "decode", "provider": bench_report.EMPTY_LAUNCH, "pass": "launch", "status": "ceiling",
          "wall_us": 12.0, "note": ""},
     ]
     text = bench_report.footer(rows, tmp_path, plotted=False, elapsed_s=1.0, cuda=True)
-    assert "decode: rope-triton fwd host wall 14.2 us per call (target <= 15 us; an empty Triton launch: 12.0 us" in text
+    want = ("decode: rope-triton fwd host wall 14.2 us per call (target <= 15 us; "
+            "an empty Triton launch: 12.0 us")
+    assert want in text
     assert "decode: rope-triton-inplace fwd host wall 11.5 us per call" in text
 
 
@@ -208,7 +214,9 @@ def test_partial_interleaved_shape_checks_every_provider(tmp_path):
         "--out", str(out),
     ]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
-    checked = {(r["provider"], r["pass"]): r["status"] for r in rows if r["provider"] in ("rope-triton", "hf-eager")}
+    checked = {
+        (r["provider"], r["pass"]): r["status"] for r in rows if r["provider"] in ("rope-triton", "hf-eager")
+    }
     assert checked and all(status == "ok" for status in checked.values()), checked
 
 
@@ -377,3 +385,203 @@ def test_liger_mrope_takes_sectioned_m_rope_only():
     wl = bench_shapes.build_workload(bench_shapes.SHAPES["tiny-flux"], torch.device("cpu"), n_sets=1)
     reason = bench_providers.PROVIDERS["liger"].skip_reason(wl, True)
     assert reason is not None
+
+
+# --------------------------------------------------------------------------------------------------
+# The ulp unit: the workload's pairing, and the normalized group of a fused norm.
+# --------------------------------------------------------------------------------------------------
+
+
+def _rotate(x, cos, sin, interleaved):
+    """(N, H, D) x turned by per-pair (D/2,) cos/sin, pairs (2i, 2i + 1) or (i, i + D/2), in x's dtype."""
+    if interleaved:
+        even, odd = x[..., 0::2], x[..., 1::2]
+        return torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
+    half = x.shape[-1] // 2
+    lo, hi = x[..., :half], x[..., half:]
+    return torch.cat((lo * cos - hi * sin, hi * cos + lo * sin), dim=-1)
+
+
+def _twice_rounded_rotation(x, cos, sin, interleaved, sign=1.0):
+    """A correct peer that rounds twice: each product to bf16 (float32 math), then their sum."""
+    x32, cos32, sin32 = x.float(), cos.float(), sin.float()
+    if interleaved:
+        turned = torch.stack((-x32[..., 1::2], x32[..., 0::2]), dim=-1).flatten(-2)
+        wide_cos, wide_sin = cos32.repeat_interleave(2), sin32.repeat_interleave(2)
+    else:
+        turned = rotate_half(x32)
+        wide_cos, wide_sin = torch.cat((cos32, cos32)), torch.cat((sin32, sin32))
+    a = (x32 * wide_cos).to(torch.bfloat16).float()
+    b = (turned * wide_sin * sign).to(torch.bfloat16).float()
+    return (a + b).to(torch.bfloat16)
+
+
+def test_error_stats_pairs_adjacent_dims_when_interleaved():
+    # GPT-J / FLUX pair (2i, 2i + 1). A correct result rounded twice is about an ulp of that pair's norm
+    # off; measured against the pair (i, i + D/2) instead, an output cancelled to near zero whose
+    # half-split partner is near zero too reports hundreds of ulps.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 2, 16, generator=gen).to(torch.bfloat16).double()
+    theta = torch.rand(8, generator=gen, dtype=torch.float64) * 6.0
+    # Row 0: pair (0, 1) = (1, -1) turned by just over pi/4, so y1 = x1 cos + x0 sin cancels to ~1e-4 and
+    # both bf16 products round to the same value; pair (8, 9), holding y1's half-split partner y9, is 0.
+    x[0, 0] = 0.0
+    x[0, 0, :2] = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    theta[0] = torch.pi / 4 + 1e-4
+    cos, sin = theta.cos(), theta.sin()
+    ref = _rotate(x, cos, sin, interleaved=True)
+    out = _twice_rounded_rotation(x, cos, sin, interleaved=True)
+
+    paired = error_stats([out], [ref], torch.bfloat16, interleaved=True)
+    assert paired.ok and paired.max_ulp <= 2, paired
+    half_split = error_stats([out], [ref], torch.bfloat16)
+    assert not half_split.ok and half_split.max_ulp > 50, half_split
+    # A wrong rotation (the sine's sign flipped) still fails with the right pairing.
+    wrong = _twice_rounded_rotation(x, cos, sin, interleaved=True, sign=-1.0)
+    assert not error_stats([wrong], [ref], torch.bfloat16, interleaved=True).ok
+    # Half-split results keep the strict unit of before: the same twice-rounded peer, half-split, passes.
+    ref_hs = _rotate(x, cos, sin, interleaved=False)
+    out_hs = _twice_rounded_rotation(x, cos, sin, interleaved=False)
+    assert error_stats([out_hs], [ref_hs], torch.bfloat16).max_ulp <= 2
+
+
+def test_error_stats_partial_rotary_copies_are_their_own_unit():
+    # rotary_dim < head_dim: pairs within the rotated dims only; a copied dim must come back exactly
+    # (a bf16 rounding of its float64 value is half an ulp of itself), any width does not crash.
+    x = torch.randn(4, 2, 32, dtype=torch.float64)
+    out = x.to(torch.bfloat16)
+    for kwargs in ({"rotary_dim": 8, "interleaved": True}, {"rotary_dim": 8}, {"rotary_dim": 64},
+                   {"rotary_dim": 7, "interleaved": True}):
+        assert error_stats([out], [x], torch.bfloat16, **kwargs).max_ulp <= 0.5, kwargs
+    off = out.clone()
+    off[..., 20] += off[..., 20].abs().clamp_min(1e-3) * 0.1  # a copied dim 10 % off
+    assert not error_stats([off], [x], torch.bfloat16, rotary_dim=8, interleaved=True).ok
+
+
+class _Fixed(bench_providers.Impl):
+    """A provider that returns given results (the check compares them with the workload's references)."""
+
+    def __init__(self, fwd, bwd):
+        self.fwd, self.bwd = fwd, bwd
+
+    def forward(self, q, k):
+        return self.fwd
+
+    def backward(self, q, k, gq, gk):
+        return self.bwd
+
+
+@pytest.mark.parametrize("shape", ["tiny-flux", "tiny-gptj"])
+def test_check_uses_the_workloads_pairing(shape):
+    # A result 1.5 bf16 eps of its adjacent pair's norm off (1.5 to 3 ulps, then rounded) passes the check on
+    # shapes that pair adjacent dims; the same result measured with half-split pairs would not.
+    wl = bench_shapes.build_workload(bench_shapes.SHAPES[shape], torch.device("cpu"), n_sets=1)
+    rotated = wl.multi_axis.rotary_dim if wl.multi_axis is not None else wl.spec.rotary_dim
+    assert bench_providers.check_kwargs(wl)["interleaved"]
+    eps = torch.finfo(torch.bfloat16).eps
+
+    def off(ref):
+        pair = torch.hypot(ref[..., 0:rotated:2], ref[..., 1:rotated:2]).repeat_interleave(2, dim=-1)
+        sign = torch.ones_like(pair)
+        sign[..., 1::2] = -1
+        turned = ref[..., :rotated] + 1.5 * eps * pair * sign
+        return torch.cat((turned, ref[..., rotated:]), dim=-1).to(wl.dtype)
+
+    fwd, bwd = tuple(map(off, wl.ref_fwd)), tuple(map(off, wl.ref_bwd))
+    result = bench_providers.check_impl(_Fixed(fwd, bwd), wl, ("fwd", "bwd"))
+    assert all(r.ok and r.max_ulp <= 4 for r in result.values()), result
+    half_split = [error_stats(outs, refs, wl.dtype) for outs, refs in ((fwd, wl.ref_fwd), (bwd, wl.ref_bwd))]
+    assert not all(r.ok for r in half_split), half_split
+
+
+def _rms_norm(x, w, norm):
+    """float64 RMSNorm of (N, H, D) x over each head ("rms") or each row's H * D values ("rms_heads")."""
+    flat = x.reshape(x.shape[0], -1) if norm == "rms_heads" else x
+    rms = flat.pow(2).mean(-1, keepdim=True).add(bench_shapes.NORM_EPS).sqrt()
+    return flat / rms, rms
+
+
+@pytest.mark.parametrize("norm", ["rms", "rms_heads"])
+def test_error_stats_norm_unit_is_the_groups_scale(norm):
+    # The backward of an RMSNorm, dx = (w g - xhat mean(xhat w g)) / rms, couples a group's elements: here
+    # dims 0 and D/2 of one head cancel to 0 exactly. A peer that rounds w g to bf16 (float32 math after)
+    # is an ulp of the group's scale off there; its own pair's scale would call that thousands of ulps.
+    gen = torch.Generator().manual_seed(1)
+    n, h, d = 16, 2, 32
+    x = 3 * torch.randn(n, h, d, generator=gen, dtype=torch.float64)
+    g = torch.randn(n, h, d, generator=gen, dtype=torch.float64)
+    w = 1 + 0.2 * torch.randn(h * d if norm == "rms_heads" else d, generator=gen, dtype=torch.float64)
+    shape = (n, h * d) if norm == "rms_heads" else (n, h, d)
+    xhat, rms = _rms_norm(x, w, norm)
+    g, wide_x = g.reshape(shape).clone(), xhat.reshape(shape)
+    cancel = [0, d // 2]
+    # w_e g_e = c xhat_e on the cancelled dims, with c the mean of xhat w g: dx_e = 0.
+    rest = [j for j in range(shape[-1]) if j not in cancel]
+    s = (wide_x[..., rest] * w[rest] * g[..., rest]).sum(-1, keepdim=True)
+    c = s / (shape[-1] - wide_x[..., cancel].pow(2).sum(-1, keepdim=True))
+    g[..., cancel] = c * wide_x[..., cancel] / w[cancel]
+
+    def backward(wg):
+        return (wg - wide_x * (wide_x * wg).mean(-1, keepdim=True)) / rms
+
+    ref = backward(w * g).reshape(n, h, d)
+    assert ref.reshape(shape)[..., cancel].abs().max() < 1e-12
+    wg = (w.float() * g.float()).to(torch.bfloat16).double()  # the bf16-rounded intermediate
+    out = backward(wg).float().to(torch.bfloat16).reshape(n, h, d)
+    result = error_stats([out], [ref], torch.bfloat16, norm=norm)
+    assert result.ok and result.max_ulp <= 2, result
+    assert error_stats([out], [ref], torch.bfloat16).max_ulp > 1000  # the pair's unit alone
+    # Rounded once from float64, the result stays within half an ulp.
+    assert error_stats([ref.to(torch.bfloat16)], [ref], torch.bfloat16, norm=norm).max_ulp <= 0.5
+    # Missing the normalization: forward w x instead of w xhat, backward w g instead of dx.
+    fwd_ref = (w * xhat).reshape(n, h, d)
+    no_norm_fwd = (w * x.reshape(shape)).reshape(n, h, d).to(torch.bfloat16)
+    assert error_stats([(fwd_ref).to(torch.bfloat16)], [fwd_ref], torch.bfloat16, norm=norm).ok
+    assert not error_stats([no_norm_fwd], [fwd_ref], torch.bfloat16, norm=norm).ok
+    no_norm_bwd = (w * g).reshape(n, h, d).to(torch.bfloat16)
+    assert not error_stats([no_norm_bwd], [ref], torch.bfloat16, norm=norm).ok
+
+
+@pytest.mark.parametrize("shape", ["tiny-qwen3", "tiny-olmo2"])
+def test_hf_norm_backward_passes_at_a_size_where_single_elements_cancel(shape, monkeypatch):
+    # transformers' q/k norm + RoPE rounds its intermediates to bf16; over 512 tokens some gradient
+    # elements cancel far below their head's scale, where the pair's own unit reported tens of ulps.
+    spec = dataclasses.replace(bench_shapes.SHAPES[shape], seqlen=512)
+    wl = bench_shapes.build_workload(spec, torch.device("cpu"), n_sets=1)
+    impl = bench_providers.PROVIDERS["hf-eager"].build(wl)
+    result = bench_providers.check_impl(impl, wl, ("fwd", "bwd"))
+    assert all(r.ok for r in result.values()), result
+    q, k, gq, gk = wl.check_inputs
+    pair_unit = error_stats(impl.backward(q, k, gq, gk), wl.ref_bwd, wl.dtype)
+    assert pair_unit.max_ulp > ULP_TOLERANCE, pair_unit
+    # Without its normalization the provider still fails, forward and backward.
+    monkeypatch.setattr(bench_providers, "hf_qk_norm", lambda x, w, norm: x * w.view(-1, x.shape[-1]))
+    result = bench_providers.check_impl(bench_providers.PROVIDERS["hf-eager"].build(wl), wl, ("fwd", "bwd"))
+    assert not result["fwd"].ok and not result["bwd"].ok, result
+
+
+# --------------------------------------------------------------------------------------------------
+# torch-compile: the bwd pass replays one recorded backward.
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["tiny-mrope", "tiny-qwen3"])
+def test_compiled_backward_replays_on_one_recorded_graph(shape):
+    # The check runs a backward that frees its graph, then the bwd pass replays another with
+    # retain_graph=True. A compiled backward that donates its saved buffers (cos/sin built inside the
+    # multi-axis graph) refuses that; the provider compiles without donation, whatever the flag was.
+    # (torch's own patch, which restores the flag: pytest's monkeypatch would delete the config entry.)
+    from torch._functorch import config as functorch_config
+
+    with functorch_config.patch(donated_buffer=True):
+        wl = bench_shapes.build_workload(bench_shapes.SHAPES[shape], torch.device("cpu"), n_sets=1)
+        impl = bench_providers.PROVIDERS["torch-compile"].build(wl)
+        result = bench_providers.check_impl(impl, wl, ("fwd", "bwd"))
+        assert all(r.ok for r in result.values()), result
+        q, k = wl.sets[0]
+        bwd = impl.timed("bwd", q, k)
+        first = bwd()
+        for _ in range(2):
+            again = bwd()
+            assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+        impl.timed("fwdbwd", q, k)()

@@ -145,24 +145,67 @@ class CheckResult:
         )
 
 
+def ulp_scale(
+    ref: torch.Tensor, *, interleaved: bool = False, rotary_dim: int = 0, norm: str = ""
+) -> torch.Tensor:
+    """The magnitude whose ulp is each element's unit in :func:`error_stats`, same shape as ``ref``.
+
+    The norm of the element's rotation pair: ``(i, i + R/2)``, or ``(2i, 2i + 1)`` when ``interleaved``,
+    over the first ``R = rotary_dim`` (0: all) dims of the last axis; a dim past them is copied, and is its
+    own unit. With a ``norm`` (``"rms"``: over the last axis, the head; ``"rms_heads"``: over the last two,
+    a token's heads) the unit is at least the RMS of the pair norms over that group.
+    """
+    width = ref.shape[-1]
+    rotated = min(rotary_dim or width, width) // 2 * 2
+    rot = ref[..., :rotated]
+    if interleaved:
+        pair = torch.hypot(rot[..., 0::2], rot[..., 1::2])
+        pair = torch.stack((pair, pair), dim=-1).flatten(-2)
+    else:
+        pair = torch.hypot(rot[..., : rotated // 2], rot[..., rotated // 2 :])
+        pair = torch.cat((pair, pair), dim=-1)
+    scale = torch.cat((pair, ref[..., rotated:].abs()), dim=-1)
+    if norm and scale.numel():
+        group = (-2, -1) if norm == "rms_heads" else (-1,)
+        rms = scale.pow(2).mean(dim=group, keepdim=True).sqrt()
+        scale = torch.maximum(scale, rms)
+    return scale
+
+
 def error_stats(
-    outs: Sequence[torch.Tensor], refs: Sequence[torch.Tensor], dtype: torch.dtype
+    outs: Sequence[torch.Tensor],
+    refs: Sequence[torch.Tensor],
+    dtype: torch.dtype,
+    *,
+    interleaved: bool = False,
+    rotary_dim: int = 0,
+    norm: str = "",
 ) -> CheckResult:
     """Max absolute error and max error in ulps of ``dtype`` of ``outs`` against float64 ``refs``.
 
-    The ulp of an element is taken at the norm of its rotation pair ``hypot(y_i, y_{i + D/2})`` rather
-    than at the element itself: a rotation preserves that norm, and every rounding error of a correct
-    kernel scales with it. At the element itself, outputs that happen to land near zero would report
-    hundreds of ulps for a perfectly rounded fp32 computation.
+    The ulp of an element is taken at the norm of its rotation pair (:func:`ulp_scale`) rather than at the
+    element itself: a rotation preserves that norm, and every rounding error of a correct kernel scales
+    with it. At the element itself, outputs that happen to land near zero would report hundreds of ulps
+    for a perfectly rounded fp32 computation. The pairing must be the workload's (GPT-J and diffusion
+    shapes pair adjacent dims): against the wrong partner a correct result is off by hundreds.
+
+    After a fused RMSNorm (``norm``) the unit is at least the RMS of the pair norms over the normalized
+    group: the norm couples its elements (its backward is ``(w g - xhat mean(xhat w g)) / rms``), so an
+    element can cancel far below the group's scale while a peer that rounds its intermediates to
+    ``dtype`` (as Hugging Face's eager code does) is off by about an ulp of that scale. A kernel that
+    rounds once stays within half an ulp of the element's own pair, so the larger unit hides nothing of
+    it; a missing normalization is still off by far more.
 
     Parameters
     ----------
     outs : sequence of torch.Tensor
-        Results in ``dtype``, same shapes as ``refs`` (last dim: the rotated pairs (i, i + D/2)).
+        Results in ``dtype``, same shapes as ``refs`` (..., heads, head_dim).
     refs : sequence of torch.Tensor
         float64 reference results.
     dtype : torch.dtype
         Output dtype whose ulp is the unit.
+    interleaved, rotary_dim, norm
+        The workload's pairing, rotated dims and fused norm (:func:`check_kwargs`).
 
     Returns
     -------
@@ -179,12 +222,11 @@ def error_stats(
         out64 = out.detach().to(torch.float64)
         finite = finite and bool(torch.isfinite(out64).all())
         diff = (out64 - ref).abs()
-        half = ref.shape[-1] // 2
-        norm = torch.hypot(ref[..., :half], ref[..., half:])
-        norm = torch.cat((norm, norm), dim=-1).clamp_min(finfo.tiny)
-        # frexp gives norm = m * 2**e with m in [0.5, 1): the ulp is eps * 2**(e - 1), exactly.
-        _, exponent = torch.frexp(norm)
-        ulp = torch.ldexp(torch.full_like(norm, finfo.eps), exponent - 1)
+        scale = ulp_scale(ref, interleaved=interleaved, rotary_dim=rotary_dim, norm=norm)
+        scale = scale.clamp_min(finfo.tiny)
+        # frexp gives scale = m * 2**e with m in [0.5, 1): the ulp is eps * 2**(e - 1), exactly.
+        _, exponent = torch.frexp(scale)
+        ulp = torch.ldexp(torch.full_like(scale, finfo.eps), exponent - 1)
         if diff.numel():
             max_abs = max(max_abs, diff.max().item())
             max_ulp = max(max_ulp, (diff / ulp).max().item())
@@ -192,6 +234,15 @@ def error_stats(
         return CheckResult(float("nan"), float("nan"), False, "non-finite output")
     ok = max_ulp <= ULP_TOLERANCE
     return CheckResult(max_abs, max_ulp, ok, "" if ok else f"error {max_ulp:.3g} ulp > {ULP_TOLERANCE:g}")
+
+
+def check_kwargs(wl: Workload) -> dict:
+    """:func:`error_stats`' description of the workload's outputs: how its dims pair (interleaved for
+    GPT-J and for multi-axis presets that say so), how many are rotated, and its fused norm."""
+    ma = wl.multi_axis
+    if ma is not None:
+        return {"interleaved": ma.interleaved, "rotary_dim": ma.rotary_dim, "norm": wl.spec.norm}
+    return {"interleaved": wl.spec.interleaved, "rotary_dim": wl.spec.rotary_dim, "norm": wl.spec.norm}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -515,7 +566,7 @@ def hf_norm_rope(q, k, wq, wk, cos, sin, norm: str) -> Pair:
 
 def _build_hf_norm(wl: Workload, compiled: bool = False) -> Impl:
     cos, sin, norm = wl.hf_cos, wl.hf_sin, wl.spec.norm
-    formula = torch.compile(hf_norm_rope, dynamic=False) if compiled else hf_norm_rope
+    formula = compile_replayable(hf_norm_rope) if compiled else hf_norm_rope
 
     def fn(q, k):
         return formula(q, k, *wl.norm_weights, cos, sin, norm)
@@ -586,24 +637,40 @@ def _cpu_by_default(wl: Workload, requested: bool) -> str | None:
     return None
 
 
+def compile_replayable(fn: Callable) -> Callable:
+    """``torch.compile(fn, dynamic=False)`` whose backward can be run again on one recorded graph.
+
+    The bwd pass times ``torch.autograd.grad(..., retain_graph=True)`` on one forward graph, replayed. A
+    compiled backward may be built to free or reuse the activations its forward saved ("donated buffers":
+    intermediates such as cos/sin built inside the graph, or a norm's statistics), and then refuses a
+    retained graph. ``torch._functorch.config.donated_buffer`` is read twice: when the forward is compiled
+    (at its first call under autograd) to list those buffers, and again at every backward run with a
+    retained graph, where a graph compiled with the flag off (no list) is refused unless it is off then
+    too (the check's backward, which frees its graph, comes first). A patch around the compile and the
+    first call is therefore not enough: the flag is turned off for this process, before compiling. Without
+    donation the backward computes the same; it only holds the saved activations until the graph is freed.
+    """
+    from torch._functorch import config as functorch_config
+
+    if hasattr(functorch_config, "donated_buffer"):  # (older torch: no donation, nothing to turn off)
+        functorch_config.donated_buffer = False
+    return torch.compile(fn, dynamic=False)
+
+
 def _build_compile(wl: Workload) -> Impl:
     # Each shape would add recompilations to one cache and, past the recompile limit, silently fall
     # back to eager: start every shape from an empty cache.
     torch._dynamo.reset()
     if wl.spec.norm:
-        # The bwd pass replays one recorded backward (retain_graph=True), which a compiled backward that
-        # donates its saved buffers refuses; without donation it computes the same.
-        torch._functorch.config.donated_buffer = False
         return _build_hf_norm(wl, compiled=True)
     if wl.multi_axis is not None:
         # Positions -> rotated q and k, all of it compiled (cos/sin built inside the graph).
         formula, ma, positions = _hf_formula(wl), wl.multi_axis, wl.axis_positions
-        whole = torch.compile(lambda q, k: formula(q, k, *multi_axis_cos_sin(ma, positions, q.dtype)),
-                              dynamic=False)
+        whole = compile_replayable(lambda q, k: formula(q, k, *multi_axis_cos_sin(ma, positions, q.dtype)))
         return AutogradImpl(whole, *hf_views(wl), wl.gen)
-    compiled = torch.compile(
+    compiled = compile_replayable(
         partial(hf_partial_rotary, interleaved=wl.spec.interleaved) if wl.spec.rotary_dim
-        else hf_apply_rotary_pos_emb, dynamic=False,
+        else hf_apply_rotary_pos_emb
     )
     cos, sin = wl.hf_cos, wl.hf_sin
 
@@ -765,9 +832,10 @@ def check_impl(impl: Impl, wl: Workload, passes: Sequence[str]) -> dict[str, Che
         ``{"fwd": CheckResult, "bwd": CheckResult}``, the keys that ``passes`` need.
     """
     q, k, gq, gk = wl.check_inputs
+    units = check_kwargs(wl)
     results = {}
     if any(p in ("fwd", "fwdbwd") for p in passes):
-        results["fwd"] = error_stats(impl.forward(q, k), wl.ref_fwd, wl.dtype)
+        results["fwd"] = error_stats(impl.forward(q, k), wl.ref_fwd, wl.dtype, **units)
     if any(p in ("bwd", "fwdbwd") for p in passes):
-        results["bwd"] = error_stats(impl.backward(q, k, gq, gk), wl.ref_bwd, wl.dtype)
+        results["bwd"] = error_stats(impl.backward(q, k, gq, gk), wl.ref_bwd, wl.dtype, **units)
     return results
