@@ -10,7 +10,7 @@ Written for few CPU cores, where a decode step is a handful of small ops and a p
 - each token's cos/sin rows are gathered once (a slice of the table when the positions are a range
   shared by the batch, else one ``index_select``) and broadcast over the heads;
 - the arithmetic runs on dense tensors only: the input is converted to float32 in its own memory order;
-  half-split pairs are multiplied by cos (as wide as the pair) over the whole head, then each half adds
+  half-split pairs are multiplied by cos over the whole head (a (2, R/2) view of it), then each half adds
   its sin term read straight from the other half: two half-width ``addcmul_``, whose ``value`` carries
   the sign, in fewer passes over memory than swapping the halves into a copy (a ``roll`` is two strided
   copies) and multiplying that by a signed sin; only float32 (float64) data rotated in place, whose
@@ -82,13 +82,11 @@ def rotate(
     wdtype = _F64 if q.dtype == _F64 else torch.float32
     half = p.rotary_dim // 2
     # Each token's rows in wdtype with a unit axis for the heads, broadcast over them (and over the batch
-    # when shared): (1 or B, S, 1, R/2); for half-split pairs cos is twice as wide, once for each half.
+    # when shared): (1 or B, S, 1, R/2).
     c, s = _decode_rows(p, cos, sin, cos_lo, offsets, half, wdtype, interleaved)
     if c is None:
         c, s = _cos_sin(p, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, half, wdtype)
         c, s = c.view(*c.shape[:2], 1, half), s.view(*s.shape[:2], 1, half)
-        if not interleaved:
-            c = torch.cat((c, c), -1)
     if interleaved:
         factors = (torch.complex(c, s.neg() if conjugate else s),)
     else:
@@ -172,7 +170,13 @@ def _turn_halves(x, factors, out=None):
     two half-width ``addcmul_``, no partner tensor, and no signed copy of sin (``value`` carries it)."""
     c, s, sign = factors
     halves = (s.shape[-1], s.shape[-1])
-    y = torch.mul(x, c) if out is None else torch.mul(x, c, out=out)
+    # (cos is half as wide as the pairs: both halves multiply by it through a (2, R/2) view, no wide copy)
+    pairs, c = x.unflatten(-1, (2, halves[0])), c.unsqueeze(-2)
+    if out is None:
+        y = torch.mul(pairs, c).flatten(-2)
+    else:
+        y = out
+        torch.mul(pairs, c, out=out.unflatten(-1, (2, halves[0])))
     x1, x2 = x.split_with_sizes(halves, -1)
     y1, y2 = y.split_with_sizes(halves, -1)
     y1.addcmul_(x2, s, value=sign)
@@ -266,7 +270,7 @@ def _rotate_block(xr, yr, factors, interleaved, wdtype):
             # In place: the partners are a copy, taken before the first write.
             c, s, sign = factors
             partner = _partners(xr.view(*dims, 2, half))
-            torch.mul(xr, c, out=yr)
+            torch.mul(xr.view(*dims, 2, half), c.unsqueeze(-2), out=yr.view(*dims, 2, half))
             signed = torch.mul(s.unsqueeze(-2), _SIGNS[wdtype, sign > 0])
             yr.view(*dims, 2, half).addcmul_(partner, signed)
     else:
@@ -304,7 +308,7 @@ def _as_complex(t: torch.Tensor, dims: list[int], half: int) -> torch.Tensor:
 
 
 def _decode_rows(p, cos, sin, cos_lo, offsets, half, wdtype, interleaved):
-    """A decode step's rows, (B, 1, 1, R/2) (cos of half-split pairs: (B, 1, 1, R)), with the fewest ops:
+    """A decode step's rows, (B, 1, 1, R/2), with the fewest ops:
     one token per sequence at its offset, one row of each table (2-D, in ``wdtype``). (None, None) for
     anything else, or for an offset off the table (the general path then gives that token NaN)."""
     if (
@@ -319,7 +323,7 @@ def _decode_rows(p, cos, sin, cos_lo, offsets, half, wdtype, interleaved):
     except IndexError:
         return None, None
     c, s = c.view(-1, 1, 1, half), s.view(-1, 1, 1, half)
-    return (c if interleaved else torch.cat((c, c), -1)), s
+    return c, s
 
 
 def _cos_sin(p, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, half, wdtype):
