@@ -561,10 +561,12 @@ def _norm_program(X, Y, G, W, DW, dw_row, strides, blk, chunk, POS, CU, sizes, C
         vt = gt
         if W is not None:
             # This program's share of the weight gradient: summed over its tokens (and, for a weight
-            # shared by the heads, over its heads), one row of DW per program, summed on the host.
-            d1 = tl.sum(v1 * u1, axis=0)
-            d2 = tl.sum(v2 * u2, axis=0)
-            dt = tl.sum(vt * ut, axis=0)
+            # shared by the heads, over its heads), one row of DW per program, summed on the host. Tokens
+            # past the end of a block cut short have NaN angles: masked out, not multiplied by zero.
+            tok3 = tok_ok[:, None, None]
+            d1 = tl.sum(tl.where(tok3, v1 * u1, 0.0), axis=0)
+            d2 = tl.sum(tl.where(tok3, v2 * u2, 0.0), axis=0)
+            dt = tl.sum(tl.where(tok3, vt * ut, 0.0), axis=0)
             if PER_TOKEN:
                 d_at = (dw_row * W_ROW + h * HEAD_DIM)[None, :]
                 d_ok = h_ok[None, :]
