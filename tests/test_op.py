@@ -390,20 +390,31 @@ def test_compile_fullgraph_inplace_on_views(device):
     assert torch.equal(x[:, :, 5:], a[:, :, 5:] * 2)
 
 
-def test_cpu_path_reuses_validated_problems(monkeypatch):
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+@pytest.mark.parametrize("offset_kind", ["int", "tensor"])
+def test_cpu_path_reuses_validated_problems(monkeypatch, offset_kind, inplace):
     # Without the interpreter, CPU calls take the PyTorch path; a repeat of a validated signature skips
-    # validation (the decode step's host time) and still gives the float64 rotation, per call's offset.
+    # validation (the decode step's host time) and still gives the float64 rotation, per call's offset;
+    # in place, it tells autograd (version counters) as the first call does.
     from rope_triton._core import op as _ops
 
     monkeypatch.setattr(_ops, "_INTERPRETED", False)
     monkeypatch.setattr(_ops, "PROBLEMS", {})
     cos, sin = random_tables(40, 8, "cpu")
     for step, offset in enumerate((3, 7, 11)):
-        q, k = make_qk("bshd", 2, 1, 4, 2, 16, torch.bfloat16, "cpu", "packed")
+        # (q and k of one buffer are validated on every in-place call: see the next test)
+        q, k = make_qk("bshd", 2, 1, 4, 2, 16, torch.bfloat16, "cpu", "padded" if inplace else "packed")
         q0, k0 = q.clone(), k.clone()
-        q_out, k_out = rope_triton.apply_rotary(q, k, cos, sin, offsets=offset)
+        given = offset if offset_kind == "int" else torch.tensor([offset, 2 * offset])
+        versions = q._version, k._version
+        q_out, k_out = rope_triton.apply_rotary(q, k, cos, sin, offsets=given, inplace=inplace)
         assert len(_ops.PROBLEMS) == 1, "one validated problem for the three calls"
-        rq, rk = ref64(q0, k0, cos, sin, offsets=offset)
+        if inplace:
+            assert q_out is q and k_out is k
+            assert q._version > versions[0] and k._version > versions[1]
+        else:
+            assert torch.equal(q, q0) and torch.equal(k, k0), "out of place: the inputs are left alone"
+        rq, rk = ref64(q0, k0, cos, sin, offsets=given)
         assert_rotary_close(q_out, rq, q0, layout="bshd", rotary_dim=16, interleaved=False)
         assert_rotary_close(k_out, rk, k0, layout="bshd", rotary_dim=16, interleaved=False)
     # An offset past the tables is still refused, naming the argument.

@@ -35,7 +35,11 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        # Bound here once: later lookups (``rope_triton.apply_rotary`` on every decode step) are plain
+        # attribute reads, not a call of this function and of import_module.
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'rope_triton' has no attribute {name!r}")
 
 

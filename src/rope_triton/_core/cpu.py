@@ -82,11 +82,13 @@ def rotate(
     wdtype = _F64 if q.dtype == _F64 else torch.float32
     half = p.rotary_dim // 2
     # Each token's rows in wdtype with a unit axis for the heads, broadcast over them (and over the batch
-    # when shared): (1 or B, S, 1, R/2).
+    # when shared): (1 or B, S, 1, R/2); cos of half-split pairs with one more unit axis, (1 or B, S, 1, 1,
+    # R/2), for both halves of the (..., 2, R/2) pairs.
     c, s = _decode_rows(p, cos, sin, cos_lo, offsets, half, wdtype, interleaved)
     if c is None:
         c, s = _cos_sin(p, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, half, wdtype)
-        c, s = c.view(*c.shape[:2], 1, half), s.view(*s.shape[:2], 1, half)
+        c = c.view(*c.shape[:2], 1, half) if interleaved else c.view(*c.shape[:2], 1, 1, half)
+        s = s.view(*s.shape[:2], 1, half)
     if interleaved:
         factors = (torch.complex(c, s.neg() if conjugate else s),)
     else:
@@ -169,19 +171,18 @@ def _turn_halves(x, factors, out=None):
     Fewer passes over memory than swapping the halves into a copy first (a roll is two strided copies):
     two half-width ``addcmul_``, no partner tensor, and no signed copy of sin (``value`` carries it)."""
     c, s, sign = factors
-    halves = (s.shape[-1], s.shape[-1])
     # (cos is half as wide as the pairs: both halves multiply by it through a (2, R/2) view, no wide copy)
-    pairs, c = x.unflatten(-1, (2, halves[0])), c.unsqueeze(-2)
+    pairs = x.unflatten(-1, (2, s.shape[-1]))
     if out is None:
-        y = torch.mul(pairs, c).flatten(-2)
+        y = torch.mul(pairs, c)
     else:
-        y = out
-        torch.mul(pairs, c, out=out.unflatten(-1, (2, halves[0])))
-    x1, x2 = x.split_with_sizes(halves, -1)
-    y1, y2 = y.split_with_sizes(halves, -1)
+        y = out.unflatten(-1, (2, s.shape[-1]))
+        torch.mul(pairs, c, out=y)
+    x1, x2 = pairs.unbind(-2)
+    y1, y2 = y.unbind(-2)
     y1.addcmul_(x2, s, value=sign)
     y2.addcmul_(x1, s, value=-sign)
-    return y
+    return y.flatten(-2) if out is None else out
 
 
 def _rotate_one(
@@ -270,7 +271,7 @@ def _rotate_block(xr, yr, factors, interleaved, wdtype):
             # In place: the partners are a copy, taken before the first write.
             c, s, sign = factors
             partner = _partners(xr.view(*dims, 2, half))
-            torch.mul(xr.view(*dims, 2, half), c.unsqueeze(-2), out=yr.view(*dims, 2, half))
+            torch.mul(xr.view(*dims, 2, half), c, out=yr.view(*dims, 2, half))
             signed = torch.mul(s.unsqueeze(-2), _SIGNS[wdtype, sign > 0])
             yr.view(*dims, 2, half).addcmul_(partner, signed)
     else:
@@ -308,7 +309,7 @@ def _as_complex(t: torch.Tensor, dims: list[int], half: int) -> torch.Tensor:
 
 
 def _decode_rows(p, cos, sin, cos_lo, offsets, half, wdtype, interleaved):
-    """A decode step's rows, (B, 1, 1, R/2), with the fewest ops:
+    """A decode step's rows, (B, 1, 1, R/2) (cos of half-split pairs (B, 1, 1, 1, R/2)), with the fewest ops:
     one token per sequence at its offset, one row of each table (2-D, in ``wdtype``). (None, None) for
     anything else, or for an offset off the table (the general path then gives that token NaN)."""
     if (
@@ -322,8 +323,7 @@ def _decode_rows(p, cos, sin, cos_lo, offsets, half, wdtype, interleaved):
         c, s = cos.index_select(0, offsets), sin.index_select(0, offsets)
     except IndexError:
         return None, None
-    c, s = c.view(-1, 1, 1, half), s.view(-1, 1, 1, half)
-    return c, s
+    return c.view(-1, 1, 1, half) if interleaved else c.view(-1, 1, 1, 1, half), s.view(-1, 1, 1, half)
 
 
 def _cos_sin(p, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, half, wdtype):
@@ -337,11 +337,13 @@ def _cos_sin(p, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, half, 
         c, s = _split_rows(cos, sin, cos_lo, sin_lo, start, pos, p.seqlen, half, wdtype)
     else:
         c, s = _table_rows(cos, sin, start, pos, seq, p.seqlen, half)
-        # (Mixed dtypes in the rotation's ops would run them on a slow path: rows are converted first.)
+        # (Mixed dtypes in the rotation's ops would run them on a slow path: rows are converted first, by
+        # .float() / .double(), whose host cost is 60% of .to(dtype)'s: a decode step of Hugging Face's
+        # bf16 tables converts two tiny rows.)
         if c.dtype != wdtype:
-            c = c.to(wdtype)
+            c = c.float() if wdtype == torch.float32 else c.double()
         if s.dtype != wdtype:
-            s = s.to(wdtype)
+            s = s.float() if wdtype == torch.float32 else s.double()
     return c, s
 
 

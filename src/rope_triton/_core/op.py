@@ -60,7 +60,8 @@ def triton_runs_on(device: torch.device) -> bool:
 
 def _new_out(x: torch.Tensor) -> torch.Tensor:
     # Contiguous in the call's layout: the kernel derives an out-of-place output's strides from its shape.
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    # (empty_like: a third of the host time of torch.empty(shape, dtype=, device=))
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def _explicit_cp_positions(p: Problem, ops: Operands) -> tuple[Problem, Operands]:
@@ -212,8 +213,9 @@ def _one_buffer(q, k) -> bool:
 
 def _replay_known(q, k, table, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, max_seqlen, layout,
                   interleaved, rotary_dim, inplace, conjugate, freqs, cp):
-    """The hot path of eager CUDA calls (a decode step): the replay of a signature validated and launched
-    before, without autograd. None when the call must take the full path."""
+    """The hot path of eager calls (a decode step): the replay of a signature validated and run before,
+    without autograd: its recorded launch on a GPU, its validated problem on the CPU path. None when the
+    call must take the full path."""
     if k is not None and type(k) is not torch.Tensor:
         return None
     if torch.is_grad_enabled() and (q.requires_grad or (k is not None and k.requires_grad)):
@@ -225,14 +227,31 @@ def _replay_known(q, k, table, sin, cos_lo, sin_lo, positions, offsets, cu_seqle
     offsets_t = offsets if type(offsets) is torch.Tensor else None
     tensors = (q, k, table, sin, cos_lo, sin_lo, positions, offsets_t, cu_seqlens)
     options = (layout, interleaved, rotary_dim, inplace, conjugate, max_seqlen, freqs, cp)
-    key = signature(tensors, offsets, options)
-    plan = PLANS.get(key) if key is not None else None
-    if plan is None or q.get_device() != torch.cuda.current_device():
-        return None
     offset = offsets if type(offsets) is int else 0
-    if not 0 <= offset <= plan.problem.max_offset:
-        return None
-    out = replay(plan, Operands(*tensors), offset, inplace)
+    if q.is_cuda:
+        key = signature(tensors, offsets, options)
+        plan = PLANS.get(key) if key is not None else None
+        if plan is None or q.get_device() != torch.cuda.current_device():
+            return None
+        if not 0 <= offset <= plan.problem.max_offset:
+            return None
+        out = replay(plan, Operands(*tensors), offset, inplace)
+    else:
+        # (calls with cu_seqlens always validate: their boundaries are checked on the host; context
+        # parallel ones take their zigzag positions as explicit ones there)
+        if cu_seqlens is not None or cp[0] > 1 or _INTERPRETED or q.device.type != "cpu":
+            return None
+        key = signature(tensors, offsets, ("cpu", *options))
+        p = PROBLEMS.get(key) if key is not None else None
+        if p is None or not 0 <= offset <= p.max_offset:
+            return None
+        if offset != p.offset:
+            p = p._replace(offset=offset)
+        q_out = q if inplace else _new_out(q)
+        k_out = k if inplace or k is None else _new_out(k)
+        cpu.rotate(p, q, k, q_out, k_out, table, sin, cos_lo, sin_lo, positions, offsets_t, None, interleaved,
+                   conjugate)
+        out = q_out, k_out
     if inplace:
         torch.autograd.graph.increment_version([q] if k is None else [q, k])
     return out
@@ -245,7 +264,7 @@ def apply(
     """:func:`rope_triton.apply_rotary` after its table arguments were sorted out: the replay of a known
     signature, or validation, then autograd or a plain run."""
     cp = (cp_size, cp_rank)
-    if type(q) is torch.Tensor and q.is_cuda and type(cp_size) is int and type(cp_rank) is int:
+    if type(q) is torch.Tensor and type(cp_size) is int and type(cp_rank) is int:
         out = _replay_known(q, k, cos if freqs is None else freqs, sin, cos_lo, sin_lo, positions, offsets,
                             cu_seqlens, max_seqlen, layout, interleaved, rotary_dim, inplace, conjugate,
                             freqs is not None, cp)
