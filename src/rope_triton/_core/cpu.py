@@ -127,25 +127,33 @@ def _rotate_together(q, k, q_out, k_out, p, factors, interleaved, wdtype) -> boo
     rot, heads = p.rotary_dim, (p.heads_q, p.heads_k)
     if p.batch * p.seqlen * (heads[0] + heads[1]) * rot > _BLOCK:
         return False
-    # (bshd needs no views: on a decode step, whose ops are a few microseconds each, every call counts)
-    xq, xk, yq, yk = (q, k, q_out, k_out) if p.layout == "bshd" else (
-        to_bshd(t, p.layout) for t in (q, k, q_out, k_out)
-    )
-    order = _memory_order(xq)
-    if order is not None:
-        if order[2] != 2:
-            return False
-        xq, xk, yq, yk = (t.permute(*order, 3) for t in (xq, xk, yq, yk))
-        factors = _permuted(factors, order)
+    # (no views where they can be spared: on a decode step, whose ops are a few microseconds each, every
+    # call counts)
+    if p.layout == "bhsd" and p.seqlen == 1 and (p.batch == 1 or q.stride(0) >= q.stride(1)):
+        # Hugging Face's decode step, (B, H, 1, D): the heads are axis 1, and the factors' (B, 1, 1, ...)
+        # broadcast the same way in either order.
+        xq, xk, yq, yk, axis = q, k, q_out, k_out, 1
+    else:
+        xq, xk, yq, yk = (q, k, q_out, k_out) if p.layout == "bshd" else (
+            to_bshd(t, p.layout) for t in (q, k, q_out, k_out)
+        )
+        order = _memory_order(xq)
+        if order is not None:
+            if order[2] != 2:
+                return False
+            xq, xk, yq, yk = (t.permute(*order, 3) for t in (xq, xk, yq, yk))
+            factors = _permuted(factors, order)
+        axis = 2
     partial = rot < p.head_dim
-    d0, d1, _, _ = xq.shape
-    buf = torch.empty(d0, d1, heads[0] + heads[1], rot, dtype=wdtype)
-    bq, bk = buf.split_with_sizes(heads, 2)
+    shape = list(xq.shape[:3]) + [rot]
+    shape[axis] = heads[0] + heads[1]
+    buf = torch.empty(shape, dtype=wdtype)
+    bq, bk = buf.split_with_sizes(heads, axis)
     bq.copy_(xq[..., :rot] if partial else xq)
     bk.copy_(xk[..., :rot] if partial else xk)
     rotated = _rotate_buffer(buf, factors, interleaved)
     if rotated is not buf:
-        bq, bk = rotated.split_with_sizes(heads, 2)
+        bq, bk = rotated.split_with_sizes(heads, axis)
     (yq[..., :rot] if partial else yq).copy_(bq)  # the one rounding to the output dtype
     (yk[..., :rot] if partial else yk).copy_(bk)
     if partial and q_out is not q:

@@ -267,22 +267,27 @@ def _rotate(
     decode step or a training step makes one view at most (each of them costs a microsecond of host time).
     """
     batch, seqlen = q.shape[0], q.shape[2 if layout == "bhsd" else 1]
-    for name, t in (("cos", cos), ("sin", sin)):
+    same = sin.shape == cos.shape  # (the common case: one shape check)
+    for name, t in (("cos", cos),) if same else (("cos", cos), ("sin", sin)):
         if not (t.dim() == 2 and t.shape[0] == seqlen) and not (
             t.dim() == 3 and t.shape[1] == seqlen and t.shape[0] in (1, batch)
         ):
             raise ValueError(
                 f"{name}: expected shape (batch={batch} or 1, seq={seqlen}, rotary_dim), got {tuple(t.shape)}"
             )
-    if cos.shape[-1] != sin.shape[-1]:
+    if not same and cos.shape[-1] != sin.shape[-1]:
         raise ValueError(f"sin: expected the width of cos ({cos.shape[-1]}), got shape {tuple(sin.shape)}")
-    per_batch = batch > 1 and any(t.dim() == 3 and t.shape[0] > 1 and t.stride(0) != 0 for t in (cos, sin))
+    per_batch = batch > 1 and (
+        cos.dim() == 3 and cos.shape[0] > 1 and cos.stride(0) != 0
+        or sin.dim() == 3 and sin.shape[0] > 1 and sin.stride(0) != 0
+    )
     if not per_batch:
         # (an empty batch's (0, S, R) tables have no row to take: any (S, R) table will do, none is read)
-        cos, sin = (
-            t if t.dim() == 2 else t[0] if t.shape[0] else t.new_zeros(t.shape[1:]) for t in (cos, sin)
-        )
-    elif cos.shape != sin.shape:  # one of them shared: views of batch rows (stride 0)
+        if cos.dim() == 3:
+            cos = cos[0] if cos.shape[0] else cos.new_zeros(cos.shape[1:])
+        if sin.dim() == 3:
+            sin = sin[0] if sin.shape[0] else sin.new_zeros(sin.shape[1:])
+    elif not same:  # one of them shared: views of batch rows (stride 0)
         cos, sin = ((t if t.dim() == 3 else t[None]).expand(batch, -1, -1) for t in (cos, sin))
     if norm_after is not None:
         eps, _ = norm_after._rope_triton_norm
