@@ -342,6 +342,10 @@ def test_drop_in_signature(device):
         apply_rotary_pos_emb(q, k, cos[..., :-1], sin[..., :-1], unsqueeze_dim=2)
     with pytest.raises(ValueError, match=r"sin: expected the width of cos \(16\), got shape \(1, 5, 8\)"):
         apply_rotary_pos_emb(q, k, cos[0], sin[..., :8], unsqueeze_dim=2)
+    with pytest.raises(ValueError, match=r"cos: expected shape .* got \(\)"):
+        apply_rotary_pos_emb(q, k, cos[0, 0, 0], sin, unsqueeze_dim=2)
+    with pytest.raises(TypeError, match="sin: expected a torch.Tensor, got NoneType"):
+        apply_rotary_pos_emb(q, k, cos, None, unsqueeze_dim=2)
     # An empty batch: nothing to rotate, no error.
     q0, k0 = apply_rotary_pos_emb(q[:0], k[:0], cos[:0], sin[:0], unsqueeze_dim=2)
     assert q0.shape == q[:0].shape and k0.shape == k[:0].shape

@@ -93,6 +93,7 @@ def apply_rotary_pos_emb(
             "unsqueeze_dim: expected 1 (batch, heads, seq, dim) or 2 (batch, seq, heads, dim), "
             f"got {unsqueeze_dim!r}"
         )
+    _check_table_types(cos, sin)
     width = cos.shape[-1]
     if width % 2 or width > q.shape[-1]:
         raise ValueError(
@@ -211,6 +212,7 @@ def apply_rotary_pos_emb_vision(
                 f"{name}: expected a 3-D (tokens, heads, head_dim) tensor, "
                 f"got {getattr(t, 'shape', type(t).__name__)}"
             )
+    _check_table_types(cos, sin)
     width = cos.shape[-1]
     if width % 2 or width > q.shape[-1]:
         raise ValueError(
@@ -252,6 +254,16 @@ def apply_multimodal_rotary_pos_emb(
     index = axis.expand(*cos.shape[1:-1], half)[None]
     cos, sin = (t[..., :half].gather(0, index)[0] for t in (cos, sin))
     return _rotate(q, k, cos, sin, _LAYOUTS[unsqueeze_dim], interleaved=False, rotary_dim=2 * half)
+
+
+def _check_table_types(cos, sin) -> None:
+    # (before their widths are read: a missing or 0-D table is named, not an IndexError)
+    for name, t in (("cos", cos), ("sin", sin)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.dim() < 2:
+            raise ValueError(f"{name}: expected shape (batch or 1, seq, rotary_dim) or (seq, rotary_dim), "
+                             f"got {tuple(t.shape)}")
 
 
 def _rotate(
