@@ -15,7 +15,7 @@ from helpers import make_qk, pair_magnitude, random_tables, ulp
 
 import rope_triton
 from rope_triton import angles, reference
-from rope_triton._core import norm_op
+from rope_triton._core import cpu, norm_op
 
 U = 2.0**-24
 B, S, HQ, HK, D = 2, 5, 4, 2, 16
@@ -326,6 +326,80 @@ def test_inplace_on_fused_qkv_views_with_autograd(device):
 
 
 # ---- the plain path and compile -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+@pytest.mark.parametrize("seqlen", [S, 1], ids=["prefill", "decode"])
+@pytest.mark.parametrize("after", [False, True], ids=["before", "after"])
+@pytest.mark.parametrize("norm", ["rms", "rms_heads", "l2"])
+@pytest.mark.parametrize("layout", ["bshd", "bhsd", "sbhd", "thd"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("interleaved", [False, True], ids=["halves", "adjacent"])
+def test_cpu_path(interleaved, dtype, layout, norm, after, seqlen, inplace, monkeypatch):
+    """Eager inference on the CPU without the interpreter: the CPU path (normalized in float32, rotated,
+    rounded once), against the float64 reference; partial rotary (the tail is normalized too), transposed
+    views, per-sequence offsets."""
+    monkeypatch.setattr(norm_op, "triton_runs_on", lambda device: False)
+    calls = []
+    norm_rotate = cpu.norm_rotate
+    monkeypatch.setattr(cpu, "norm_rotate", lambda *args: calls.append(1) or norm_rotate(*args))
+    cpu_dev = torch.device("cpu")
+    batch = 1 if layout == "thd" else B
+    q, k = make_qk(layout, batch, seqlen, HQ, HK, D, dtype, cpu_dev, "transposed")
+    wq, wk = _weights(norm, cpu_dev, dtype)
+    if after:
+        wq = wk = None  # (after the rotation with weights: the plain formulation, checked elsewhere)
+    cos, sin = random_tables(S + 9, 6, cpu_dev)
+    kw = dict(norm=norm, norm_after_rope=after, layout=layout, interleaved=interleaved, weight_offset=0.5)
+    if layout == "thd":
+        kw |= {"cu_seqlens": torch.tensor([0, seqlen // 2, seqlen]), "offsets": torch.tensor([3, 9])}
+    else:
+        kw["offsets"] = torch.tensor([3, 9][:batch])
+    q0, k0 = q.clone(), k.clone()
+    qo, ko = rope_triton.qk_norm_rotary(q, k, wq, wk, cos, sin, inplace=inplace, **kw)
+    assert calls == [1]
+    if inplace:
+        assert qo is q and ko is k and q._version > 0
+    else:
+        assert torch.equal(q, q0) and torch.equal(k, k0)
+    rq, rk = _ref(q0, k0, wq, wk, cos, sin, rotary_dim=12, **kw)
+    for out, want, x, w in ((qo, rq, q0, wq), (ko, rk, k0, wk)):
+        assert_forward_close(out, want, x, w, norm=norm, offset=0.5, layout=layout, rotary_dim=12,
+                             interleaved=interleaved)  # fmt: skip
+
+
+@pytest.mark.parametrize("source", ["freqs", "split", "positions", "multi_axis", "q-only"])
+def test_cpu_path_angle_sources(source, monkeypatch):
+    monkeypatch.setattr(norm_op, "triton_runs_on", lambda device: False)
+    cpu_dev = torch.device("cpu")
+    q, k = make_qk("bshd", B, S, HQ, HK, D, torch.bfloat16, cpu_dev)
+    wq, wk = _weights("rms", cpu_dev)
+    if source == "q-only":
+        k, wk = None, None
+    cos, sin = random_tables(40, D // 2, cpu_dev)
+    tables, kw = dict(cos=cos, sin=sin), {}
+    if source == "freqs":
+        tables = dict(freqs=angles.freq_table(angles.inv_freq_and_scale(D)[0]))
+        kw["offsets"] = 1000
+    elif source == "split":
+        ch, sh, cl, sl = angles.split_tables(angles.inv_freq_and_scale(D)[0], 64, low_bits=3)
+        tables = dict(cos=ch, sin=sh, cos_lo=cl, sin_lo=sl)
+        kw["offsets"] = 17
+    elif source == "positions":
+        kw["positions"] = torch.randint(0, 40, (B, S))
+    elif source == "multi_axis":
+        tables = {}
+        kw = dict(multi_axis=angles.mrope(D, [2, 3, 3]), positions=torch.randint(0, 50, (3, B, S)))
+    qo, ko = rope_triton.qk_norm_rotary(q, k, wq, wk, **tables, **kw)
+    ref_tables = dict(tables) if "freqs" not in tables else dict(cos=None, sin=None, **tables)
+    if not ref_tables:
+        ref_tables = dict(cos=None, sin=None)
+    want = _ref(q, k, wq, wk, **ref_tables, **kw)
+    for out, ref, x, w in ((qo, want[0], q, wq), (ko, want[1], k, wk)):
+        if x is None:
+            assert out is None
+            continue
+        assert_forward_close(out, ref, x, w, norm="rms", layout="bshd", rotary_dim=D, interleaved=False)
 
 
 def test_plain_path_multi_axis_without_positions(monkeypatch, device):

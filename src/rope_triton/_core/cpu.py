@@ -80,21 +80,8 @@ def rotate(
     if p.batch * p.seqlen == 0:
         return
     wdtype = _F64 if q.dtype == _F64 else torch.float32
-    half = p.rotary_dim // 2
-    # Each token's rows in wdtype with a unit axis for the heads, broadcast over them (and over the batch
-    # when shared): (1 or B, S, 1, R/2); cos of half-split pairs with one more unit axis, (1 or B, S, 1, 1,
-    # R/2), for both halves of the (..., 2, R/2) pairs.
-    c, s = _decode_rows(p, cos, sin, cos_lo, offsets, half, wdtype, interleaved)
-    if c is None:
-        c, s = _cos_sin(p, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, half, wdtype)
-        c = c.view(*c.shape[:2], 1, half) if interleaved else c.view(*c.shape[:2], 1, 1, half)
-        s = s.view(*s.shape[:2], 1, half)
-    if interleaved:
-        factors = (torch.complex(c, s.neg() if conjugate else s),)
-    else:
-        # The sign of sin in the first half's rotation: y1 = x1 cos - x2 sin, y2 = x2 cos + x1 sin (the
-        # conjugate rotation flips both signs).
-        factors = (c, s, 1.0 if conjugate else -1.0)
+    factors = _factors(p, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved, conjugate,
+                       wdtype)
     if (
         k is not None and p.heads_k and q.dtype != wdtype and torch.get_num_threads() > 1
         and not torch.compiler.is_compiling()
@@ -104,6 +91,92 @@ def rotate(
     _rotate_one(q, q_out, p, factors, interleaved, wdtype)
     if k is not None and p.heads_k:
         _rotate_one(k, k_out, p, factors, interleaved, wdtype)
+
+
+def _factors(p, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, interleaved, conjugate, wdtype):
+    """The rotation's factors in ``wdtype``: ``(cos, sin, sign)`` for half-split pairs, ``(cos + i sin,)``
+    for interleaved ones. Each token's rows with a unit axis for the heads, broadcast over them (and over
+    the batch when shared): (1 or B, S, 1, R/2); cos of half-split pairs with one more unit axis, (1 or B,
+    S, 1, 1, R/2), for both halves of the (..., 2, R/2) pairs."""
+    half = p.rotary_dim // 2
+    c, s = _decode_rows(p, cos, sin, cos_lo, offsets, half, wdtype, interleaved)
+    if c is None:
+        c, s = _cos_sin(p, cos, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, half, wdtype)
+        c = c.view(*c.shape[:2], 1, half) if interleaved else c.view(*c.shape[:2], 1, 1, half)
+        s = s.view(*s.shape[:2], 1, half)
+    if interleaved:
+        return (torch.complex(c, s.neg() if conjugate else s),)
+    # The sign of sin in the first half's rotation: y1 = x1 cos - x2 sin, y2 = x2 cos + x1 sin (the
+    # conjugate rotation flips both signs).
+    return c, s, 1.0 if conjugate else -1.0
+
+
+def norm_rotate(
+    p: Problem,
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    q_out: torch.Tensor,
+    k_out: torch.Tensor | None,
+    weights: tuple[torch.Tensor | None, torch.Tensor | None],
+    per_token: bool,
+    eps: float,
+    weight_offset: float,
+    angles: tuple,
+    interleaved: bool,
+) -> None:
+    """:func:`rope_triton.qk_norm_rotary` with the norm before the rotation (or after it, without weights:
+    the same): q and k normalized and weighted in float32 (float64 data: float64), rotated in that
+    precision and rounded once into ``q_out`` and ``k_out`` (which may be q and k).
+
+    ``per_token``: one root mean square over all heads of a token (``rms_heads``), else one per head.
+    ``angles``: :func:`rotate`'s arguments from ``cos`` to ``cu_seqlens``. q's and k's heads share one
+    float32 buffer, normalized in place (a reduction and two multiplies, no squared copy), in blocks of
+    tokens as :func:`rotate` does. Not differentiable (in-place ops): autograd takes the plain formulation.
+    """
+    parts = [(to_bshd(x, p.layout), to_bshd(y, p.layout), w)
+             for x, y, w in ((q, q_out, weights[0]), (k, k_out, weights[1])) if x is not None]
+    parts = [part for part in parts if part[0].shape[2]]  # (k without heads)
+    if p.batch * p.seqlen == 0 or not parts:
+        return
+    wdtype = _F64 if q.dtype == _F64 else torch.float32
+    factors = _factors(p, *angles, interleaved, False, wdtype)
+    rot = p.rotary_dim
+    heads = [x.shape[2] for x, _, _ in parts]
+    shapes = [(h, p.head_dim) if per_token else (p.head_dim,) for h in heads]
+    ws = [None if w is None else (w.to(wdtype) + weight_offset if weight_offset else w.to(wdtype)).view(shape)
+          for (_, _, w), shape in zip(parts, shapes, strict=True)]
+    d0, d1 = parts[0][0].shape[:2]
+    partial = rot < p.head_dim
+    # (blocks of whole tokens: a token's heads, q's and k's, are never cut)
+    for index in _blocks((d0, d1, 1, min(sum(heads) * p.head_dim, _BLOCK))):
+        # (a decode step is one block: its cost is its number of ops, and index () would add views)
+        xs, ys = ([x for x, _, _ in parts], [y for _, y, _ in parts]) if index == () else (
+            [x[index] for x, _, _ in parts], [y[index] for _, y, _ in parts]
+        )
+        buf = torch.empty(*xs[0].shape[:2], sum(heads), p.head_dim, dtype=wdtype)
+        chunks = buf.split_with_sizes(heads, 2) if len(parts) > 1 else (buf,)
+        for chunk, x in zip(chunks, xs, strict=True):
+            chunk.copy_(x)
+        # 1 / rms from the norm (a reduction, no squared copy), applied in place: every head at once
+        for chunk, shape in ((buf, shapes[0][-1:]),) if not per_token else zip(chunks, shapes, strict=True):
+            rms = torch.linalg.vector_norm(chunk, dim=(-2, -1) if per_token else -1, keepdim=True)
+            chunk.mul_(rms.square_().mul_(1 / math.prod(shape)).add_(eps).rsqrt_())
+        for chunk, w in zip(chunks, ws, strict=True):
+            if w is not None:
+                chunk.mul_(w)
+        block_factors = factors if index == () else _take(factors, index)
+        pairs = buf[..., :rot] if partial else buf
+        if interleaved:
+            (turn,) = block_factors
+            rotated = pairs if _complex_view_ok(pairs) else pairs.contiguous()  # (an odd head_dim)
+            torch.view_as_complex(rotated.unflatten(-1, (rot // 2, 2))).mul_(turn)
+        else:
+            rotated = _turn_halves(pairs, block_factors)
+        outs = rotated.split_with_sizes(heads, 2) if len(parts) > 1 else (rotated,)
+        for y, out, chunk in zip(ys, outs, chunks, strict=True):
+            (y[..., :rot] if partial else y).copy_(out)  # the one rounding to the output dtype
+            if partial:
+                y[..., rot:].copy_(chunk[..., rot:])
 
 
 # ---- rotation ------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 Forward: one launch of the rotary kernel with its norm prologue (``NORM``): q and k are read once and
 written once. Backward: one launch as well, reading the saved inputs and the output gradients and writing
 the input gradients, plus one row of partial weight gradients per program, summed here in a fixed order
-(bitwise deterministic, no atomics). Where the kernel does not run (the CPU without the interpreter, or
-torch.compile for the CPU): :func:`rope_triton.reference.qk_norm_rotary` in float32, differentiable.
+(bitwise deterministic, no atomics). Where the kernel does not run, eager inference on the CPU takes the
+CPU path (:func:`rope_triton._core.cpu.norm_rotate`), and autograd and torch.compile for the CPU take
+:func:`rope_triton.reference.qk_norm_rotary` in float32, differentiable.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from torch.autograd.function import once_differentiable
 from torch.library import triton_op, wrap_triton
 
 from .. import reference
+from . import cpu
 from .checks import NORM_KINDS, Problem, check, check_norm
 from .kernels import rotary_kernel
 from .launch import launch, norm_config
-from .op import _new_out, triton_runs_on
+from .op import _explicit_cp_positions, _new_out, triton_runs_on
 from .operands import NormOperands, Operands
 
 _NORM_NAMES = {1: "rms", 2: "rms_heads"}
@@ -214,6 +216,37 @@ def apply(
     kind, eps, weight_offset, after = check_norm(
         p, q, k, q_weight, k_weight, norm, eps, weight_offset, norm_after_rope
     )
+    grads = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, q_weight, k_weight)
+    )
+    ops = Operands(
+        q,
+        k,
+        table,
+        None if freqs is not None else sin,
+        cos_lo,
+        sin_lo,
+        positions,
+        offsets if isinstance(offsets, torch.Tensor) else None,
+        cu_seqlens,
+    )
+    if (
+        q.device.type == "cpu" and not triton_runs_on(q.device) and not _compiling(q) and not grads
+        and not (after and (q_weight is not None or k_weight is not None))
+    ):
+        # Eager inference on the CPU: the CPU path, a few dense ops (the plain formulation below moves
+        # several times the bytes: a patched model on a CPU must not be slower than an unpatched one).
+        if p.cp[0] > 1:
+            p, ops = _explicit_cp_positions(p, ops)  # (the CPU path takes zigzag positions as explicit)
+        q_out = q if inplace else _new_out(q)
+        k_out = k if inplace or k is None else _new_out(k)
+        cpu.norm_rotate(
+            p, q, k, q_out, k_out, (q_weight, k_weight if k is not None else None), kind == 2, eps,
+            weight_offset, (ops.cos, ops.cos if ops.sin is None else ops.sin, *ops[4:]), interleaved,
+        )
+        if inplace:
+            torch.autograd.graph.increment_version([t for t in (q, k) if t is not None])
+        return q_out, k_out
     if not triton_runs_on(q.device) or (_compiling(q) and q.device.type != "cuda"):
         angles = dict(cos=cos, sin=sin, cos_lo=cos_lo, sin_lo=sin_lo, positions=positions, offsets=offsets)
         if multi_axis is not None:
@@ -242,20 +275,6 @@ def apply(
             **({} if p.cp[0] == 1 else {"cp_size": p.cp[0], "cp_rank": p.cp[1]}),
         )
     nrm = NormOperands(kind, eps, weight_offset, after, q_weight, k_weight if k is not None else None)
-    ops = Operands(
-        q,
-        k,
-        table,
-        None if freqs is not None else sin,
-        cos_lo,
-        sin_lo,
-        positions,
-        offsets if isinstance(offsets, torch.Tensor) else None,
-        cu_seqlens,
-    )
-    grads = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, q_weight, k_weight)
-    )
     if not grads:
         out = run_forward(p, ops, nrm, interleaved=interleaved, inplace=inplace)
         if inplace:
