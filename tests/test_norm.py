@@ -368,6 +368,41 @@ def test_cpu_path(interleaved, dtype, layout, norm, after, seqlen, inplace, monk
                              interleaved=interleaved)  # fmt: skip
 
 
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+def test_cpu_path_replays_validated_calls(inplace, monkeypatch):
+    """A repeat of a validated call (a decode step) skips validation, with new data and offsets: same
+    results as a validated call, inputs untouched out of place, versions bumped in place, an offset past
+    the table still refused."""
+    monkeypatch.setattr(norm_op, "triton_runs_on", lambda device: False)
+    monkeypatch.setattr(norm_op, "_INTERPRETED", False)  # (the suite runs the kernel in the interpreter)
+    monkeypatch.setattr(norm_op, "PROBLEMS", {})
+    checks = []
+    check = norm_op.check
+    monkeypatch.setattr(norm_op, "check", lambda *a, **kw: checks.append(1) or check(*a, **kw))
+    cpu_dev = torch.device("cpu")
+    cos, sin = random_tables(12, D // 2, cpu_dev)
+    wq, wk = _weights("rms", cpu_dev)
+    q, k = make_qk("bhsd", B, 1, HQ, HK, D, torch.bfloat16, cpu_dev, "transposed")
+    for offsets in (3, torch.tensor([5, 9]), 11):
+        q.copy_(torch.randn_like(q))  # (new data in the same tensors: one key for the int offsets)
+        k.copy_(torch.randn_like(k))
+        q0, k0 = q.clone(), k.clone()
+        v0 = q._version
+        qo, ko = rope_triton.qk_norm_rotary(q, k, wq, wk, cos, sin, offsets=offsets, layout="bhsd",
+                                            inplace=inplace)  # fmt: skip
+        rq, rk = _ref(q0, k0, wq, wk, cos, sin, offsets=offsets, layout="bhsd")
+        for out, want, x, w in ((qo, rq, q0, wq), (ko, rk, k0, wk)):
+            assert_forward_close(out, want, x, w, norm="rms", layout="bhsd", rotary_dim=D, interleaved=False)
+        if inplace:
+            assert qo is q and ko is k and q._version > v0
+        else:
+            assert torch.equal(q, q0) and torch.equal(k, k0)
+    # int offsets share a key; the tensor one has its own: two validations for three calls
+    assert len(checks) == 2 and len(norm_op.PROBLEMS) == 2
+    with pytest.raises(ValueError, match="at least 13 rows, got 12"):
+        rope_triton.qk_norm_rotary(q, k, wq, wk, cos, sin, offsets=12, layout="bhsd")
+
+
 @pytest.mark.parametrize("source", ["freqs", "split", "positions", "multi_axis", "q-only"])
 def test_cpu_path_angle_sources(source, monkeypatch):
     monkeypatch.setattr(norm_op, "triton_runs_on", lambda device: False)

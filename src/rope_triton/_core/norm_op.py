@@ -21,8 +21,17 @@ from .. import reference
 from . import cpu
 from .checks import NORM_KINDS, Problem, check, check_norm
 from .kernels import rotary_kernel
-from .launch import launch, norm_config
-from .op import _explicit_cp_positions, _new_out, triton_runs_on
+from .launch import launch, norm_config, signature
+from .op import (
+    _INTERPRETED,
+    _PROBLEMS_CAPACITY,
+    PROBLEMS,
+    _explicit_cp_positions,
+    _new_out,
+    _one_buffer,
+    _plain_options,
+    triton_runs_on,
+)
 from .operands import NormOperands, Operands
 
 _NORM_NAMES = {1: "rms", 2: "rms_heads"}
@@ -164,6 +173,46 @@ class NormRotaryFunction(torch.autograd.Function):
         )
 
 
+def _cpu_forward(p, q, k, q_weight, k_weight, kind, eps, weight_offset, ops, interleaved, inplace):
+    if p.cp[0] > 1:
+        p, ops = _explicit_cp_positions(p, ops)  # (the CPU path takes zigzag positions as explicit)
+    q_out = q if inplace else _new_out(q)
+    k_out = k if inplace or k is None else _new_out(k)
+    cpu.norm_rotate(
+        p, q, k, q_out, k_out, (q_weight, k_weight if k is not None else None), kind == 2, eps, weight_offset,
+        (ops.cos, ops.cos if ops.sin is None else ops.sin, *ops[4:]), interleaved,
+    )
+    if inplace:
+        torch.autograd.graph.increment_version([t for t in (q, k) if t is not None])
+    return q_out, k_out
+
+
+def _cpu_key(q, k, q_weight, k_weight, table, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, max_seqlen,
+             layout, interleaved, rotary_dim, inplace, freqs, multi_axis, cp_size, norm_options):
+    """The key of an eager CPU-path call in :data:`PROBLEMS` (that of :func:`rope_triton.apply_rotary`'s
+    calls plus the norm's options and weights), or None for a call that must validate every time."""
+    if (
+        type(q) is not torch.Tensor or q.device.type != "cpu" or _INTERPRETED or cu_seqlens is not None
+        or multi_axis is not None or cp_size != 1 or (k is not None and type(k) is not torch.Tensor)
+        or _compiling(q) or not _plain_options(layout, interleaved, rotary_dim, inplace, False, max_seqlen)
+        or (inplace and _one_buffer(q, k))
+        or (torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (q, k, q_weight, k_weight)
+        ))
+    ):
+        return None
+    norm, eps, weight_offset, after = norm_options
+    if type(norm) is not str or type(after) is not bool or any(
+        type(x) not in (int, float) for x in (eps, weight_offset)
+    ):
+        return None
+    options = ("cpu", "norm", layout, interleaved, rotary_dim, inplace, max_seqlen, freqs, norm, eps,
+               weight_offset, after)
+    offsets_t = offsets if type(offsets) is torch.Tensor else None
+    tensors = (q, k, table, sin, cos_lo, sin_lo, positions, offsets_t, None, q_weight, k_weight)
+    return signature(tensors, offsets, options)
+
+
 def apply(
     q,
     k,
@@ -194,6 +243,21 @@ def apply(
     """:func:`rope_triton.qk_norm_rotary` after its table arguments were sorted out (``freqs`` is the
     ``multi_axis``'s table when that is given)."""
     table = freqs if freqs is not None else cos
+    key = _cpu_key(
+        q, k, q_weight, k_weight, table, sin, cos_lo, sin_lo, positions, offsets, cu_seqlens, max_seqlen,
+        layout, interleaved, rotary_dim, inplace, freqs is not None, multi_axis, cp_size,
+        (norm, eps, weight_offset, norm_after_rope),
+    )
+    known = PROBLEMS.get(key) if key is not None else None
+    if known is not None:
+        offset = offsets if type(offsets) is int else 0
+        p, kind, eps, weight_offset, after = known
+        if 0 <= offset <= p.max_offset:
+            # A repeat of a validated call (a decode step): straight to the CPU path.
+            return _cpu_forward(p._replace(offset=offset), q, k, q_weight, k_weight, kind, eps, weight_offset,
+                                Operands(q, k, table, sin, cos_lo, sin_lo, positions,
+                                         offsets if type(offsets) is torch.Tensor else None, None),
+                                interleaved, inplace)
     p = check(
         q,
         k,
@@ -236,17 +300,11 @@ def apply(
     ):
         # Eager inference on the CPU: the CPU path, a few dense ops (the plain formulation below moves
         # several times the bytes: a patched model on a CPU must not be slower than an unpatched one).
-        if p.cp[0] > 1:
-            p, ops = _explicit_cp_positions(p, ops)  # (the CPU path takes zigzag positions as explicit)
-        q_out = q if inplace else _new_out(q)
-        k_out = k if inplace or k is None else _new_out(k)
-        cpu.norm_rotate(
-            p, q, k, q_out, k_out, (q_weight, k_weight if k is not None else None), kind == 2, eps,
-            weight_offset, (ops.cos, ops.cos if ops.sin is None else ops.sin, *ops[4:]), interleaved,
-        )
-        if inplace:
-            torch.autograd.graph.increment_version([t for t in (q, k) if t is not None])
-        return q_out, k_out
+        if key is not None:
+            if len(PROBLEMS) >= _PROBLEMS_CAPACITY:
+                PROBLEMS.clear()
+            PROBLEMS[key] = (p, kind, eps, weight_offset, after)
+        return _cpu_forward(p, q, k, q_weight, k_weight, kind, eps, weight_offset, ops, interleaved, inplace)
     if not triton_runs_on(q.device) or (_compiling(q) and q.device.type != "cuda"):
         angles = dict(cos=cos, sin=sin, cos_lo=cos_lo, sin_lo=sin_lo, positions=positions, offsets=offsets)
         if multi_axis is not None:
