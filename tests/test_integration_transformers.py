@@ -403,6 +403,40 @@ def test_model_parity_fp32(family, device, monkeypatch):
         _assert_as_accurate(g, base_grads[name], ref_grads[name], f"grad of {name}")
 
 
+@pytest.mark.parametrize("family", ["llama", *sorted(QK_NORM_FAMILIES)])
+def test_cpu_path_model_parity(family, monkeypatch):
+    """A patched model on a CPU without the interpreter (the CPU path, fused norms included, replays from
+    the second layer on): logits as accurate as the unpatched model's, and the same greedy tokens."""
+    from rope_triton._core import norm_op
+    from rope_triton._core import op as _ops
+
+    for module in (_ops, norm_op):
+        monkeypatch.setattr(module, "triton_runs_on", lambda device: False)
+        monkeypatch.setattr(module, "_INTERPRETED", False)
+    cpu_rotations = []
+    rotate, norm_rotate = _ops.cpu.rotate, norm_op.cpu.norm_rotate
+    monkeypatch.setattr(_ops.cpu, "rotate", lambda *a: cpu_rotations.append("rotate") or rotate(*a))
+    monkeypatch.setattr(norm_op.cpu, "norm_rotate", lambda *a: cpu_rotations.append("norm") or norm_rotate(*a))
+    model = build(family, torch.device("cpu"))
+    ref_model = copy.deepcopy(model).double()
+    ids = torch.randint(3, 128, (2, 5))
+    mask = torch.ones_like(ids)
+    ids[1, :2], mask[1, :2] = 0, 0
+    kw = dict(attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        ref, base = ref_model(ids).logits, model(ids).logits
+        base_tokens = model.generate(ids, **kw)
+        patch(model)
+        try:
+            ours = model(ids).logits
+            ours_tokens = model.generate(ids, **kw)
+        finally:
+            unpatch(model)
+    assert set(cpu_rotations) == {"norm" if family in QK_NORM_FAMILIES else "rotate"}
+    _assert_as_accurate(ours, base, ref, "logits")
+    assert torch.equal(ours_tokens, base_tokens)
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt_neox", "gptj", "llama4"])
 def test_model_parity_bf16(family, device):
     """bfloat16 model: the rotary step rounds once (ours) instead of three times (transformers; Llama 4:
