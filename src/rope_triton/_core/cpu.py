@@ -133,19 +133,26 @@ def norm_rotate(
     float32 buffer, normalized in place (a reduction and two multiplies, no squared copy), in blocks of
     tokens as :func:`rotate` does. Not differentiable (in-place ops): autograd takes the plain formulation.
     """
-    parts = [(to_bshd(x, p.layout), to_bshd(y, p.layout), w)
-             for x, y, w in ((q, q_out, weights[0]), (k, k_out, weights[1])) if x is not None]
-    parts = [part for part in parts if part[0].shape[2]]  # (k without heads)
+    # Hugging Face's decode step, (B, H, 1, D): heads on axis 1 as they are (the factors' (B, 1, 1, ...)
+    # broadcast the same way in either order), one view less per tensor; else (B, S, H, D) views.
+    axis = 1 if p.layout == "bhsd" and p.seqlen == 1 else 2
+    tensors = ((q, q_out, weights[0]), (k, k_out, weights[1]))
+    parts = [(x, y, w) if axis == 1 else (to_bshd(x, p.layout), to_bshd(y, p.layout), w)
+             for x, y, w in tensors if x is not None]
+    parts = [part for part in parts if part[0].shape[axis]]  # (k without heads)
     if p.batch * p.seqlen == 0 or not parts:
         return
     wdtype = _F64 if q.dtype == _F64 else torch.float32
     factors = _factors(p, *angles, interleaved, False, wdtype)
     rot = p.rotary_dim
-    heads = [x.shape[2] for x, _, _ in parts]
-    shapes = [(h, p.head_dim) if per_token else (p.head_dim,) for h in heads]
-    ws = [None if w is None else (w.to(wdtype) + weight_offset if weight_offset else w.to(wdtype)).view(shape)
-          for (_, _, w), shape in zip(parts, shapes, strict=True)]
-    d0, d1 = parts[0][0].shape[:2]
+    heads = [x.shape[axis] for x, _, _ in parts]
+    # (a per-token weight is (H, D), viewed over the heads axis and any axes between it and the head dim)
+    ws = [None if w is None else (w.to(wdtype) + weight_offset if weight_offset else w.to(wdtype))
+          for _, _, w in parts]
+    if per_token:
+        ws = [w if w is None else w.view(h, *(1,) * (2 - axis), p.head_dim)
+              for w, h in zip(ws, heads, strict=True)]
+    d0, d1 = (p.batch, 1) if axis == 1 else parts[0][0].shape[:2]
     partial = rot < p.head_dim
     # (blocks of whole tokens: a token's heads, q's and k's, are never cut)
     for index in _blocks((d0, d1, 1, min(sum(heads) * p.head_dim, _BLOCK))):
@@ -153,14 +160,18 @@ def norm_rotate(
         xs, ys = ([x for x, _, _ in parts], [y for _, y, _ in parts]) if index == () else (
             [x[index] for x, _, _ in parts], [y[index] for _, y, _ in parts]
         )
-        buf = torch.empty(*xs[0].shape[:2], sum(heads), p.head_dim, dtype=wdtype)
-        chunks = buf.split_with_sizes(heads, 2) if len(parts) > 1 else (buf,)
+        shape = list(xs[0].shape)
+        shape[axis] = sum(heads)
+        buf = torch.empty(shape, dtype=wdtype)
+        chunks = buf.split_with_sizes(heads, axis) if len(parts) > 1 else (buf,)
         for chunk, x in zip(chunks, xs, strict=True):
             chunk.copy_(x)
         # 1 / rms from the norm (a reduction, no squared copy), applied in place: every head at once
-        for chunk, shape in ((buf, shapes[0][-1:]),) if not per_token else zip(chunks, shapes, strict=True):
-            rms = torch.linalg.vector_norm(chunk, dim=(-2, -1) if per_token else -1, keepdim=True)
-            chunk.mul_(rms.square_().mul_(1 / math.prod(shape)).add_(eps).rsqrt_())
+        for chunk, count in ((buf, p.head_dim),) if not per_token else (
+            (chunk, h * p.head_dim) for chunk, h in zip(chunks, heads, strict=True)
+        ):
+            rms = torch.linalg.vector_norm(chunk, dim=(axis, -1) if per_token else -1, keepdim=True)
+            chunk.mul_(rms.square_().mul_(1 / count).add_(eps).rsqrt_())
         for chunk, w in zip(chunks, ws, strict=True):
             if w is not None:
                 chunk.mul_(w)
@@ -172,7 +183,7 @@ def norm_rotate(
             torch.view_as_complex(rotated.unflatten(-1, (rot // 2, 2))).mul_(turn)
         else:
             rotated = _turn_halves(pairs, block_factors)
-        outs = rotated.split_with_sizes(heads, 2) if len(parts) > 1 else (rotated,)
+        outs = rotated.split_with_sizes(heads, axis) if len(parts) > 1 else (rotated,)
         for y, out, chunk in zip(ys, outs, chunks, strict=True):
             (y[..., :rot] if partial else y).copy_(out)  # the one rounding to the output dtype
             if partial:
