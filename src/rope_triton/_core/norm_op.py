@@ -195,6 +195,7 @@ def _cpu_key(q, k, q_weight, k_weight, table, sin, cos_lo, sin_lo, positions, of
         type(q) is not torch.Tensor or q.device.type != "cpu" or _INTERPRETED or cu_seqlens is not None
         or multi_axis is not None or cp_size != 1 or (k is not None and type(k) is not torch.Tensor)
         or _compiling(q) or not _plain_options(layout, interleaved, rotary_dim, inplace, False, max_seqlen)
+        or any(w is not None and type(w) is not torch.Tensor for w in (q_weight, k_weight))
         or (inplace and _one_buffer(q, k))
         or (torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (q, k, q_weight, k_weight)
