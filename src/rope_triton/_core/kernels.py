@@ -521,6 +521,12 @@ def _norm_program(X, Y, G, W, strides, blk, chunk, POS, CU, sizes, COS, SIN, tab
         cos, sin, cos_lo, sin_lo = _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, table, ROTARY_DIM,
                                            LAYOUT, POS_MODE, ANGLES, BLOCK_HALF, ct)
     x1, x2, xt = _head_parts(X, xh, ok, HALF, ROTARY_DIM, TAIL, INTERLEAVED, ct)
+    if G is not None:
+        # The output gradient's loads go out with the input's, before the reductions that need the input:
+        # a program then waits for memory once, not twice.
+        g1, g2, gt = _head_parts(G, yh, ok, HALF, ROTARY_DIM, TAIL, INTERLEAVED, ct)
+    else:
+        g1, g2, gt = x1, x2, xt  # (unused)
     # Weights: (head_dim,) shared by the heads, or (heads * head_dim,) per token; 1 without.
     wh = (h * HEAD_DIM if PER_TOKEN else h * 0)[None, :]
     if W is None:
@@ -551,7 +557,6 @@ def _norm_program(X, Y, G, W, strides, blk, chunk, POS, CU, sizes, COS, SIN, tab
     else:
         # y = R(u * w) (or u' * w with u' = R u), u = x r: with v the gradient at u * w (resp. at u'),
         # dw = sum v * u, and the gradient at u is r (v w - u <v w, u> / N) (rotated back after the rope).
-        g1, g2, gt = _head_parts(G, yh, ok, HALF, ROTARY_DIM, TAIL, INTERLEAVED, ct)
         if AFTER:
             u1, u2 = _rotate_pair(x1 * r, x2 * r, c, sn, not CONJUGATE)
             v1 = g1
