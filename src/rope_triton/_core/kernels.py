@@ -567,12 +567,17 @@ def _norm_program(X, Y, G, W, strides, blk, chunk, POS, CU, sizes, COS, SIN, tab
             v1, v2 = _rotate_pair(g1, g2, c, sn, CONJUGATE)
         ut = xt * r
         vt = gt
-        # This program's share of the weight gradient, summed over its tokens (tokens past the end have
-        # NaN angles: masked out, not multiplied by zero).
-        tok3 = tok_ok[:, None, None]
-        d1 = tl.sum(tl.where(tok3, v1 * u1, 0.0), axis=0)
-        d2 = tl.sum(tl.where(tok3, v2 * u2, 0.0), axis=0)
-        dt = tl.sum(tl.where(tok3, vt * ut, 0.0), axis=0)
+        if W is None:
+            d1 = 0.0
+            d2 = 0.0
+            dt = 0.0
+        else:
+            # This program's share of the weight gradient, summed over its tokens (tokens past the end
+            # have NaN angles: masked out, not multiplied by zero).
+            tok3 = tok_ok[:, None, None]
+            d1 = tl.sum(tl.where(tok3, v1 * u1, 0.0), axis=0)
+            d2 = tl.sum(tl.where(tok3, v2 * u2, 0.0), axis=0)
+            dt = tl.sum(tl.where(tok3, vt * ut, 0.0), axis=0)
         v1 = v1 * w1
         v2 = v2 * w2
         vt = vt * wt
