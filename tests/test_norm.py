@@ -314,6 +314,24 @@ def test_backward_program_shapes(norm, program, loop, device):
                                  interleaved=False)  # fmt: skip
 
 
+@pytest.mark.parametrize("empty", ["batch", "seq", "heads"])
+@pytest.mark.parametrize("norm", ["rms", "rms_heads"])
+def test_backward_of_nothing(norm, empty, device):
+    # Nothing to launch: the input gradients are empty and the weight gradients zero, no launch rule
+    # arithmetic on zero bytes.
+    batch, seq, heads = (0, S, (HQ, HK)) if empty == "batch" else (B, 0, (HQ, HK)) if empty == "seq" else (
+        B, S, (0, 0))  # fmt: skip
+    q, k = (torch.randn(batch, seq, h, D, device=device) for h in heads)
+    wq, wk = _weights(norm, device, heads=heads if norm == "rms_heads" else (HQ, HK))
+    leaves = [t.requires_grad_() for t in (q, k, wq, wk)]
+    cos, sin = random_tables(max(seq, 1), D // 2, device)
+    outs = rope_triton.qk_norm_rotary(*leaves, cos, sin, norm=norm)
+    got = torch.autograd.grad(outs, leaves, [torch.ones_like(o) for o in outs], allow_unused=True)
+    assert got[0].shape == q.shape and got[1].shape == k.shape
+    for dw, w in zip(got[2:], (wq, wk), strict=True):
+        assert dw is None or (dw.shape == w.shape and not dw.any())
+
+
 def test_backward_is_deterministic(device):
     q, k = make_qk("bshd", B, S, HQ, HK, D, torch.bfloat16, device)
     wq, wk = (w.requires_grad_() for w in _weights("rms", device))

@@ -607,10 +607,14 @@ def _norm_blocks(X, Y, G, W, DW, dw_row, strides, group, chunk, POS, CU, sizes, 
                                    have_angles, SHAPE, HEADS, BLOCK_T, BLOCK_H, INTERLEAVED, LAYOUT, ANGLES,
                                    POS_MODE, NORM, HAVE_ANGLES)
     else:
-        d1, d2, dt = _norm_program(X, Y, G, W, strides, group * LOOP, chunk, POS, CU, sizes, COS, SIN, table,
-                                   have_angles, SHAPE, HEADS, BLOCK_T, BLOCK_H, INTERLEAVED, LAYOUT, ANGLES,
-                                   POS_MODE, NORM, False)
-        for i in range(1, LOOP):
+        # From zeroed sums, so that the loop body is the one copy of the program in the compiled code.
+        ct: tl.constexpr = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
+        BLOCK_HALF: tl.constexpr = triton.next_power_of_2(ROTARY_DIM // 2)
+        TAIL_W: tl.constexpr = triton.next_power_of_2(HEAD_DIM - ROTARY_DIM) if HEAD_DIM > ROTARY_DIM else 1
+        d1 = tl.zeros((BLOCK_H, BLOCK_HALF), ct)
+        d2 = tl.zeros((BLOCK_H, BLOCK_HALF), ct)
+        dt = tl.zeros((BLOCK_H, TAIL_W), ct)
+        for i in range(LOOP):
             e1, e2, et = _norm_program(X, Y, G, W, strides, group * LOOP + i, chunk, POS, CU, sizes, COS,
                                        SIN, table, have_angles, SHAPE, HEADS, BLOCK_T, BLOCK_H, INTERLEAVED,
                                        LAYOUT, ANGLES, POS_MODE, NORM, False)

@@ -209,13 +209,14 @@ def norm_config(p: Problem, itemsize: int, norm: NormOperands, *, backward: bool
         block_hk = min(triton.next_power_of_2(p.heads_k), block_h)
         program = (kernels.ORDER_Q_FIRST, block_t, block_h, max(1, block_t * block_h // block_hk), block_hk)
     cfg = {"PROGRAM": program, "num_warps": warps}
-    if backward and (norm.weight_q is not None or norm.weight_k is not None):
+    moved = 3 * n_tokens * (p.heads_q + p.heads_k) * p.head_dim * itemsize
+    if backward and moved and (norm.weight_q is not None or norm.weight_k is not None):
         _, bt_q, bh_q, bt_k, bh_k = program
         programs = triton.cdiv(n_tokens, bt_q) * triton.cdiv(p.heads_q, bh_q)
         if p.heads_k:
             programs += triton.cdiv(n_tokens, bt_k) * triton.cdiv(p.heads_k, bh_k)
-        row = head * (heads if norm.kind == 2 else 1) * 4
-        moved = 3 * n_tokens * (p.heads_q + p.heads_k) * p.head_dim * itemsize
+        # (rows in float32; float64 for float64 data)
+        row = head * (heads if norm.kind == 2 else 1) * max(4, itemsize)
         loop = triton.next_power_of_2(max(1, triton.cdiv(programs * row * _NORM_ROWS_SHARE, moved)))
         cap = max(1, programs // _NORM_MIN_PROGRAMS)
         cfg["NORM_LOOP"] = min(loop, 1 << (cap.bit_length() - 1))

@@ -122,7 +122,7 @@ def _backward(launcher, kernel, p, ops, nrm, grad_q, grad_k, interleaved, cfg=No
         if order == kernels.ORDER_Q_FIRST:
             q_rows, k_rows = dw[:n_q], dw[n_q:]
         else:
-            rows = dw.view(-1, q_chunks + k_chunks, row)
+            rows = dw.view(triton.cdiv(p.batch * p.seqlen, block_tq * loop), q_chunks + k_chunks, row)
             q_rows, k_rows = rows[:, :q_chunks], rows[:, q_chunks:]
         if nrm.weight_q is not None:
             dwq = q_rows.sum(tuple(range(q_rows.dim() - 1)))[: nrm.weight_q.numel()].to(nrm.weight_q.dtype)
