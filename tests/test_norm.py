@@ -277,6 +277,61 @@ def test_backward_block_cut_short(norm, device, monkeypatch):
                                  interleaved=False)  # fmt: skip
 
 
+@pytest.mark.parametrize("loop", [1, 3])
+@pytest.mark.parametrize(
+    "program",
+    [(1, 2, 4, 4, 2), (0, 2, 4, 2, 4)],
+    ids=["q-first-k-own-blocks", "token-blocks"],
+)
+@pytest.mark.parametrize("norm", ["rms", "rms_heads"])
+def test_backward_program_shapes(norm, program, loop, device):
+    # Programs other than the few-token rule's, as large inputs get them: q's programs first with k's of
+    # their own block shape, several token blocks per program (NORM_LOOP) and a last group cut short
+    # (13 tokens in groups of 6): each program's weight-gradient row lands where the host sums it.
+    from rope_triton._core.checks import check
+    from rope_triton._core.kernels import rotary_kernel
+    from rope_triton._core.launch import launch
+    from rope_triton._core.operands import NormOperands, Operands
+
+    seq = 13
+    q, k = make_qk("bshd", 1, seq, HQ, HK, D, torch.float32, device)
+    wq, wk = _weights(norm, device)
+    cos, sin = random_tables(seq, D // 2, device)
+    grads_out = [torch.randn_like(q), torch.randn_like(k)]
+    p = check(q, k, cos, sin, positions=None, offsets=None, cu_seqlens=None, max_seqlen=None,
+              layout="bshd", rotary_dim=D, inplace=False)  # fmt: skip
+    nrm = NormOperands({"rms": 1, "rms_heads": 2}[norm], 1e-6, 0.0, False, wq, wk)
+    cfg = {"PROGRAM": program, "num_warps": 1, "NORM_LOOP": loop}
+    ops = Operands(q, k, cos, sin)
+    got = norm_op._backward(launch, rotary_kernel, p, ops, nrm, *grads_out, False, cfg=cfg)
+    ref_in = [t.detach().double().requires_grad_() for t in (q, k, wq, wk)]
+    rq, rk = reference.qk_norm_rotary(*ref_in, cos, sin, norm=norm, compute_dtype=torch.float64)
+    want = torch.autograd.grad((rq, rk), ref_in, [g.double() for g in grads_out])
+    for i, (x, g, w) in enumerate(((q, grads_out[0], wq), (k, grads_out[1], wk))):
+        assert_grad_close(got[i], want[i], x, g, w, norm=norm, offset=0.0, layout="bshd", rotary_dim=D,
+                          interleaved=False)  # fmt: skip
+        assert_weight_grad_close(got[2 + i], want[2 + i], x, g, w, norm=norm, layout="bshd", rotary_dim=D,
+                                 interleaved=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("empty", ["batch", "seq", "heads"])
+@pytest.mark.parametrize("norm", ["rms", "rms_heads"])
+def test_backward_of_nothing(norm, empty, device):
+    # Nothing to launch: the input gradients are empty and the weight gradients zero, no launch rule
+    # arithmetic on zero bytes.
+    batch, seq, heads = (0, S, (HQ, HK)) if empty == "batch" else (B, 0, (HQ, HK)) if empty == "seq" else (
+        B, S, (0, 0))  # fmt: skip
+    q, k = (torch.randn(batch, seq, h, D, device=device) for h in heads)
+    wq, wk = _weights(norm, device, heads=heads if norm == "rms_heads" else (HQ, HK))
+    leaves = [t.requires_grad_() for t in (q, k, wq, wk)]
+    cos, sin = random_tables(max(seq, 1), D // 2, device)
+    outs = rope_triton.qk_norm_rotary(*leaves, cos, sin, norm=norm)
+    got = torch.autograd.grad(outs, leaves, [torch.ones_like(o) for o in outs], allow_unused=True)
+    assert got[0].shape == q.shape and got[1].shape == k.shape
+    for dw, w in zip(got[2:], (wq, wk), strict=True):
+        assert dw is None or (dw.shape == w.shape and not dw.any())
+
+
 def test_backward_is_deterministic(device):
     q, k = make_qk("bshd", B, S, HQ, HK, D, torch.bfloat16, device)
     wq, wk = (w.requires_grad_() for w in _weights("rms", device))

@@ -488,14 +488,16 @@ def _head_dot(a1, a2, at, b1, b2, bt, PER_TOKEN: tl.constexpr):
 
 
 @triton.jit
-def _norm_program(X, Y, G, W, DW, dw_row, strides, blk, chunk, POS, CU, sizes, COS, SIN, table, have_angles,
+def _norm_program(X, Y, G, W, strides, blk, chunk, POS, CU, sizes, COS, SIN, table, have_angles,
                   SHAPE: tl.constexpr, HEADS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
                   INTERLEAVED: tl.constexpr, LAYOUT: tl.constexpr, ANGLES: tl.constexpr,
-                  POS_MODE: tl.constexpr, NORM: tl.constexpr, W_ROW: tl.constexpr, HAVE_ANGLES: tl.constexpr):
+                  POS_MODE: tl.constexpr, NORM: tl.constexpr, HAVE_ANGLES: tl.constexpr):
     """Normalize and rotate heads ``chunk * BLOCK_H ..`` of token block ``blk`` of X into Y (X itself when
-    Y is None); with G, the backward of that. NORM = (kind, eps, after rope): kind 1 normalizes each head
-    over head_dim, kind 2 each token over all its heads (the program then holds every head: BLOCK_H >=
-    HEADS). W: the float weight, any offset (Gemma's 1 + w) already added, or None."""
+    Y is None); with G, the backward of that, returning the block's weight-gradient sums over its
+    tokens ([BLOCK_H, pairs] for each half of the pairs, [BLOCK_H, tail] past rotary_dim). NORM = (kind,
+    eps, after rope, loop): kind 1 normalizes each head over head_dim, kind 2 each token over all its heads
+    (the program then holds every head: BLOCK_H >= HEADS). W: the float weight, any offset (Gemma's 1 + w)
+    already added, or None."""
     HEAD_DIM: tl.constexpr = SHAPE[2]
     ROTARY_DIM: tl.constexpr = SHAPE[3]
     HALF: tl.constexpr = ROTARY_DIM // 2
@@ -519,6 +521,12 @@ def _norm_program(X, Y, G, W, DW, dw_row, strides, blk, chunk, POS, CU, sizes, C
         cos, sin, cos_lo, sin_lo = _angles(tok, tok_ok, b, s, POS, CU, sizes, COS, SIN, table, ROTARY_DIM,
                                            LAYOUT, POS_MODE, ANGLES, BLOCK_HALF, ct)
     x1, x2, xt = _head_parts(X, xh, ok, HALF, ROTARY_DIM, TAIL, INTERLEAVED, ct)
+    if G is not None:
+        # The output gradient's loads go out with the input's, before the reductions that need the input:
+        # a program then waits for memory once, not twice.
+        g1, g2, gt = _head_parts(G, yh, ok, HALF, ROTARY_DIM, TAIL, INTERLEAVED, ct)
+    else:
+        g1, g2, gt = x1, x2, xt  # (unused)
     # Weights: (head_dim,) shared by the heads, or (heads * head_dim,) per token; 1 without.
     wh = (h * HEAD_DIM if PER_TOKEN else h * 0)[None, :]
     if W is None:
@@ -545,10 +553,10 @@ def _norm_program(X, Y, G, W, DW, dw_row, strides, blk, chunk, POS, CU, sizes, C
         else:
             y1, y2 = _rotate_pair(x1 * r * w1, x2 * r * w2, c, sn, CONJUGATE)
         _store_head(Y, yh, ok, y1, y2, xt * r * wt, HALF, ROTARY_DIM, TAIL, INTERLEAVED, True)
+        return 0.0, 0.0, 0.0
     else:
         # y = R(u * w) (or u' * w with u' = R u), u = x r: with v the gradient at u * w (resp. at u'),
         # dw = sum v * u, and the gradient at u is r (v w - u <v w, u> / N) (rotated back after the rope).
-        g1, g2, gt = _head_parts(G, yh, ok, HALF, ROTARY_DIM, TAIL, INTERLEAVED, ct)
         if AFTER:
             u1, u2 = _rotate_pair(x1 * r, x2 * r, c, sn, not CONJUGATE)
             v1 = g1
@@ -559,24 +567,17 @@ def _norm_program(X, Y, G, W, DW, dw_row, strides, blk, chunk, POS, CU, sizes, C
             v1, v2 = _rotate_pair(g1, g2, c, sn, CONJUGATE)
         ut = xt * r
         vt = gt
-        if W is not None:
-            # This program's share of the weight gradient: summed over its tokens (and, for a weight
-            # shared by the heads, over its heads), one row of DW per program, summed on the host. Tokens
-            # past the end of a block cut short have NaN angles: masked out, not multiplied by zero.
+        if W is None:
+            d1 = 0.0
+            d2 = 0.0
+            dt = 0.0
+        else:
+            # This program's share of the weight gradient, summed over its tokens (tokens past the end
+            # have NaN angles: masked out, not multiplied by zero).
             tok3 = tok_ok[:, None, None]
             d1 = tl.sum(tl.where(tok3, v1 * u1, 0.0), axis=0)
             d2 = tl.sum(tl.where(tok3, v2 * u2, 0.0), axis=0)
             dt = tl.sum(tl.where(tok3, vt * ut, 0.0), axis=0)
-            if PER_TOKEN:
-                d_at = (dw_row * W_ROW + h * HEAD_DIM)[None, :]
-                d_ok = h_ok[None, :]
-                _store_head(DW, d_at, d_ok, d1[None, :, :], d2[None, :, :], dt[None, :, :], HALF, ROTARY_DIM,
-                            TAIL, INTERLEAVED, False)
-            else:
-                d_at = tl.zeros((1, 1), tl.int64) + dw_row * W_ROW
-                _store_head(DW, d_at, d_at >= 0, tl.sum(d1, axis=0)[None, None, :],
-                            tl.sum(d2, axis=0)[None, None, :], tl.sum(dt, axis=0)[None, None, :], HALF,
-                            ROTARY_DIM, TAIL, INTERLEAVED, False)
         v1 = v1 * w1
         v2 = v2 * w2
         vt = vt * wt
@@ -586,6 +587,51 @@ def _norm_program(X, Y, G, W, DW, dw_row, strides, blk, chunk, POS, CU, sizes, C
         if AFTER:
             gx1, gx2 = _rotate_pair(gx1, gx2, c, sn, CONJUGATE)
         _store_head(Y, yh, ok, gx1, gx2, r * (vt - ut * dot), HALF, ROTARY_DIM, TAIL, INTERLEAVED, True)
+        return d1, d2, dt
+
+
+@triton.jit
+def _norm_blocks(X, Y, G, W, DW, dw_row, strides, group, chunk, POS, CU, sizes, COS, SIN, table, have_angles,
+                 SHAPE: tl.constexpr, HEADS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+                 INTERLEAVED: tl.constexpr, LAYOUT: tl.constexpr, ANGLES: tl.constexpr,
+                 POS_MODE: tl.constexpr, NORM: tl.constexpr, W_ROW: tl.constexpr, HAVE_ANGLES: tl.constexpr):
+    """:func:`_norm_program` on the NORM[3] token blocks of ``group`` in turn; with G and W, their summed
+    weight gradient goes to row ``dw_row`` of DW (per head: also summed over the heads). Summing over
+    several blocks first divides the partial rows written and summed on the host by that many: a per-token
+    weight's row is as large as the program's share of q."""
+    LOOP: tl.constexpr = NORM[3]
+    HEAD_DIM: tl.constexpr = SHAPE[2]
+    ROTARY_DIM: tl.constexpr = SHAPE[3]
+    if LOOP == 1:
+        d1, d2, dt = _norm_program(X, Y, G, W, strides, group, chunk, POS, CU, sizes, COS, SIN, table,
+                                   have_angles, SHAPE, HEADS, BLOCK_T, BLOCK_H, INTERLEAVED, LAYOUT, ANGLES,
+                                   POS_MODE, NORM, HAVE_ANGLES)
+    else:
+        # From zeroed sums, so that the loop body is the one copy of the program in the compiled code.
+        ct: tl.constexpr = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
+        BLOCK_HALF: tl.constexpr = triton.next_power_of_2(ROTARY_DIM // 2)
+        TAIL_W: tl.constexpr = triton.next_power_of_2(HEAD_DIM - ROTARY_DIM) if HEAD_DIM > ROTARY_DIM else 1
+        d1 = tl.zeros((BLOCK_H, BLOCK_HALF), ct)
+        d2 = tl.zeros((BLOCK_H, BLOCK_HALF), ct)
+        dt = tl.zeros((BLOCK_H, TAIL_W), ct)
+        for i in range(LOOP):
+            e1, e2, et = _norm_program(X, Y, G, W, strides, group * LOOP + i, chunk, POS, CU, sizes, COS,
+                                       SIN, table, have_angles, SHAPE, HEADS, BLOCK_T, BLOCK_H, INTERLEAVED,
+                                       LAYOUT, ANGLES, POS_MODE, NORM, False)
+            d1 += e1
+            d2 += e2
+            dt += et
+    if G is not None and W is not None:
+        h = chunk * BLOCK_H + tl.arange(0, BLOCK_H).to(tl.int64)
+        if NORM[0] == 2:
+            _store_head(DW, (dw_row * W_ROW + h * HEAD_DIM)[None, :], (h < HEADS)[None, :], d1[None, :, :],
+                        d2[None, :, :], dt[None, :, :], ROTARY_DIM // 2, ROTARY_DIM, HEAD_DIM - ROTARY_DIM,
+                        INTERLEAVED, False)
+        else:
+            at = tl.zeros((1, 1), tl.int64) + dw_row * W_ROW
+            _store_head(DW, at, at >= 0, tl.sum(d1, axis=0)[None, None, :], tl.sum(d2, axis=0)[None, None, :],
+                        tl.sum(dt, axis=0)[None, None, :], ROTARY_DIM // 2, ROTARY_DIM, HEAD_DIM - ROTARY_DIM,
+                        INTERLEAVED, False)
 
 
 @triton.jit
@@ -609,7 +655,8 @@ def rotary_kernel(
     ANGLES: tl.constexpr,  # (angle source, split tables' low bits, conjugate)
     POS_MODE: tl.constexpr,  # (where positions come from, their axes, cp_size, cp_rank, search steps)
     PROGRAM: tl.constexpr,  # (order, tokens and heads of a q program, tokens and heads of a k program)
-    NORM: tl.constexpr,  # (0: none, 1: per head, 2: per token over its heads; eps; after rope)
+    NORM: tl.constexpr,  # (0: none, 1: per head, 2: per token over its heads; eps; after rope; token blocks
+    #                      a backward program takes in turn)
 ):
     HEADS_Q: tl.constexpr = SHAPE[0]
     HEADS_K: tl.constexpr = SHAPE[1]
@@ -620,6 +667,7 @@ def rotary_kernel(
     BH_Q: tl.constexpr = PROGRAM[2]
     BT_K: tl.constexpr = PROGRAM[3]
     BH_K: tl.constexpr = PROGRAM[4]
+    LOOP: tl.constexpr = NORM[3]  # (a program's tokens: LOOP blocks of BT)
     q_chunks: tl.constexpr = (HEADS_Q + BH_Q - 1) // BH_Q
     k_chunks: tl.constexpr = (HEADS_K + BH_K - 1) // BH_K if K is not None else 0
     pid = tl.program_id(0).to(tl.int64)
@@ -633,7 +681,7 @@ def rotary_kernel(
         # flight then read one tensor and write one, as a copy's do.
         q_div: tl.constexpr = q_chunks if q_chunks > 0 else 1
         k_div: tl.constexpr = k_chunks if k_chunks > 0 else 1
-        n_q = ((n_tokens - 1) // BT_Q + 1) * q_chunks
+        n_q = ((n_tokens - 1) // (BT_Q * LOOP) + 1) * q_chunks
         is_q = pid < n_q
         blk = tl.where(is_q, pid // q_div, (pid - n_q) // k_div)
         chunk = tl.where(is_q, pid % q_div, (pid - n_q) % k_div + q_chunks)
@@ -644,7 +692,7 @@ def rotary_kernel(
         is_q = chunk < q_chunks
     # Programs of one block shape load their angles before the q/k branch: the table loads are then issued
     # before the q/k loads (inside a branch the compiler moves the q/k loads first, which is slower).
-    SAME: tl.constexpr = BT_K == BT_Q and BH_K == BH_Q and ORDER != _DECODE
+    SAME: tl.constexpr = BT_K == BT_Q and BH_K == BH_Q and ORDER != _DECODE and LOOP == 1
     # Interleaved pairs out of place with dims past rotary_dim (GPT-J): whole heads (see _program).
     WHOLE: tl.constexpr = INTERLEAVED and ROTARY_DIM < HEAD_DIM and Q_OUT is not None and NORM[0] == 0
     BLOCK_HALF: tl.constexpr = triton.next_power_of_2(HEAD_DIM if WHOLE else ROTARY_DIM) // 2
@@ -666,17 +714,17 @@ def rotary_kernel(
         else:
             W_K = NORM_W + (HEADS_Q * HEAD_DIM if PER_TOKEN else HEAD_DIM)  # k's weight after q's
         if K is None:
-            _norm_program(Q, Q_OUT, NORM_G_Q, NORM_W, NORM_DW, pid, q_strides, blk, chunk, POS, CU, sizes,
-                          COS, SIN, table, have, SHAPE, HEADS_Q, BT_Q, BH_Q, INTERLEAVED, LAYOUT, ANGLES,
-                          POS_MODE, NORM, W_ROW, SAME)
+            _norm_blocks(Q, Q_OUT, NORM_G_Q, NORM_W, NORM_DW, pid, q_strides, blk, chunk, POS, CU, sizes, COS,
+                         SIN, table, have, SHAPE, HEADS_Q, BT_Q, BH_Q, INTERLEAVED, LAYOUT, ANGLES, POS_MODE,
+                         NORM, W_ROW, SAME)
         elif is_q:
-            _norm_program(Q, Q_OUT, NORM_G_Q, NORM_W, NORM_DW, pid, q_strides, blk, chunk, POS, CU, sizes,
-                          COS, SIN, table, have, SHAPE, HEADS_Q, BT_Q, BH_Q, INTERLEAVED, LAYOUT, ANGLES,
-                          POS_MODE, NORM, W_ROW, SAME)
+            _norm_blocks(Q, Q_OUT, NORM_G_Q, NORM_W, NORM_DW, pid, q_strides, blk, chunk, POS, CU, sizes, COS,
+                         SIN, table, have, SHAPE, HEADS_Q, BT_Q, BH_Q, INTERLEAVED, LAYOUT, ANGLES, POS_MODE,
+                         NORM, W_ROW, SAME)
         else:
-            _norm_program(K, K_OUT, NORM_G_K, W_K, NORM_DW, pid, k_strides, blk, chunk - q_chunks, POS, CU,
-                          sizes, COS, SIN, table, have, SHAPE, HEADS_K, BT_K, BH_K, INTERLEAVED, LAYOUT,
-                          ANGLES, POS_MODE, NORM, W_ROW, SAME)
+            _norm_blocks(K, K_OUT, NORM_G_K, W_K, NORM_DW, pid, k_strides, blk, chunk - q_chunks, POS, CU,
+                         sizes, COS, SIN, table, have, SHAPE, HEADS_K, BT_K, BH_K, INTERLEAVED, LAYOUT,
+                         ANGLES, POS_MODE, NORM, W_ROW, SAME)
     elif K is None:
         _program(Q, Q_OUT, q_strides, blk, chunk, POS, CU, sizes, COS, SIN, table, have, SHAPE, HEADS_Q, BT_Q,
                  BH_Q, INTERLEAVED, LAYOUT, ANGLES, POS_MODE, ORDER, BLOCK_HALF, SAME)

@@ -173,16 +173,21 @@ def config(p: Problem, itemsize: int = 2, inplace: bool = False) -> dict:
     return {"PROGRAM": (order, *q_block, *k_block), "num_warps": warps}
 
 
-_NO_NORM = (0, 0.0, False)
+_NO_NORM = (0, 0.0, False, 1)
 # A fused norm's programs hold whole heads; per-token norms hold every head of their tokens. Their size in
 # elements of one tensor (the backward holds the input and the gradient).
 _NORM_PROGRAM_ELEMENTS = 2048
+# Backward: each program's partial weight gradient is a row of float32 written and summed on the host. A
+# program takes this many token blocks in turn, at most, so that the rows stay about 1/64 of the bytes
+# the backward moves; but the grid keeps at least _NORM_MIN_PROGRAMS programs (a few per SM).
+_NORM_ROWS_SHARE = 64
+_NORM_MIN_PROGRAMS = 512
 
 
-def norm_config(p: Problem, itemsize: int, norm: NormOperands) -> dict:
+def norm_config(p: Problem, itemsize: int, norm: NormOperands, *, backward: bool = False) -> dict:
     """The launch rule of a fused norm: programs of whole heads (every head of a token for a per-token
-    norm), token-ordered with one block shape for q and k (a program's row of partial weight gradients is
-    then its grid index)."""
+    norm), q's programs before k's, k's blocks as many elements as q's (more tokens when k has fewer
+    heads), one warp per 2 KB of a tensor. Backward with weights: ``NORM_LOOP`` token blocks per program."""
     head = triton.next_power_of_2(p.head_dim)
     heads = max(p.heads_q, p.heads_k)
     if norm.kind == 2:
@@ -194,8 +199,28 @@ def norm_config(p: Problem, itemsize: int, norm: NormOperands) -> dict:
     block_t = min(max(1, _NORM_PROGRAM_ELEMENTS // (block_h * head)), waves_cap)
     if n_tokens <= _FEW_TOKENS:
         block_t = 1
-    warps = max(1, min(8, block_t * block_h * head * itemsize // 1024))
-    return {"PROGRAM": (kernels.ORDER_TOKENS, block_t, block_h, block_t, block_h), "num_warps": warps}
+    # (H100, Qwen3-8B's and OLMo 2 7B's shapes: 2 KB per warp 1.8-4.5 points ahead of 1 KB, forward)
+    warps = max(1, min(8, block_t * block_h * head * itemsize // 2048))
+    if n_tokens <= _FEW_TOKENS or not p.heads_k:
+        program = (kernels.ORDER_TOKENS, block_t, block_h, block_t, block_h)
+    else:
+        # q-major as in config(): 1.8 points (per-head norm) and 3.6 (per-token) of the copy ahead of q and
+        # k chunks side by side, forward; k's chunks sized for k (a per-token norm still takes all its heads).
+        block_hk = min(triton.next_power_of_2(p.heads_k), block_h)
+        program = (kernels.ORDER_Q_FIRST, block_t, block_h, max(1, block_t * block_h // block_hk), block_hk)
+    cfg = {"PROGRAM": program, "num_warps": warps}
+    moved = 3 * n_tokens * (p.heads_q + p.heads_k) * p.head_dim * itemsize
+    if backward and moved and (norm.weight_q is not None or norm.weight_k is not None):
+        _, bt_q, bh_q, bt_k, bh_k = program
+        programs = triton.cdiv(n_tokens, bt_q) * triton.cdiv(p.heads_q, bh_q)
+        if p.heads_k:
+            programs += triton.cdiv(n_tokens, bt_k) * triton.cdiv(p.heads_k, bh_k)
+        # (rows in float32; float64 for float64 data)
+        row = head * (heads if norm.kind == 2 else 1) * max(4, itemsize)
+        loop = triton.next_power_of_2(max(1, triton.cdiv(programs * row * _NORM_ROWS_SHARE, moved)))
+        cap = max(1, programs // _NORM_MIN_PROGRAMS)
+        cfg["NORM_LOOP"] = min(loop, 1 << (cap.bit_length() - 1))
+    return cfg
 
 
 def _norm_weight(p: Problem, norm: NormOperands, q: torch.Tensor, has_k: bool) -> torch.Tensor | None:
@@ -341,12 +366,15 @@ def kernel_call(
             _kernel_pos_mode(p, ops.positions), int(p.n_axes), int(p.cp[0]), int(p.cp[1]), search_steps,
         ),
         "PROGRAM": (order, int(bt_q), int(bh_q), int(bt_k), int(bh_k)),
-        "NORM": _NO_NORM if norm is None else (int(norm.kind), float(norm.eps), bool(norm.after_rope)),
+        "NORM": _NO_NORM if norm is None else (
+            int(norm.kind), float(norm.eps), bool(norm.after_rope), int(cfg.get("NORM_LOOP", 1)),
+        ),
     }
     n_tokens = p.batch * p.seqlen
-    programs = triton.cdiv(n_tokens, bt_q) * triton.cdiv(p.heads_q, bh_q)
+    loop = consts["NORM"][3]  # (a backward program of a fused norm takes `loop` token blocks in turn)
+    programs = triton.cdiv(n_tokens, bt_q * loop) * triton.cdiv(p.heads_q, bh_q)
     if has_k:
-        programs += triton.cdiv(n_tokens, bt_k) * triton.cdiv(p.heads_k, bh_k)
+        programs += triton.cdiv(n_tokens, bt_k * loop) * triton.cdiv(p.heads_k, bh_k)
     return (programs, 1, 1), args, consts, cfg["num_warps"]
 
 

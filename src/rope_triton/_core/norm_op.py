@@ -18,7 +18,7 @@ from torch.autograd.function import once_differentiable
 from torch.library import triton_op, wrap_triton
 
 from .. import reference
-from . import cpu
+from . import cpu, kernels
 from .checks import NORM_KINDS, Problem, check, check_norm
 from .kernels import rotary_kernel
 from .launch import launch, norm_config, signature
@@ -95,32 +95,39 @@ def _or_none(t: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor | Non
     return None if weight is None else t
 
 
-def _backward(launcher, kernel, p, ops, nrm, grad_q, grad_k, interleaved):
+def _backward(launcher, kernel, p, ops, nrm, grad_q, grad_k, interleaved, cfg=None):
     q, k = ops.q, ops.k
     has_k = k is not None and p.heads_k > 0
     # The kernel reads output gradients contiguous in the layout (as it writes its outputs).
     grad_q = grad_q.contiguous()
     grad_k = grad_k.contiguous() if has_k else None
     gq, gk = _new_out(q), (_new_out(k) if k is not None else None)
-    cfg = norm_config(p, q.element_size(), nrm)
-    _, block_t, block_h, _, _ = cfg["PROGRAM"]
-    blocks = triton.cdiv(p.batch * p.seqlen, block_t)
-    q_chunks = triton.cdiv(p.heads_q, block_h)
-    k_chunks = triton.cdiv(p.heads_k, block_h) if has_k else 0
+    cfg = cfg or norm_config(p, q.element_size(), nrm, backward=True)
+    order, block_tq, block_hq, block_tk, block_hk = cfg["PROGRAM"]
+    q_chunks = triton.cdiv(p.heads_q, block_hq)
+    k_chunks = triton.cdiv(p.heads_k, block_hk) if has_k else 0
+    loop = cfg.get("NORM_LOOP", 1)
+    n_q = triton.cdiv(p.batch * p.seqlen, block_tq * loop) * q_chunks
+    n_k = triton.cdiv(p.batch * p.seqlen, block_tk * loop) * k_chunks
     row = p.head_dim * (max(p.heads_q, p.heads_k) if nrm.kind == 2 else 1)
     weighted = nrm.weight_q is not None or (has_k and nrm.weight_k is not None)
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    dw = torch.empty(blocks * (q_chunks + k_chunks), row, dtype=acc, device=q.device) if weighted else None
+    dw = torch.empty(n_q + n_k, row, dtype=acc, device=q.device) if weighted else None
     run = nrm._replace(grad_q=grad_q, grad_k=grad_k, dw=dw)
     if p.batch * p.seqlen > 0:
         launcher(kernel, p, ops, gq, gk, interleaved=interleaved, conjugate=True, norm=run, cfg=cfg)
     dwq = dwk = None
     if dw is not None:
-        rows = dw.view(blocks, q_chunks + k_chunks, row)
+        # A program's row is its grid index: q's programs first, or each token block's q then k chunks.
+        if order == kernels.ORDER_Q_FIRST:
+            q_rows, k_rows = dw[:n_q], dw[n_q:]
+        else:
+            rows = dw.view(triton.cdiv(p.batch * p.seqlen, block_tq * loop), q_chunks + k_chunks, row)
+            q_rows, k_rows = rows[:, :q_chunks], rows[:, q_chunks:]
         if nrm.weight_q is not None:
-            dwq = rows[:, :q_chunks].sum((0, 1))[: nrm.weight_q.numel()].to(nrm.weight_q.dtype)
+            dwq = q_rows.sum(tuple(range(q_rows.dim() - 1)))[: nrm.weight_q.numel()].to(nrm.weight_q.dtype)
         if has_k and nrm.weight_k is not None:
-            dwk = rows[:, q_chunks:].sum((0, 1))[: nrm.weight_k.numel()].to(nrm.weight_k.dtype)
+            dwk = k_rows.sum(tuple(range(k_rows.dim() - 1)))[: nrm.weight_k.numel()].to(nrm.weight_k.dtype)
     if p.batch * p.seqlen == 0:  # nothing launched: empty inputs have zero gradients
         dwq = None if nrm.weight_q is None else torch.zeros_like(nrm.weight_q)
         dwk = None if nrm.weight_k is None or not has_k else torch.zeros_like(nrm.weight_k)
