@@ -277,14 +277,14 @@ def test_backward_block_cut_short(norm, device, monkeypatch):
                                  interleaved=False)  # fmt: skip
 
 
-@pytest.mark.parametrize("loop", [1, 3])
+@pytest.mark.parametrize("loop, warps", [(1, 1), (3, 1), (16, 4)])  # (16: more blocks than the call has)
 @pytest.mark.parametrize(
     "program",
     [(1, 2, 4, 4, 2), (0, 2, 4, 2, 4)],
     ids=["q-first-k-own-blocks", "token-blocks"],
 )
 @pytest.mark.parametrize("norm", ["rms", "rms_heads"])
-def test_backward_program_shapes(norm, program, loop, device):
+def test_backward_program_shapes(norm, program, loop, warps, device):
     # Programs other than the few-token rule's, as large inputs get them: q's programs first with k's of
     # their own block shape, several token blocks per program (NORM_LOOP) and a last group cut short
     # (13 tokens in groups of 6): each program's weight-gradient row lands where the host sums it.
@@ -301,7 +301,7 @@ def test_backward_program_shapes(norm, program, loop, device):
     p = check(q, k, cos, sin, positions=None, offsets=None, cu_seqlens=None, max_seqlen=None,
               layout="bshd", rotary_dim=D, inplace=False)  # fmt: skip
     nrm = NormOperands({"rms": 1, "rms_heads": 2}[norm], 1e-6, 0.0, False, wq, wk)
-    cfg = {"PROGRAM": program, "num_warps": 1, "NORM_LOOP": loop}
+    cfg = {"PROGRAM": program, "num_warps": warps, "NORM_LOOP": loop}
     ops = Operands(q, k, cos, sin)
     got = norm_op._backward(launch, rotary_kernel, p, ops, nrm, *grads_out, False, cfg=cfg)
     ref_in = [t.detach().double().requires_grad_() for t in (q, k, wq, wk)]
