@@ -36,10 +36,10 @@ def _grads_against_reference(q, k, cos, sin, *, layout, inplace=False, grad_view
     ref_in = [t.detach().double().requires_grad_() for t in leaves]
     ref_out = ref64(ref_in[0], ref_in[1] if k is not None else None, cos, sin, layout=layout, **kw)
     want = torch.autograd.grad([o for o in ref_out if o is not None], ref_in, [g.double() for g in grads])
-    for g, w, gin in zip(got, want, grads):
+    for g, w, gin in zip(got, want, grads, strict=True):
         # The gradient is a rotation of the incoming gradient: same error model as the forward.
-        assert_rotary_close(g, w, gin.contiguous(), layout=layout, rotary_dim=rotary_dim, interleaved=interleaved,
-                            table_bound=table_bound)
+        assert_rotary_close(g, w, gin.contiguous(), layout=layout, rotary_dim=rotary_dim,
+                            interleaved=interleaved, table_bound=table_bound)
 
 
 @pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
@@ -50,7 +50,8 @@ def test_grads(layout, interleaved, inplace, device):
     q, k = make_qk(layout, 1 if layout == "thd" else 2, seqlen, 3, 1, 12, torch.bfloat16, device, "packed")
     cos, sin = random_tables(seqlen, 4, device)
     _grads_against_reference(
-        q, k, cos, sin, layout=layout, inplace=inplace, interleaved=interleaved, rotary_dim=8, **_thd(layout, seqlen, device)
+        q, k, cos, sin, layout=layout, inplace=inplace, interleaved=interleaved, rotary_dim=8,
+        **_thd(layout, seqlen, device)
     )
 
 
@@ -213,7 +214,9 @@ def _views(case, device):
 
 def _as_view_of(t, x, view):
     """``t`` (shaped and strided like ``x``) seen through the view ``view`` has of ``x``."""
-    return t.as_strided(view.shape, view.stride(), t.storage_offset() + view.storage_offset() - x.storage_offset())
+    return t.as_strided(
+        view.shape, view.stride(), t.storage_offset() + view.storage_offset() - x.storage_offset()
+    )
 
 
 @pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
@@ -226,15 +229,21 @@ def test_inplace_grads_through_views(case, interleaved, device):
     cos, sin = random_tables(5, 8, device)
     q0, k0 = q.detach().clone(), None if k is None else k.detach().clone()
     before = [x.detach().clone() for _, x in acts]
-    q_out, k_out = rope_triton.apply_rotary(q, k, cos, sin, layout=layout, inplace=True, interleaved=interleaved)
+    q_out, k_out = rope_triton.apply_rotary(
+        q, k, cos, sin, layout=layout, inplace=True, interleaved=interleaved
+    )
     assert q_out is q and k_out is k
-    for out, x0 in zip(ref64(q0, k0, cos, sin, layout=layout, interleaved=interleaved), (q0, k0)):
+    for out, x0 in zip(
+        ref64(q0, k0, cos, sin, layout=layout, interleaved=interleaved), (q0, k0), strict=True
+    ):
         if x0 is not None:
-            assert_rotary_close(q if x0 is q0 else k, out, x0, layout=layout, rotary_dim=16, interleaved=interleaved)
+            assert_rotary_close(
+                q if x0 is q0 else k, out, x0, layout=layout, rotary_dim=16, interleaved=interleaved
+            )
 
     grads_in = [torch.randn_like(x) for _, x in acts]
     grads = torch.autograd.grad([x for _, x in acts], [leaf for leaf, _ in acts], grads_in)
-    for (_, x), g_in, g, x0 in zip(acts, grads_in, grads, before):
+    for (_, x), g_in, g, x0 in zip(acts, grads_in, grads, before, strict=True):
         untouched = torch.ones_like(x, dtype=torch.bool)
         for view in (q, k):
             if view is None or view.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
@@ -264,7 +273,9 @@ def test_inplace_on_views_autograd_cannot_track_is_refused_before_writing(how, d
     before = qkv.detach().clone()
     cos, sin = random_tables(5, 8, device)
     created = "by a function that returns several views" if how == "split" else "in no_grad mode"
-    with pytest.raises(RuntimeError, match=f"^q: inplace=True with autograd needs a view .* created {created}"):
+    with pytest.raises(
+        RuntimeError, match=f"^q: inplace=True with autograd needs a view .* created {created}"
+    ):
         rope_triton.apply_rotary(q, k, cos, sin, inplace=True)
     assert torch.equal(qkv.detach(), before), "the refused call wrote into q or k"
 

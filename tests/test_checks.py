@@ -26,38 +26,50 @@ CASES = [
     # (id, overrides, exception, message fragment)
     ("layout", {"layout": "bsdh"}, ValueError, "layout"),
     ("rank", {"q": torch.randn(2, 5, 64)}, ValueError, "q: layout 'bshd' expects a 4-D"),
-    ("thd-rank", {"layout": "thd", "cu_seqlens": torch.tensor([0, 5])}, ValueError, "q: layout 'thd' expects a 3-D"),
+    ("thd-rank", {"layout": "thd", "cu_seqlens": torch.tensor([0, 5])}, ValueError,
+     "q: layout 'thd' expects a 3-D"),
     ("int-q", {"q": torch.ones(2, 5, 4, 16, dtype=torch.int32)}, TypeError, "q: expected dtype"),
     ("not-tensor", {"q": [[1.0]]}, TypeError, "q: expected a torch.Tensor"),
-    ("k-dtype", {"k": torch.randn(2, 5, 2, 16, dtype=torch.float16)}, TypeError, "k: expected the dtype of q"),
+    ("k-dtype", {"k": torch.randn(2, 5, 2, 16, dtype=torch.float16)}, TypeError,
+     "k: expected the dtype of q"),
     ("k-batch", {"k": torch.randn(3, 5, 2, 16)}, ValueError, "k: expected the batch"),
     ("k-seq", {"k": torch.randn(2, 4, 2, 16)}, ValueError, "k: expected the sequence length"),
     ("k-dim", {"k": torch.randn(2, 5, 2, 8)}, ValueError, "k: expected the head_dim"),
     ("odd-rotary", {"rotary_dim": 7}, ValueError, "rotary_dim: expected an even int"),
-    ("big-rotary", {"rotary_dim": 18}, ValueError, "rotary_dim: expected an even int in \\(0, head_dim=16\\]"),
+    ("big-rotary", {"rotary_dim": 18}, ValueError,
+     "rotary_dim: expected an even int in \\(0, head_dim=16\\]"),
     ("zero-rotary", {"rotary_dim": 0}, ValueError, "rotary_dim"),
     ("float-rotary", {"rotary_dim": 8.0}, TypeError, "rotary_dim"),
-    ("narrow-table", {"cos": torch.ones(8, 3), "sin": torch.zeros(8, 3), "rotary_dim": 8}, ValueError, "cos: expected at least"),
+    ("narrow-table", {"cos": torch.ones(8, 3), "sin": torch.zeros(8, 3), "rotary_dim": 8}, ValueError,
+     "cos: expected at least"),
     ("table-shape", {"sin": torch.zeros(8, 7)}, ValueError, "sin: expected the shape of cos"),
     ("table-rank", {"cos": torch.ones(1, 8, 8, 1), "sin": torch.zeros(1, 8, 8, 1)}, ValueError,
      "cos: expected a 2-D table .* or 3-D per sequence"),
     ("table-batch", {"cos": torch.ones(3, 8, 8), "sin": torch.zeros(3, 8, 8)}, ValueError,
      "cos: per-sequence tables need a first dim of batch = 2 \\(or 1\\), got shape \\(3, 8, 8\\)"),
     ("table-3d-sin-2d", {"cos": torch.ones(2, 8, 8)}, ValueError, "sin: expected the shape of cos"),
-    ("short-3d-table", {"cos": torch.ones(2, 4, 8), "sin": torch.zeros(2, 4, 8)}, ValueError, "at least 5 rows, got 4"),
+    ("short-3d-table", {"cos": torch.ones(2, 4, 8), "sin": torch.zeros(2, 4, 8)}, ValueError,
+     "at least 5 rows, got 4"),
     ("int-table", {"cos": torch.ones(8, 8, dtype=torch.int64)}, TypeError, "cos: expected a floating-point"),
-    ("short-table", {"cos": torch.ones(4, 8), "sin": torch.zeros(4, 8)}, ValueError, "at least 5 rows, got 4"),
+    ("short-table", {"cos": torch.ones(4, 8), "sin": torch.zeros(4, 8)}, ValueError,
+     "at least 5 rows, got 4"),
     ("offset-past-table", {"offsets": 4}, ValueError, "at least 9 rows, got 8"),
     ("negative-offset", {"offsets": -1}, ValueError, "offsets: expected a non-negative"),
     ("float-offsets", {"offsets": torch.zeros(2)}, TypeError, "offsets: expected dtype int32 or int64"),
-    ("offsets-shape", {"offsets": torch.zeros(3, dtype=torch.int64)}, ValueError, "offsets: expected shape \\(batch,\\)"),
+    ("offsets-shape", {"offsets": torch.zeros(3, dtype=torch.int64)}, ValueError,
+     "offsets: expected shape \\(batch,\\)"),
     ("offsets-type", {"offsets": 1.5}, TypeError, "offsets: expected an int"),
-    ("both", {"offsets": 1, "positions": torch.zeros(2, 5, dtype=torch.int64)}, ValueError, "mutually exclusive"),
-    ("float-positions", {"positions": torch.zeros(2, 5)}, TypeError, "positions: expected dtype int32 or int64"),
-    ("positions-shape", {"positions": torch.zeros(2, 4, dtype=torch.int64)}, ValueError, "positions: expected shape"),
+    ("both", {"offsets": 1, "positions": torch.zeros(2, 5, dtype=torch.int64)}, ValueError,
+     "mutually exclusive"),
+    ("float-positions", {"positions": torch.zeros(2, 5)}, TypeError,
+     "positions: expected dtype int32 or int64"),
+    ("positions-shape", {"positions": torch.zeros(2, 4, dtype=torch.int64)}, ValueError,
+     "positions: expected shape"),
     ("positions-list", {"positions": [0, 1]}, TypeError, "positions: expected an int32 or int64 tensor"),
-    ("cu-not-thd", {"cu_seqlens": torch.tensor([0, 5])}, ValueError, "cu_seqlens: only used with layout 'thd'"),
-    ("inplace-overlap", {"q": torch.randn(1, 1, 1, 16).expand(2, 5, 4, 16), "inplace": True}, ValueError, "q: inplace=True"),
+    ("cu-not-thd", {"cu_seqlens": torch.tensor([0, 5])}, ValueError,
+     "cu_seqlens: only used with layout 'thd'"),
+    ("inplace-overlap", {"q": torch.randn(1, 1, 1, 16).expand(2, 5, 4, 16), "inplace": True}, ValueError,
+     "q: inplace=True"),
 ]
 
 
@@ -73,11 +85,17 @@ THD_CASES = [
     ("float-cu", {"cu_seqlens": torch.tensor([0.0, 6.0])}, TypeError, "cu_seqlens: expected dtype"),
     ("cu-shape", {"cu_seqlens": torch.tensor([[0, 6]])}, ValueError, "cu_seqlens: expected shape"),
     ("cu-one", {"cu_seqlens": torch.tensor([0])}, ValueError, "cu_seqlens: expected shape"),
-    ("positions-shape", {"cu_seqlens": torch.tensor([0, 6]), "positions": torch.zeros(1, 6, dtype=torch.int64)}, ValueError, "positions: layout 'thd' expects shape"),
-    ("offsets-shape", {"cu_seqlens": torch.tensor([0, 2, 6]), "offsets": torch.zeros(3, dtype=torch.int64)}, ValueError, "offsets: expected shape \\(num_seqs,\\)"),
-    ("max-seqlen-past-table", {"cu_seqlens": torch.tensor([0, 2, 6]), "max_seqlen": 9}, ValueError, "at least 9 rows, got 8"),
+    ("positions-shape", {"cu_seqlens": torch.tensor([0, 6]),
+                         "positions": torch.zeros(1, 6, dtype=torch.int64)}, ValueError,
+     "positions: layout 'thd' expects shape"),
+    ("offsets-shape", {"cu_seqlens": torch.tensor([0, 2, 6]),
+                       "offsets": torch.zeros(3, dtype=torch.int64)}, ValueError,
+     "offsets: expected shape \\(num_seqs,\\)"),
+    ("max-seqlen-past-table", {"cu_seqlens": torch.tensor([0, 2, 6]), "max_seqlen": 9}, ValueError,
+     "at least 9 rows, got 8"),
     ("bad-max-seqlen", {"cu_seqlens": torch.tensor([0, 6]), "max_seqlen": -2}, ValueError, "max_seqlen"),
-    ("table-seqs", {"cu_seqlens": torch.tensor([0, 2, 6]), "cos": torch.ones(3, 8, 8), "sin": torch.zeros(3, 8, 8)},
+    ("table-seqs", {"cu_seqlens": torch.tensor([0, 2, 6]), "cos": torch.ones(3, 8, 8),
+                    "sin": torch.zeros(3, 8, 8)},
      ValueError, "cos: per-sequence tables need a first dim of num_seqs = 2"),
     # Host boundaries are checked (no device sync): made-up positions otherwise.
     ("cu-decreasing", {"cu_seqlens": torch.tensor([0, 4, 2, 6])}, ValueError,
@@ -137,13 +155,19 @@ def test_errors_come_before_any_work():
 
 
 SPLIT_CASES = [
-    ("one-of-two", {"cos_lo": torch.ones(4, 8)}, ValueError, "sin_lo: cos_lo and sin_lo go together, got only cos_lo"),
-    ("not-pow2", {"cos_lo": torch.ones(3, 8), "sin_lo": torch.zeros(3, 8)}, ValueError, "cos_lo: expected a power-of-two"),
-    ("width", {"cos_lo": torch.ones(4, 6), "sin_lo": torch.zeros(4, 6)}, ValueError, "cos_lo: expected the width of cos"),
-    ("lo-shapes", {"cos_lo": torch.ones(4, 8), "sin_lo": torch.zeros(2, 8)}, ValueError, "sin_lo: expected the shape of cos_lo"),
-    ("too-short", {"cos_lo": torch.ones(4, 8), "sin_lo": torch.zeros(4, 8), "offsets": 30}, ValueError, "at least 35 rows, got 32"),
+    ("one-of-two", {"cos_lo": torch.ones(4, 8)}, ValueError,
+     "sin_lo: cos_lo and sin_lo go together, got only cos_lo"),
+    ("not-pow2", {"cos_lo": torch.ones(3, 8), "sin_lo": torch.zeros(3, 8)}, ValueError,
+     "cos_lo: expected a power-of-two"),
+    ("width", {"cos_lo": torch.ones(4, 6), "sin_lo": torch.zeros(4, 6)}, ValueError,
+     "cos_lo: expected the width of cos"),
+    ("lo-shapes", {"cos_lo": torch.ones(4, 8), "sin_lo": torch.zeros(2, 8)}, ValueError,
+     "sin_lo: expected the shape of cos_lo"),
+    ("too-short", {"cos_lo": torch.ones(4, 8), "sin_lo": torch.zeros(4, 8), "offsets": 30}, ValueError,
+     "at least 35 rows, got 32"),
     ("per-sequence", {"cos": torch.ones(2, 8, 8), "sin": torch.zeros(2, 8, 8), "cos_lo": torch.ones(4, 8),
-                      "sin_lo": torch.zeros(4, 8)}, ValueError, "cos: expected a 2-D table .*split tables take 2-D"),
+                      "sin_lo": torch.zeros(4, 8)}, ValueError,
+     "cos: expected a 2-D table .*split tables take 2-D"),
 ]
 
 
@@ -193,13 +217,17 @@ def _freq_table(**kw):
     "kw, exc, msg",
     [
         ({"cos": torch.ones(8, 8)}, ValueError, "freqs: cos/sin tables and freqs are exclusive"),
-        ({"freqs": _freq_table().double()}, ValueError, "freqs: expected an int64 tensor of shape \\(4, rotary_dim"),
+        ({"freqs": _freq_table().double()}, ValueError,
+         "freqs: expected an int64 tensor of shape \\(4, rotary_dim"),
         ({"freqs": _freq_table()[:3]}, ValueError, "freqs: expected an int64 tensor of shape"),
         ({"freqs": [[1.0]]}, TypeError, "freqs: expected a torch.Tensor"),
-        ({"q": torch.randn(2, 5, 4, 16, dtype=torch.float64), "k": None}, TypeError, "freqs: computes cos/sin in float32"),
+        ({"q": torch.randn(2, 5, 4, 16, dtype=torch.float64), "k": None}, TypeError,
+         "freqs: computes cos/sin in float32"),
         ({"offsets": 2**31 - 3}, ValueError, "offsets: positions up to 2147483649"),
-        ({"cos_lo": torch.ones(4, 8), "sin_lo": torch.ones(4, 8)}, ValueError, "cos_lo: split tables and freqs"),
-        ({"rotary_dim": 16, "freqs": _freq_table()[:, :4]}, ValueError, "freqs: expected at least rotary_dim // 2"),
+        ({"cos_lo": torch.ones(4, 8), "sin_lo": torch.ones(4, 8)}, ValueError,
+         "cos_lo: split tables and freqs"),
+        ({"rotary_dim": 16, "freqs": _freq_table()[:, :4]}, ValueError,
+         "freqs: expected at least rotary_dim // 2"),
     ],
     ids=["with-cos", "float32", "rows", "not-tensor", "float64-q", "far-offset", "split-tables", "narrow"],
 )
@@ -325,9 +353,18 @@ def _overlap_pair(case):
 
 @pytest.mark.parametrize(
     "case, overlap",
-    [("same-tensor", True), ("partial-heads", True), ("partial-dims", True), ("last-head-of-q-first-of-k", True),
-     ("same-memory-other-order", True), ("even-odd-heads", False), ("fused-qkv", False),
-     ("even-odd-tokens", False), ("row-halves", False), ("adjacent", False)],
+    [
+        ("same-tensor", True),
+        ("partial-heads", True),
+        ("partial-dims", True),
+        ("last-head-of-q-first-of-k", True),
+        ("same-memory-other-order", True),
+        ("even-odd-heads", False),
+        ("fused-qkv", False),
+        ("even-odd-tokens", False),
+        ("row-halves", False),
+        ("adjacent", False),
+    ],
 )
 def test_inplace_refuses_any_overlap_of_q_and_k(case, overlap):
     # The kernel writes q before it reads k: memory shared by both would be rotated twice.
@@ -361,7 +398,7 @@ def test_overlap_test_matches_brute_force():
     def view():
         shape = [rand(1, 5) for _ in range(4)]
         strides = [rand(0, 40) for _ in range(4)]
-        span = sum((n - 1) * st for n, st in zip(shape, strides))
+        span = sum((n - 1) * st for n, st in zip(shape, strides, strict=True))
         return buf.as_strided(shape, strides, rand(0, buf.numel() - span))
 
     def elements(t):
@@ -375,6 +412,7 @@ def test_overlap_test_matches_brute_force():
         ea, eb = max(elements(a)), max(elements(b))
         if a.storage_offset() <= eb and b.storage_offset() <= ea:
             seen[want] += 1
-        assert _may_share_elements(a, b) == want, (a.shape, a.stride(), a.storage_offset(), b.shape, b.stride(),
-                                                     b.storage_offset())
+        assert _may_share_elements(a, b) == want, (
+            a.shape, a.stride(), a.storage_offset(), b.shape, b.stride(), b.storage_offset()
+        )
     assert min(seen.values()) > 50  # both answers were exercised

@@ -33,7 +33,9 @@ def zigzag_index(length: int, cp_size: int, rank: int) -> torch.Tensor:
 def packed_zigzag(lengths: list[int], cp_size: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(global token indices, local cu_seqlens) of a rank's shard of packed sequences."""
     starts = torch.tensor([0, *lengths]).cumsum(0)
-    idx = [zigzag_index(n, cp_size, rank) + int(s) for n, s in zip(lengths, starts[:-1].tolist(), strict=True)]
+    idx = [
+        zigzag_index(n, cp_size, rank) + int(s) for n, s in zip(lengths, starts[:-1].tolist(), strict=True)
+    ]
     local = torch.tensor([0, *[n // cp_size for n in lengths]]).cumsum(0)
     return torch.cat(idx), local
 
@@ -314,6 +316,8 @@ def test_fused_norm_shards(plain, device, monkeypatch):
     wq, wk = torch.randn(16, device=device), torch.randn(16, device=device)
     fq, fk = rope_triton.qk_norm_rotary(q, k, wq, wk, **tables, **full_kw)
     for rank, (idx, kw) in enumerate(shards):
-        oq, ok = rope_triton.qk_norm_rotary(q[:, idx], k[:, idx], wq, wk, **tables, **kw, cp_size=2, cp_rank=rank)
+        oq, ok = rope_triton.qk_norm_rotary(
+            q[:, idx], k[:, idx], wq, wk, **tables, **kw, cp_size=2, cp_rank=rank
+        )
         torch.testing.assert_close(oq, fq[:, idx], rtol=0, atol=0)
         torch.testing.assert_close(ok, fk[:, idx], rtol=0, atol=0)

@@ -33,8 +33,6 @@ RTOL = 1e-6  # HF computes in float32; we compute in float64
 
 from hf_factors import PHI3_LONG_FACTOR, PHI3_SHORT_FACTOR  # noqa: E402
 
-
-
 # ------------------------------------------------------------------------------------------------
 # Real configs. Factories, because HF mutates configs (standardize_rope_params) when it reads them.
 # ------------------------------------------------------------------------------------------------
@@ -813,7 +811,8 @@ def test_parse_gemma3_layer_types(style):
     config = gemma3_4b if style == "transformers5" else gemma3_4b_transformers4_json
     full = parse_hf_config(config(), layer_type="full_attention")
     sliding = parse_hf_config(config(), layer_type="sliding_attention")
-    assert full == {"head_dim": 256, "base": 1e6, "scaling": GEMMA3_SCALING, "max_position_embeddings": 131072}
+    assert full == {"head_dim": 256, "base": 1e6, "scaling": GEMMA3_SCALING,
+                    "max_position_embeddings": 131072}
     assert sliding == {"head_dim": 256, "base": 10000.0, "scaling": {"rope_type": "default"},
                        "max_position_embeddings": 131072}
     # Each layer type's frequencies are those of transformers' Gemma 3 rotary embedding.

@@ -202,7 +202,8 @@ def test_model_parity(name, device, monkeypatch):
     # (the key biases' gradients are zero in exact arithmetic: noise at the scale of the other gradients)
     scale = max(g.abs().max().item() for g in ref[1].values())
     for n, g in ours[1].items():
-        assert_as_accurate(g, base[1][n], ref[1][n], f"grad of {n}", scale=scale if "k_proj.bias" in n or "to_k.bias" in n else None)
+        assert_as_accurate(g, base[1][n], ref[1][n], f"grad of {n}",
+                           scale=scale if "k_proj.bias" in n or "to_k.bias" in n else None)
 
 
 @needs_diffusers

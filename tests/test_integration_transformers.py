@@ -416,7 +416,9 @@ def test_cpu_path_model_parity(family, monkeypatch):
     cpu_rotations = []
     rotate, norm_rotate = _ops.cpu.rotate, norm_op.cpu.norm_rotate
     monkeypatch.setattr(_ops.cpu, "rotate", lambda *a: cpu_rotations.append("rotate") or rotate(*a))
-    monkeypatch.setattr(norm_op.cpu, "norm_rotate", lambda *a: cpu_rotations.append("norm") or norm_rotate(*a))
+    monkeypatch.setattr(
+        norm_op.cpu, "norm_rotate", lambda *a: cpu_rotations.append("norm") or norm_rotate(*a)
+    )
     model = build(family, torch.device("cpu"))
     ref_model = copy.deepcopy(model).double()
     ids = torch.randint(3, 128, (2, 5))
@@ -654,7 +656,9 @@ def test_fused_qk_norm_forms_and_opt_out(family, device, monkeypatch):
     assert "forward" not in attn.__dict__ and "forward" not in attn.q_norm.__dict__
     assert set(fused) == {"rms_heads" if family.startswith("olmo") else "rms"}
     fused.clear()
-    assert patch(model, fuse_qk_norm=False) == [f"transformers.models.{family}.modeling_{family}.apply_rotary_pos_emb"]
+    assert patch(model, fuse_qk_norm=False) == [
+        f"transformers.models.{family}.modeling_{family}.apply_rotary_pos_emb"
+    ]
     try:
         model(torch.randint(3, 128, (1, 4), device=device))
     finally:

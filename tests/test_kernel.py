@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import (
+    DTYPES,
+    FREQS_TABLE_BOUND,
+    LAYOUTS,
+    VIEWS,
+    assert_rotary_close,
     check_against_reference,
-    DTYPES, FREQS_TABLE_BOUND, LAYOUTS, VIEWS, assert_rotary_close, make_qk, random_tables, ref64,
+    make_qk,
+    random_tables,
+    ref64,
 )
 
 import rope_triton
@@ -70,13 +77,16 @@ def _position_kwargs(mode: str, layout: str, batch: int, seqlen: int, rows: int,
 
 
 @pytest.mark.parametrize(
-    "mode", ["default", "int-offset", "tensor-offset", "positions-int32", "positions-int64", "broadcast-positions"]
+    "mode",
+    ["default", "int-offset", "tensor-offset", "positions-int32", "positions-int64", "broadcast-positions"],
 )
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_positions(layout, mode, device):
     seqlen, rows = 9, 40
     batch = _batch(layout, 3)
-    q, k = make_qk(layout, batch, seqlen, 2, 2, 8, torch.float32, device, "transposed" if layout != "thd" else "packed")
+    q, k = make_qk(
+        layout, batch, seqlen, 2, 2, 8, torch.float32, device, "transposed" if layout != "thd" else "packed"
+    )
     cos, sin = random_tables(rows, 4, device)
     kw = _thd_kwargs(layout, seqlen, device)
     kw.update(_position_kwargs(mode, layout, batch, seqlen, rows, device))
@@ -84,7 +94,8 @@ def test_positions(layout, mode, device):
 
 
 @pytest.mark.parametrize(
-    "heads_q,heads_k", [(1, 1), (4, 1), (3, None), (7, 3), (2, 6)], ids=["single", "mqa", "q-only", "gqa", "more-k"]
+    "heads_q,heads_k", [(1, 1), (4, 1), (3, None), (7, 3), (2, 6)],
+    ids=["single", "mqa", "q-only", "gqa", "more-k"],
 )
 @pytest.mark.parametrize("seqlen", [1, 5])
 def test_heads_and_short_sequences(heads_q, heads_k, seqlen, device):
@@ -104,7 +115,9 @@ def test_head_dims(head_dim, rotary_dim, interleaved, device):
     check_against_reference(q, k, cos, sin, layout="bhsd", rotary_dim=rotary_dim, interleaved=interleaved)
 
 
-@pytest.mark.parametrize("table_dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize(
+    "table_dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str
+)
 @pytest.mark.parametrize("table_view", ["dense", "strided", "wide"])
 def test_tables(table_dtype, table_view, device):
     seqlen, half = 5, 8
@@ -127,7 +140,9 @@ def test_varlen_lengths(lengths, device):
     q, k = make_qk("thd", 1, total, 3, 1, 16, torch.bfloat16, device, "packed")
     cos, sin = random_tables(8, 8, device)
     kw = _thd_kwargs("thd", total, device, lengths)
-    check_against_reference(q, k, cos, sin, layout="thd", offsets=torch.tensor([1] * len(lengths), device=device), **kw)
+    check_against_reference(
+        q, k, cos, sin, layout="thd", offsets=torch.tensor([1] * len(lengths), device=device), **kw
+    )
 
 
 def test_many_packed_sequences(device):
@@ -230,10 +245,15 @@ def test_split_tables(layout, interleaved, device):
     q_out, k_out = rope_triton.apply_rotary(
         q, k, ch, sh, cos_lo=cl, sin_lo=sl, positions=positions, layout=layout, interleaved=interleaved, **kw
     )
-    rq, rk = ref64(q0, k0, ch, sh, cos_lo=cl, sin_lo=sl, positions=positions, layout=layout, interleaved=interleaved, **kw)
+    rq, rk = ref64(
+        q0, k0, ch, sh, cos_lo=cl, sin_lo=sl, positions=positions, layout=layout, interleaved=interleaved,
+        **kw
+    )
     # Combining the tables costs two more float32 roundings per cos/sin: twice the table error bound.
     for out, ref, x in ((q_out, rq, q0), (k_out, rk, k0)):
-        assert_rotary_close(out, ref, x, layout=layout, rotary_dim=16, interleaved=interleaved, table_bound=2.0)
+        assert_rotary_close(
+            out, ref, x, layout=layout, rotary_dim=16, interleaved=interleaved, table_bound=2.0
+        )
     # Position 2**20 is past the tables: NaN, never an out-of-bounds read.
     assert q_out.reshape(seqlen, -1)[-1].isnan().all() and not q_out.reshape(seqlen, -1)[:-1].isnan().any()
 
@@ -257,10 +277,13 @@ _RULES = {
 @pytest.fixture(params=list(_RULES))
 def rule(request, monkeypatch):
     """Every launch under one of _RULES instead of the launcher's choice."""
-    from rope_triton._core import launch as _launch, op as _ops
+    from rope_triton._core import launch as _launch
+    from rope_triton._core import op as _ops
 
     base = _launch.config
-    monkeypatch.setattr(_launch, "config", lambda p, itemsize=2, **kw: _RULES[request.param](base(p, itemsize, **kw)))
+    monkeypatch.setattr(
+        _launch, "config", lambda p, itemsize=2, **kw: _RULES[request.param](base(p, itemsize, **kw))
+    )
     monkeypatch.setattr(_ops.PLANS, "_plans", {})  # no replay of a launch recorded under another rule
     return request.param
 
@@ -269,13 +292,15 @@ def rule(request, monkeypatch):
 @pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_launch_rules(rule, layout, inplace, positions, device):
-    # 3 q heads and 1 k head in chunks of 2: a partial chunk in each; 5 tokens in blocks of 2: a partial block.
+    # 3 q heads and 1 k head in chunks of 2: a partial chunk in each;
+    # 5 tokens in blocks of 2: a partial block.
     seqlen = 5
     q, k = make_qk(layout, _batch(layout, 2), seqlen, 3, 1, 24, torch.bfloat16, device, "packed")
     cos, sin = random_tables(seqlen + 4, 8, device)
     kw = _position_kwargs(positions, layout, _batch(layout, 2), seqlen, seqlen + 4, device)
     check_against_reference(
-        q, k, cos, sin, layout=layout, rotary_dim=16, inplace=inplace, **kw, **_thd_kwargs(layout, seqlen, device)
+        q, k, cos, sin, layout=layout, rotary_dim=16, inplace=inplace, **kw,
+        **_thd_kwargs(layout, seqlen, device)
     )
 
 
@@ -317,7 +342,9 @@ def test_per_sequence_table_forms(layout, form, device):
     seqlen, rows = 6, 8
     batch = _batch(layout, 3)
     n_seqs = 3
-    q, k = make_qk(layout, batch, seqlen, 2, 2, 16, torch.float16, device, "transposed" if layout != "thd" else "packed")
+    q, k = make_qk(
+        layout, batch, seqlen, 2, 2, 16, torch.float16, device, "transposed" if layout != "thd" else "packed"
+    )
     cos, sin = per_sequence_tables(n_seqs, rows, 8, device, form)
     kw = _position_kwargs("tensor-offset", layout, batch, seqlen, rows, device)
     check_against_reference(q, k, cos, sin, layout=layout, **kw, **_thd_kwargs(layout, seqlen, device))
@@ -366,7 +393,9 @@ def _freq_table(dim: int, device, attention_factor: float = 1.0):
 def test_freqs_positions(layout, mode, device):
     seqlen, rows = 7, 40
     batch = _batch(layout, 2)
-    q, k = make_qk(layout, batch, seqlen, 3, 1, 20, torch.float32, device, "transposed" if layout != "thd" else "packed")
+    q, k = make_qk(
+        layout, batch, seqlen, 3, 1, 20, torch.float32, device, "transposed" if layout != "thd" else "packed"
+    )
     kw = _position_kwargs(mode, layout, batch, seqlen, rows, device) | _thd_kwargs(layout, seqlen, device)
     check_against_reference(q, k, None, None, freqs=_freq_table(16, device), layout=layout, rotary_dim=16,
                             table_bound=FREQS_TABLE_BOUND, **kw)
@@ -382,7 +411,8 @@ def test_freqs_far_positions(interleaved, conjugate, dtype, device):
                               [123_456_789, 1, 2**30, 99_999, 2**31 - 4096, -1]], device=device)
     ft = _freq_table(16, device, attention_factor=1.2)
     q_out, _ = check_against_reference(q, k, None, None, freqs=ft, positions=positions, layout="bshd",
-                                       interleaved=interleaved, conjugate=conjugate, table_bound=FREQS_TABLE_BOUND)
+                                       interleaved=interleaved, conjugate=conjugate,
+                                       table_bound=FREQS_TABLE_BOUND)
     off = torch.tensor([[0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 1]], dtype=torch.bool, device=device)
     assert torch.equal(q_out.isnan().all(-1).all(-1), off) and not q_out.isnan()[~off].any()
 
@@ -398,7 +428,7 @@ def test_freqs_agree_with_tables(device):
     positions = torch.tensor([[0, 17, 4096, 65_535, 69_999]], device=device)
     by_tables = rope_triton.apply_rotary(q, k, cos, sin, positions=positions)
     by_freqs = rope_triton.apply_rotary(q, k, freqs=ft, positions=positions)
-    for a, b, x in zip(by_tables, by_freqs, (q, k)):
+    for a, b, x in zip(by_tables, by_freqs, (q, k), strict=True):
         tol = 8 * 2.0**-24 * (x.abs().amax(-1, keepdim=True) + 1)
         assert ((a - b).abs() <= tol).all()
 
@@ -428,5 +458,6 @@ def test_launch_rules_freqs(rule, interleaved, device):
     # freqs= under every program shape: split chunks, whole tokens (its rule for 2-byte data), token blocks.
     q, k = make_qk("bshd", 2, 5, 3, 1, 16, torch.bfloat16, device, "packed")
     positions = torch.tensor([[0, 15, 4096, 2**31 - 2, 777], [1, 2, 3, 2048, 2**24 + 1]], device=device)
-    check_against_reference(q, k, None, None, freqs=_freq_table(16, device), positions=positions, layout="bshd",
-                            interleaved=interleaved, conjugate=True, table_bound=FREQS_TABLE_BOUND)
+    check_against_reference(q, k, None, None, freqs=_freq_table(16, device), positions=positions,
+                            layout="bshd", interleaved=interleaved, conjugate=True,
+                            table_bound=FREQS_TABLE_BOUND)

@@ -1,5 +1,6 @@
 """The kernel's multi-axis angle source: every pair turns by the position along its own axis, computed in
-the kernel from a multi-axis freq table, against the float64 oracle (``reference.apply_rotary(multi_axis=)``)."""
+the kernel from a multi-axis freq table, against the float64 oracle
+(``reference.apply_rotary(multi_axis=)``)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,9 @@ def test_positions_shared_by_the_batch(shape, device):
     ma = PRESETS["mrope"]()
     q, k = make_qk("bshd", 3, 4, 2, 2, 16, torch.float32, device)
     row = torch.randint(0, 5000, (3, 4), device=device)
-    positions = {"(n_axes, S)": row, "(n_axes, 1, S)": row[:, None], "expanded": row[:, None].expand(3, 3, 4)}[shape]
+    positions = {
+        "(n_axes, S)": row, "(n_axes, 1, S)": row[:, None], "expanded": row[:, None].expand(3, 3, 4)
+    }[shape]
     check_against_reference(q, k, None, None, multi_axis=ma, positions=positions, layout="bshd",
                             rotary_dim=16, table_bound=FREQS_TABLE_BOUND)
 
@@ -163,8 +166,12 @@ def test_errors_name_the_argument(kwargs, error, match):
 
 
 def test_fractional_positions_need_frequencies_below_one_turn():
-    ma = MultiAxis(torch.tensor([0]), torch.tensor([2 * math.pi], dtype=torch.float64), 1, integer_positions=False)
-    with pytest.raises(ValueError, match="inv_freq: fractional positions need every inverse frequency below 2 pi"):
+    ma = MultiAxis(
+        torch.tensor([0]), torch.tensor([2 * math.pi], dtype=torch.float64), 1, integer_positions=False
+    )
+    with pytest.raises(
+        ValueError, match="inv_freq: fractional positions need every inverse frequency below 2 pi"
+    ):
         ma.freq_table()
 
 
@@ -186,7 +193,9 @@ def test_module_from_hf_config_takes_three_axis_positions(model, device):
     positions = torch.randint(0, 5000, (3, 2, 5), device=device)
     q_out, k_out = rope(q, k, positions=positions)
     ma = rope.multi_axis
-    assert ma.axis.tolist()[:8] == ([0, 1, 2, 0, 1, 2, 0, 1] if model == "qwen3_vl" else [0, 0, 1, 1, 1, 2, 2, 2])
+    assert ma.axis.tolist()[:8] == (
+        [0, 1, 2, 0, 1, 2, 0, 1] if model == "qwen3_vl" else [0, 0, 1, 1, 1, 2, 2, 2]
+    )
     rq, rk = ref64(q, k, None, None, multi_axis=ma, positions=positions)
     close = dict(layout="bshd", rotary_dim=16, interleaved=False, table_bound=FREQS_TABLE_BOUND)
     assert_rotary_close(q_out, rq, q, **close)

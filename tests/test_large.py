@@ -30,7 +30,7 @@ def test_more_than_2_31_elements(cos_sin, device):
     q.normal_()
     k = torch.randn(1, seqlen, 1, dim, device=device, dtype=torch.bfloat16)
     if cos_sin == "tables":
-        tables = dict(zip(("cos", "sin"), random_tables(seqlen, dim // 2, device)))
+        tables = dict(zip(("cos", "sin"), random_tables(seqlen, dim // 2, device), strict=True))
         bound = 1.0
     else:
         inv_freq, _ = freqs.inv_freq_and_scale(dim, base=10000.0)

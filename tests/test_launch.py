@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 import triton
 
 from rope_triton._core import kernels
@@ -44,7 +43,8 @@ CASES = {
     "fp32": (("bshd", 2, 4096, 32, 8, 128, torch.float32),
              dict(BLOCK_T=1, BLOCK_H=4, num_warps=2, QK_MAJOR=True, BLOCK_T_K=2, BLOCK_H_K=4)),
     "varlen": (("thd", 1, 131072, 32, 8, 128, torch.bfloat16), dict(BLOCK_T=4, BLOCK_H=2, num_warps=2)),
-    "decode": (("bshd", 64, 1, 32, 8, 128, torch.bfloat16), dict(BLOCK_T=1, BLOCK_H=8, num_warps=4, LOADS_FIRST=True)),
+    "decode": (("bshd", 64, 1, 32, 8, 128, torch.bfloat16),
+               dict(BLOCK_T=1, BLOCK_H=8, num_warps=4, LOADS_FIRST=True)),
 }
 
 
@@ -115,7 +115,8 @@ def test_freqs_rule_halves_the_warps():
         cu = torch.tensor([0, seqlen, 2 * seqlen, 3 * seqlen, 4 * seqlen], dtype=torch.int32)
         packed = {"cu_seqlens": cu, "max_seqlen": seqlen} if layout == "thd" else {}
         p = check(q, k, *tables, positions=None, offsets=None, cu_seqlens=packed.get("cu_seqlens"),
-                  max_seqlen=packed.get("max_seqlen"), layout=layout, rotary_dim=None, inplace=False, freqs=freqs)
+                  max_seqlen=packed.get("max_seqlen"), layout=layout, rotary_dim=None, inplace=False,
+                  freqs=freqs)
         return config(p, q.element_size())
 
     with_tables, with_freqs = cfg(4096, torch.bfloat16, False), cfg(4096, torch.bfloat16, True)
@@ -162,7 +163,8 @@ def test_qk_major_follows_table_row_sharing():
     # One sequence: unshared rows; computed cos/sin read none, so long-32k goes q-major with freqs.
     from rope_triton.angles import freq_table, inv_freq_and_scale
 
-    q, k = torch.empty(1, 32768, 32, 128, dtype=torch.bfloat16), torch.empty(1, 32768, 8, 128, dtype=torch.bfloat16)
+    q, k = (torch.empty(1, 32768, 32, 128, dtype=torch.bfloat16),
+            torch.empty(1, 32768, 8, 128, dtype=torch.bfloat16))
     ft = freq_table(inv_freq_and_scale(128)[0])
     p = check(q, k, ft, ft, positions=None, offsets=None, cu_seqlens=None, max_seqlen=None, layout="bshd",
               rotary_dim=None, inplace=False, freqs=True)

@@ -47,8 +47,6 @@ TABLES = ("cos_hi", "sin_hi", "cos_lo", "sin_lo")
 
 from hf_factors import PHI3_LONG_FACTOR, PHI3_SHORT_FACTOR  # noqa: E402
 
-
-
 # ------------------------------------------------------------------------------------------------
 # Real configs, shrunk to 2 heads (head_dim and every rope parameter as published). Factories, because
 # transformers standardizes (mutates) a config's rope dict when a rotary module reads it.
@@ -773,7 +771,9 @@ FRONT_END_CASES = [
 ]
 
 
-@pytest.mark.parametrize("module, call", [c[1:] for c in FRONT_END_CASES], ids=[c[0] for c in FRONT_END_CASES])
+@pytest.mark.parametrize(
+    "module, call", [c[1:] for c in FRONT_END_CASES], ids=[c[0] for c in FRONT_END_CASES]
+)
 def test_module_errors_are_apply_rotarys(module, call):
     # A bad argument to a module is named as apply_rotary names it (same exception, same message), before
     # the module computes anything from it.
@@ -1108,7 +1108,10 @@ def test_full_tables_within_the_budget_split_beyond(budget, device):
         # 2 x 3000 x 32 x 4 bytes fit: one row per position, no low table in use.
         assert rope.cos_hi.shape[0] == positions and rope.cos_lo.shape[0] == 1
     else:
-        assert 1 < rope.cos_lo.shape[0] < positions and rope.cos_hi.shape[0] * rope.cos_lo.shape[0] >= positions
+        assert (
+            1 < rope.cos_lo.shape[0] < positions
+            and rope.cos_hi.shape[0] * rope.cos_lo.shape[0] >= positions
+        )
     pos = torch.tensor([0, 1, 1023, 1024, 2047, 2999], device=device)
     x = torch.randn(1, 2, pos.numel(), 64, device=device)
     out, _ = rope(x, positions=pos, layout="bhsd")

@@ -512,7 +512,9 @@ def test_plain_path_matches_reference(monkeypatch):
     qo, ko = rope_triton.qk_norm_rotary(q, k, wq, wk, cos, sin, norm="rms_heads", layout="bhsd")
     rq, rk = _ref(q, k, wq, wk, cos, sin, norm="rms_heads", layout="bhsd")
     for out, want, x, w in ((qo, rq, q, wq), (ko, rk, k, wk)):
-        assert_forward_close(out, want, x, w, norm="rms_heads", layout="bhsd", rotary_dim=D, interleaved=False)
+        assert_forward_close(
+            out, want, x, w, norm="rms_heads", layout="bhsd", rotary_dim=D, interleaved=False
+        )
     (qo.float().sum() + ko.float().sum()).backward()
     assert wq.grad is not None and wk.grad is not None
 
@@ -548,7 +550,8 @@ def test_compile_fullgraph_gpu():
         (dict(eps=-1e-6), ValueError, "eps: expected a finite number > 0"),
         (dict(weight_offset=float("nan")), ValueError, "weight_offset: expected a finite number"),
         (dict(q_weight=torch.ones(D + 1)), ValueError, r"q_weight: expected shape \(16,\) \(head_dim\)"),
-        (dict(norm="rms_heads"), ValueError, r"q_weight: expected shape \(64,\) \(heads \* head_dim = 4 \* 16\)"),
+        (dict(norm="rms_heads"), ValueError,
+         r"q_weight: expected shape \(64,\) \(heads \* head_dim = 4 \* 16\)"),
         (dict(k_weight=torch.ones(D, dtype=torch.int64)), TypeError, "k_weight: expected a floating-point"),
         (dict(norm="l2"), ValueError, "q_weight: norm='l2' .* takes no weight"),
         (dict(norm_after_rope=1), TypeError, "norm_after_rope: expected a bool"),

@@ -15,7 +15,8 @@ def test_pure_pytorch_path_matches(monkeypatch):
     monkeypatch.setattr(_ops, "triton_runs_on", lambda device: False)
     q, k = make_qk("thd", 1, 7, 3, 1, 16, torch.bfloat16, torch.device("cpu"), "packed")
     cos, sin = random_tables(10, 6, torch.device("cpu"))
-    kw = {"layout": "thd", "cu_seqlens": torch.tensor([0, 2, 7]), "offsets": torch.tensor([3, 1]), "rotary_dim": 12}
+    kw = {"layout": "thd", "cu_seqlens": torch.tensor([0, 2, 7]), "offsets": torch.tensor([3, 1]),
+          "rotary_dim": 12}
     rq, rk = ref64(q, k, cos, sin, interleaved=True, **kw)
     q0, k0 = q.clone(), k.clone()
     q_out, k_out = rope_triton.apply_rotary(q, k, cos, sin, interleaved=True, **kw)
@@ -39,7 +40,9 @@ def test_opcheck(device):
     # Fake-tensor tracing of a Triton launch needs compiled Triton: the CPU interpreter runs it for real.
     utils = ("test_schema", "test_faketensor") if device.type == "cuda" else ("test_schema",)
     torch.library.opcheck(torch.ops.rope_triton.rotary.default, args, test_utils=utils)
-    torch.library.opcheck(torch.ops.rope_triton.rotary_.default, (q.clone(), k.clone(), *args[2:]), test_utils=utils)
+    torch.library.opcheck(
+        torch.ops.rope_triton.rotary_.default, (q.clone(), k.clone(), *args[2:]), test_utils=utils
+    )
 
 
 def _rope_loss(q, k, cos, sin, offsets, inplace):
@@ -66,7 +69,7 @@ def test_compile_fullgraph(inplace, tables, device):
         loss, qo, ko = fn(qq, kk, cos, sin, offsets, inplace)
         loss.backward()
         results.append((qo.detach(), ko.detach(), qq.grad, kk.grad))
-    for eager, comp in zip(*results):
+    for eager, comp in zip(*results, strict=True):
         if device.type == "cuda":
             # Same kernel both ways: bitwise equal outputs and gradients.
             assert torch.equal(eager, comp)
@@ -104,7 +107,7 @@ def test_cuda_graph_replay_with_new_positions(device):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()
-    for trial in range(3):
+    for _ in range(3):
         offsets.copy_(torch.randint(0, 4095, (8,), device=device))
         q.copy_(torch.randn_like(q))
         graph.replay()
@@ -162,7 +165,8 @@ def _replay_call(kind, device, dtype=torch.bfloat16):
         from rope_triton import angles as freqs
 
         inv_freq, _ = freqs.inv_freq_and_scale(32, base=10000.0)
-        kw |= {"cos": None, "sin": None, "freqs": freqs.freq_table(inv_freq, device=device), "offsets": 123_456}
+        kw |= {"cos": None, "sin": None, "freqs": freqs.freq_table(inv_freq, device=device),
+               "offsets": 123_456}
     if kind == "k-none":
         k = None
     return q, k, kw
@@ -171,7 +175,8 @@ def _replay_call(kind, device, dtype=torch.bfloat16):
 @pytest.mark.gpu
 @pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
 @pytest.mark.parametrize(
-    "kind", ["tensor-offsets", "positions", "cu_seqlens", "split-tables", "freqs", "k-none", "k-without-heads"]
+    "kind",
+    ["tensor-offsets", "positions", "cu_seqlens", "split-tables", "freqs", "k-none", "k-without-heads"],
 )
 def test_replay_of_every_argument_kind(kind, inplace, device):
     # The replay takes the addresses read with the plan key: each tensor slot must land in its own
@@ -204,8 +209,8 @@ def test_replay_of_every_argument_kind(kind, inplace, device):
 def test_replay_of_q_major_launches(heads_k, inplace, device):
     # Past 256 tokens the grid is q-major (every q program, then every k program; with fewer k heads, k's
     # programs have their own block shape): its recorded plan replays on new tensors like any other.
-    from rope_triton._core.checks import check
     from rope_triton._core import kernels
+    from rope_triton._core.checks import check
     from rope_triton._core.launch import config
 
     cos, sin = random_tables(64, 16, device)
@@ -319,7 +324,7 @@ def test_compile_fullgraph_freqs(device):
 
     eager, comp = fn(q, k), torch.compile(fn, fullgraph=True, backend=backend)(q, k)
     want = ref64(q * 2, k, None, None, freqs=ft, offsets=1000)
-    for a, b, w, x in zip(eager, comp, want, (q * 2, k)):
+    for a, b, w, x in zip(eager, comp, want, (q * 2, k), strict=True):
         if device.type == "cuda":
             assert torch.equal(a, b)  # the same kernel both ways
         # On the CPU the compiled graph runs the PyTorch path (float64 angles), eager the interpreted kernel.
@@ -348,7 +353,7 @@ def test_compile_dynamic_shapes_size_derived_rotary_dim(device):
     for seqlen in (5, 7):  # one graph for both: the sizes are symbolic
         q, k, cos, sin = _hf_width_inputs(seqlen, device)
         want = ref64(q * 2, k, cos, sin, layout="bhsd", rotary_dim=16)
-        for out, w, x in zip(compiled(q, k, cos, sin), want, (q * 2, k)):
+        for out, w, x in zip(compiled(q, k, cos, sin), want, (q * 2, k), strict=True):
             assert_rotary_close(out, w, x, layout="bhsd", rotary_dim=16, interleaved=False)
 
 
@@ -360,7 +365,7 @@ def test_symbolic_trace_size_derived_rotary_dim():
     graph = make_fx(_hf_width_rope, tracing_mode="symbolic")(q, k, cos, sin)
     q, k, cos, sin = _hf_width_inputs(7, "cpu")
     want = ref64(q * 2, k, cos, sin, layout="bhsd", rotary_dim=16)
-    for out, w, x in zip(graph(q, k, cos, sin), want, (q * 2, k)):
+    for out, w, x in zip(graph(q, k, cos, sin), want, (q * 2, k), strict=True):
         assert_rotary_close(out, w, x, layout="bhsd", rotary_dim=16, interleaved=False)
 
 
@@ -382,7 +387,7 @@ def test_compile_fullgraph_inplace_on_views(device):
         loss, x = fn(leaf, cos, sin)
         loss.backward()
         results.append((x.detach(), leaf.grad))
-    for eager, comp in zip(*results):
+    for eager, comp in zip(*results, strict=True):
         assert torch.equal(eager, comp)
     x = results[0][0]
     want, _ = ref64(a[:, :, :3] * 2, None, cos, sin)
@@ -401,7 +406,7 @@ def test_cpu_path_reuses_validated_problems(monkeypatch, offset_kind, inplace):
     monkeypatch.setattr(_ops, "_INTERPRETED", False)
     monkeypatch.setattr(_ops, "PROBLEMS", {})
     cos, sin = random_tables(40, 8, "cpu")
-    for step, offset in enumerate((3, 7, 11)):
+    for _step, offset in enumerate((3, 7, 11)):
         # (q and k of one buffer are validated on every in-place call: see the next test)
         q, k = make_qk("bshd", 2, 1, 4, 2, 16, torch.bfloat16, "cpu", "padded" if inplace else "packed")
         q0, k0 = q.clone(), k.clone()

@@ -55,7 +55,10 @@ def _parent_site_dirs() -> list[str]:
     dirs |= {p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")}
     # (The test venv may live inside the checkout, as the README's does: only the source tree is left out.)
     src = (ROOT / "src").resolve()
-    return sorted(d for d in dirs if Path(d).is_dir() and Path(d).resolve() != src and src not in Path(d).resolve().parents)
+    return sorted(
+        d for d in dirs
+        if Path(d).is_dir() and Path(d).resolve() != src and src not in Path(d).resolve().parents
+    )
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,9 @@ def test_layout_views_round_trip(layout):
 
 def test_token_positions():
     cu = torch.tensor([0, 2, 2, 5])
-    pos = reference.token_positions(1, 5, torch.device("cpu"), cu_seqlens=cu, offsets=torch.tensor([10, 20, 30]))
+    pos = reference.token_positions(
+        1, 5, torch.device("cpu"), cu_seqlens=cu, offsets=torch.tensor([10, 20, 30])
+    )
     assert pos.tolist() == [[10, 11, 30, 31, 32]]
     pos = reference.token_positions(2, 3, torch.device("cpu"), offsets=torch.tensor([0, 4]))
     assert pos.tolist() == [[0, 1, 2], [4, 5, 6]]
@@ -82,7 +84,9 @@ def test_per_sequence_tables_are_each_sequence_alone(layout):
     kw = {"offsets": torch.tensor([2, 0, 1, 2][:n_seqs])}
     if layout == "thd":
         kw["cu_seqlens"] = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
-    out, _ = reference.apply_rotary(q, None, angle.cos(), angle.sin(), layout=layout, compute_dtype=torch.float64, **kw)
+    out, _ = reference.apply_rotary(
+        q, None, angle.cos(), angle.sin(), layout=layout, compute_dtype=torch.float64, **kw
+    )
     out_b, q_b = reference.to_bshd(out, layout), reference.to_bshd(q, layout)
     starts = kw["cu_seqlens"].tolist() if layout == "thd" else None
     for i in range(n_seqs):
@@ -119,4 +123,6 @@ def test_reference_imports_no_triton():
     import sys
 
     code = "import sys, rope_triton.reference, rope_triton._core.checks; print('triton' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip() == "False"
