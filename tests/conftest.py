@@ -23,6 +23,18 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@pytest.fixture(params=["interpreter", "cpu-path"])
+def cpu_modes(request, monkeypatch):
+    """Both ways a CPU tensor can go: the kernel's path (the interpreter here; on a GPU machine CPU
+    tensors take the CPU path either way) and the CPU path of a machine without the interpreter, whose
+    replay keys read the arguments before validation does."""
+    if request.param == "cpu-path":
+        from helpers import use_cpu_path
+
+        use_cpu_path(monkeypatch)
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

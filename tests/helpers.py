@@ -71,6 +71,17 @@ def make_qk(
     return out[0], out[1]
 
 
+def use_cpu_path(monkeypatch) -> None:
+    """CPU tensors take the CPU path (PyTorch, with its replay of validated calls), as on a machine
+    without ``TRITON_INTERPRET``, instead of the kernel in the interpreter."""
+    from rope_triton._core import norm_op, op
+
+    problems: dict = {}
+    for module in (op, norm_op):
+        monkeypatch.setattr(module, "_INTERPRETED", False)
+        monkeypatch.setattr(module, "PROBLEMS", problems)
+
+
 def random_tables(rows: int, half: int, device: torch.device, dtype=torch.float32):
     """cos/sin of random angles (independent of any frequency formula), shape (rows, half)."""
     angle = torch.rand(rows, half, dtype=torch.float64, device=device) * 2 * math.pi

@@ -8,6 +8,8 @@ from helpers import assert_rotary_close, random_tables, ref64
 
 import rope_triton
 
+pytestmark = pytest.mark.usefixtures("cpu_modes")  # every check on both CPU paths
+
 
 def _base(device, **over):
     args = {

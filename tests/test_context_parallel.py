@@ -155,6 +155,7 @@ def test_module_covers_the_global_sequence(device):
         (dict(cp_size=4, cos=torch.ones(20, 8), sin=torch.ones(20, 8)), "need a table of at least 24 rows"),
     ],
 )
+@pytest.mark.usefixtures("cpu_modes")
 def test_errors(kwargs, match):
     args = dict(q=torch.randn(1, 6, 2, 16), k=None, cos=torch.ones(64, 8), sin=torch.ones(64, 8)) | kwargs
     with pytest.raises(ValueError, match=match):

@@ -97,6 +97,7 @@ def test_packed_tables_made_once_per_table(device, monkeypatch):
         (dict(freqs_cis=(torch.ones(S, 2 * D), torch.ones(S, 2 * D))), "at most head_dim = 16"),
     ],
 )
+@pytest.mark.usefixtures("cpu_modes")
 def test_drop_in_errors(kwargs, match):
     (cos, sin), _ = _tables(S, D, "cpu", interleave=True)
     args = dict(x=torch.randn(B, H, S, D), freqs_cis=(cos, sin)) | kwargs

@@ -318,6 +318,7 @@ def test_drop_in_gptj(dtype, cos_batch, device):
         torch.testing.assert_close(out, HF_GPTJ(x, sin, cos))
 
 
+@pytest.mark.usefixtures("cpu_modes")
 def test_drop_in_signature(device):
     q, k = torch.randn(1, S, HQ, D, device=device), torch.randn(1, S, HK, D, device=device)
     cos, sin = _hf_tables(1, D, torch.float32, device)
@@ -522,6 +523,7 @@ def test_vl_generate_same_tokens(family, device):
     assert torch.equal(ours, base)
 
 
+@pytest.mark.usefixtures("cpu_modes")
 def test_vision_drop_in_matches_hf(device):
     """The vision drop-in against the float64 rotation by the same tables, on the strided (tokens, heads,
     dim) views that the towers unbind from their fused qkv."""
@@ -595,6 +597,7 @@ def test_drop_in_llama4_tables_once_per_freqs_cis(device):
     assert_rotary_close(q_out, _exact_llama4(q, freqs_cis), q, layout="bshd", rotary_dim=D, interleaved=True)
 
 
+@pytest.mark.usefixtures("cpu_modes")
 def test_drop_in_llama4_errors(device):
     q, k = torch.randn(1, S, HQ, D, device=device), torch.randn(1, S, HK, D, device=device)
     freqs_cis = _llama4_freqs_cis(1, D, device)

@@ -148,6 +148,7 @@ def test_axis_without_positions_gives_nan_not_a_wrong_rotation(device):
         ({"multi_axis": "preset"}, TypeError, r"multi_axis: expected a rope_triton.angles.MultiAxis"),
     ],
 )
+@pytest.mark.usefixtures("cpu_modes")
 def test_errors_name_the_argument(kwargs, error, match):
     ma = PRESETS["mrope"]()
     q = torch.randn(2, 4, 2, 16)

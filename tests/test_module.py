@@ -774,6 +774,7 @@ FRONT_END_CASES = [
 @pytest.mark.parametrize(
     "module, call", [c[1:] for c in FRONT_END_CASES], ids=[c[0] for c in FRONT_END_CASES]
 )
+@pytest.mark.usefixtures("cpu_modes")
 def test_module_errors_are_apply_rotarys(module, call):
     # A bad argument to a module is named as apply_rotary names it (same exception, same message), before
     # the module computes anything from it.

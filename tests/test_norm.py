@@ -558,12 +558,8 @@ def test_compile_fullgraph_gpu():
         (dict(q_weight=[1.0] * D), TypeError, "q_weight: expected a torch.Tensor, got list"),
     ],
 )
-@pytest.mark.parametrize("cpu_path", [False, True], ids=["interpreter", "cpu-path"])
-def test_errors(kwargs, error, match, cpu_path, monkeypatch):
-    if cpu_path:  # (what a CPU user without the interpreter runs: a fast path keyed before validation)
-        monkeypatch.setattr(norm_op, "triton_runs_on", lambda device: False)
-        monkeypatch.setattr(norm_op, "_INTERPRETED", False)
-        monkeypatch.setattr(norm_op, "PROBLEMS", {})
+@pytest.mark.usefixtures("cpu_modes")
+def test_errors(kwargs, error, match):
     q, k = make_qk("bshd", B, S, HQ, HK, D, torch.float32, torch.device("cpu"))
     cos, sin = random_tables(S, D // 2, "cpu")
     args = dict(q=q, k=k, q_weight=torch.ones(D), k_weight=torch.ones(D), cos=cos, sin=sin) | kwargs
